@@ -1,0 +1,184 @@
+"""ASMK and ASMK* (Tolias, Avrithis & Jegou, "Image search with selective match kernels", IJCV 2016).
+
+For an image X and a visual word c with assigned descriptors X_c (residuals to the word's centroid q_c):
+
+* aggregation:   V(X_c) = sum_{x in X_c} (x - q_c),   V^(X_c) = V(X_c) / ||V(X_c)||
+* ASMK*:         b(X_c) = sign(V^(X_c)) (1 bit per dimension); similarity of d-bit codes u = 1 - 2 h / d
+* selectivity:   sigma_alpha(u) = sign(u) |u|^alpha if u > tau else 0     (alpha = 3, tau = 0)
+* kernel:        K(X, Y) = gamma(X) gamma(Y) sum_{c in C(X) & C(Y)} sigma_alpha(V^(X_c)^T V^(Y_c))
+* normalisation: gamma(X) = (sum_c sigma_alpha(1))^(-1/2) = |C(X)|^(-1/2) (self-similarity per word is 1)
+
+This module is the plain, vectorised in-memory version used by the default ``sift`` method: the database
+side is concatenated into one word-sorted inverted file and a query scores every shared word at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from glocal.index.codebook import Codebook
+
+ALPHA = 3.0
+TAU = 0.0
+
+
+@dataclass(frozen=True)
+class AggregatedImage:
+    """One image's ASMK representation: one (normalised or binarised) residual per non-empty word.
+
+    :param words: (W,) int32 visual word ids, sorted, unique.
+    :param codes: (W, d / 8) uint8 packed sign bits for ASMK*, or (W, d) float32 unit vectors for ASMK.
+    """
+
+    words: npt.NDArray[np.int32]
+    codes: npt.NDArray
+
+    @property
+    def binary(self) -> bool:
+        return self.codes.dtype == np.uint8
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+def selectivity(u: npt.NDArray, alpha: float = ALPHA, tau: float = TAU) -> npt.NDArray[np.float32]:
+    """sigma_alpha(u) = sign(u)|u|^alpha for u > tau, else 0 (ASMK selectivity function)."""
+    u = np.asarray(u, dtype=np.float32)
+    return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0).astype(np.float32)
+
+
+def aggregate(
+    descriptors: npt.NDArray, codebook: Codebook, assignments: int = 1, binary: bool = True
+) -> AggregatedImage:
+    """ASMK aggregation of one image's local descriptors.
+
+    :param assignments: number of nearest words each descriptor is assigned to (multiple assignment;
+        the reference HOW/FIRe setting is 1 for database images and 5 for queries).
+    :param binary: ASMK* (packed sign bits) if True, ASMK (float unit residuals) otherwise.
+    """
+    x = np.asarray(descriptors, dtype=np.float32)
+    d = codebook.dim
+    if len(x) == 0:
+        empty = np.zeros((0, d // 8), np.uint8) if binary else np.zeros((0, d), np.float32)
+        return AggregatedImage(np.zeros(0, np.int32), empty)
+    nearest = codebook.assign(x, k=assignments)  # (N, k)
+    words_flat = nearest.reshape(-1)
+    rows = np.repeat(np.arange(len(x)), assignments)
+    residuals = x[rows] - codebook.centroids[words_flat]
+    words, inverse = np.unique(words_flat, return_inverse=True)
+    sums = np.zeros((len(words), d), np.float32)
+    np.add.at(sums, inverse, residuals)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    keep = norms[:, 0] > 0
+    words, sums, norms = words[keep], sums[keep], norms[keep]
+    unit = sums / norms
+    codes = np.packbits(unit > 0, axis=1) if binary else unit.astype(np.float32)
+    return AggregatedImage(words.astype(np.int32), codes)
+
+
+def code_similarity(a_codes: npt.NDArray, b_codes: npt.NDArray, dim: int) -> npt.NDArray[np.float32]:
+    """Row-wise similarity of matching codes: dot product (ASMK) or 1 - 2 h / d (ASMK*)."""
+    if a_codes.dtype == np.uint8:
+        hamming = np.bitwise_count(np.bitwise_xor(a_codes, b_codes)).sum(axis=1, dtype=np.int32)
+        return (1.0 - 2.0 * hamming / dim).astype(np.float32)
+    return np.einsum("ij,ij->i", a_codes.astype(np.float32), b_codes.astype(np.float32))
+
+
+def asmk_similarity(x: AggregatedImage, y: AggregatedImage, dim: int, alpha: float = ALPHA, tau: float = TAU) -> float:
+    """K(X, Y) of the module docstring for one pair, normalisation included (direct evaluation)."""
+    if len(x) == 0 or len(y) == 0:
+        return 0.0
+    common, ix, iy = np.intersect1d(x.words, y.words, assume_unique=True, return_indices=True)
+    if len(common) == 0:
+        return 0.0
+    s = selectivity(code_similarity(x.codes[ix], y.codes[iy], dim), alpha, tau).sum()
+    return float(s / np.sqrt(len(x) * len(y)))
+
+
+class AsmkIndex:
+    """In-memory inverted file of aggregated database images, scored with the ASMK kernel.
+
+    ``add`` appends images; ``search`` returns the best database images for an aggregated query.
+    """
+
+    def __init__(self, codebook: Codebook, binary: bool = True, alpha: float = ALPHA, tau: float = TAU) -> None:
+        self.codebook = codebook
+        self.binary = binary
+        self.alpha = alpha
+        self.tau = tau
+        self._pending: list[AggregatedImage] = []
+        self._count = 0
+        self._offsets = np.zeros(codebook.size + 1, np.int64)
+        self._images = np.zeros(0, np.int32)
+        code_width = codebook.dim // 8 if binary else codebook.dim
+        self._codes = np.zeros((0, code_width), np.uint8 if binary else np.float32)
+        self._gamma = np.zeros(0, np.float32)
+
+    def __len__(self) -> int:
+        return self._count + len(self._pending)
+
+    def add(self, images: list[AggregatedImage]) -> None:
+        for im in images:
+            if im.binary != self.binary:
+                raise ValueError("aggregated image is binary=%s but the index is binary=%s" % (im.binary, self.binary))
+        self._pending.extend(images)
+
+    def _commit(self) -> None:
+        """Merge pending images into the word-sorted arrays (CSR layout: offsets per word)."""
+        if not self._pending:
+            return
+        k = self.codebook.size
+        # expand existing CSR back to per-entry words
+        old_words = np.repeat(np.arange(k, dtype=np.int32), np.diff(self._offsets))
+        new_words = [im.words for im in self._pending]
+        new_imgs = [np.full(len(im), self._count + j, np.int32) for j, im in enumerate(self._pending)]
+        words = np.concatenate([old_words, *new_words])
+        imgs = np.concatenate([self._images, *new_imgs])
+        codes = np.concatenate([self._codes, *[im.codes for im in self._pending]])
+        order = np.argsort(words, kind="stable")
+        self._images = imgs[order]
+        self._codes = np.ascontiguousarray(codes[order])
+        self._offsets = np.concatenate([[0], np.cumsum(np.bincount(words, minlength=k))]).astype(np.int64)
+        sizes = np.array([len(im) for im in self._pending], np.float32)
+        gamma = np.where(sizes > 0, 1.0 / np.sqrt(np.maximum(sizes, 1)), 0.0).astype(np.float32)
+        self._gamma = np.concatenate([self._gamma, gamma])
+        self._count += len(self._pending)
+        self._pending = []
+
+    def scores(self, query: AggregatedImage) -> npt.NDArray[np.float32]:
+        """ASMK similarity of the query to every database image (gamma(query) included)."""
+        self._commit()
+        out = np.zeros(self._count, np.float32)
+        if len(query) == 0 or self._count == 0:
+            return out
+        starts = self._offsets[query.words]
+        lens = self._offsets[query.words + 1] - starts
+        total = int(lens.sum())
+        if total == 0:
+            return out
+        first = np.cumsum(lens) - lens
+        entries = np.repeat(starts - first, lens) + np.arange(total)
+        qrow = np.repeat(np.arange(len(query)), lens)
+        u = code_similarity(self._codes[entries], query.codes[qrow], self.codebook.dim)
+        s = selectivity(u, self.alpha, self.tau)
+        out = np.bincount(self._images[entries], weights=s, minlength=self._count).astype(np.float32)
+        return out * self._gamma / np.sqrt(len(query))
+
+    def search(self, query: AggregatedImage, top: int = 100) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(indices, scores) of the ``top`` best database images, best first (ties by index)."""
+        s = self.scores(query)
+        top = min(top, len(s))
+        if top == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        cand = np.argpartition(-s, top - 1)[:top] if top < len(s) else np.arange(len(s))
+        order = np.lexsort((cand, -s[cand]))
+        return cand[order].astype(np.int64), s[cand[order]]
+
+    @property
+    def words_per_image(self) -> npt.NDArray[np.float32]:
+        """|C(x)| of every database image."""
+        self._commit()
+        with np.errstate(divide="ignore"):
+            return np.where(self._gamma > 0, 1.0 / self._gamma**2, 0.0).round()

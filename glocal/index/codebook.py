@@ -1,0 +1,76 @@
+"""Visual-word codebooks: k-means training (faiss) and (multiple) assignment of descriptors to words."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Codebook:
+    """k visual words (centroids) in descriptor space.
+
+    :param centroids: (k, d) float32.
+    :param info: how it was trained (sample size, iterations, seed, seconds).
+    """
+
+    centroids: npt.NDArray[np.float32]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    def assign(self, descriptors: npt.NDArray, k: int = 1, chunk: int = 4096) -> npt.NDArray[np.int64]:
+        """Indices (N, k) of the k nearest words of each descriptor (exact L2 search), nearest first.
+
+        Exact search as one float32 matmul per chunk: ``argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2)``.
+        """
+        x = np.asarray(descriptors, dtype=np.float32)
+        n = len(x)
+        out = np.empty((n, k), dtype=np.int64)
+        c = self.centroids
+        half_norms = 0.5 * np.einsum("ij,ij->i", c, c)
+        for s in range(0, n, chunk):
+            sim = x[s : s + chunk] @ c.T - half_norms
+            if k == 1:
+                out[s : s + chunk, 0] = np.argmax(sim, axis=1)
+            else:
+                part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
+                out[s : s + chunk] = np.take_along_axis(part, order, axis=1)
+        return out
+
+    def state(self) -> dict[str, npt.NDArray]:
+        return {"centroids": self.centroids}
+
+
+def train_codebook(
+    descriptors: npt.NDArray, size: int, iterations: int = 10, seed: int = 0, max_sample: int = 500_000
+) -> Codebook:
+    """k-means (faiss) on a random sample of at most ``max_sample`` descriptors.
+
+    The size is clipped so every word has at least 8 training points; the info records the size used.
+    """
+    import faiss  # imported lazily: only codebook training needs it
+
+    x = np.ascontiguousarray(descriptors, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    if len(x) > max_sample:
+        x = x[np.sort(rng.choice(len(x), max_sample, replace=False))]
+    if len(x) < 2:
+        raise ValueError(f"cannot train a codebook from {len(x)} descriptors")
+    k = int(min(size, max(2, len(x) // 8)))
+    t0 = time.perf_counter()
+    km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10_000_000)
+    km.train(x)
+    seconds = time.perf_counter() - t0
+    info = {"requested_size": int(size), "size": k, "sample": int(len(x)), "iterations": iterations,
+            "seed": seed, "seconds": round(seconds, 3)}
+    return Codebook(np.ascontiguousarray(km.centroids, dtype=np.float32), info)

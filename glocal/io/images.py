@@ -1,0 +1,162 @@
+"""Image input: EXIF orientation, any pixel mode to RGB, size limits, clear errors.
+
+Every failure raises :class:`ImageReadError` naming the file and the problem, so a batch can report it
+and go on with the next image.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_SIDE = 1024
+#: Images with more pixels than this are refused as decompression bombs (about 16k x 16k).
+MAX_PIXELS = 268_435_456 // 1  # 2**28 pixels
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+class ImageReadError(Exception):
+    """An image could not be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An RGB image ready for feature extraction.
+
+    :param pixels: (H, W, 3) uint8 RGB after EXIF rotation and resizing.
+    :param original_size: (height, width) after EXIF rotation, before resizing.
+    :param scale: resized / original side ratio (<= 1).
+    :param offset: (x, y) of the pixels' top-left corner in the original image (non-zero for crops), so
+        original coordinates = pixel coordinates / scale + offset.
+    """
+
+    pixels: npt.NDArray[np.uint8]
+    original_size: tuple[int, int]
+    scale: float
+    offset: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def gray(self) -> npt.NDArray[np.uint8]:
+        """Luma (ITU-R 601) as uint8, the input SIFT expects."""
+        p = self.pixels.astype(np.float32)
+        y = 0.299 * p[..., 0] + 0.587 * p[..., 1] + 0.114 * p[..., 2]
+        return np.clip(y + 0.5, 0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (1, L, LA, P, RGBA, CMYK, I;16, I, F, YCbCr, ...) to 8-bit RGB.
+
+    Transparent pixels are composited on white; 16-bit and float images are rescaled by their range.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0
+        scaled = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) after EXIF orientation, read from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from exc
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def load_image(
+    path: str | Path,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    box: tuple[float, float, float, float] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> LoadedImage:
+    """Load an image as RGB uint8, honouring EXIF orientation, resized so its longer side <= max_side.
+
+    :param path: file path (any unicode name).
+    :param max_side: longest side after resizing; ``None`` keeps the native size. Never upsamples.
+    :param box: optional crop (x1, y1, x2, y2) in original pixel coordinates, applied before resizing
+        (the crop keeps the scale the full image would have at ``max_side``, as in the revisited protocol).
+    :param max_pixels: images larger than this are refused as decompression bombs.
+    :raises ImageReadError: missing, unreadable, truncated, non-image or oversized files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file does not exist")
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory, not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageReadError(
+                        path, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+                        "(refused as a possible decompression bomb)"
+                    )
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(path, f"refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image file (format not recognised)") from exc
+    except OSError as exc:
+        raise ImageReadError(path, f"unreadable or truncated image ({exc})") from exc
+    except (ValueError, SyntaxError) as exc:  # PIL raises these for some corrupt headers
+        raise ImageReadError(path, f"corrupt image ({exc})") from exc
+
+    full_w, full_h = rgb.size
+    offset = (0.0, 0.0)
+    scale = 1.0
+    if max_side is not None and max(full_w, full_h) > max_side:
+        scale = max_side / max(full_w, full_h)
+    if box is not None:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, y1 = max(0.0, x1), max(0.0, y1)
+        x2, y2 = min(float(full_w), x2), min(float(full_h), y2)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise ImageReadError(path, f"box {tuple(box)} is empty inside a {full_w}x{full_h} image")
+        ix1, iy1 = int(round(x1)), int(round(y1))
+        rgb = rgb.crop((ix1, iy1, max(ix1 + 1, int(round(x2))), max(iy1 + 1, int(round(y2)))))
+        offset = (float(ix1), float(iy1))
+    if scale < 1.0:
+        new_size = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
+        rgb = rgb.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return LoadedImage(pixels=np.asarray(rgb, dtype=np.uint8), original_size=(full_h, full_w), scale=scale, offset=offset)
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
