@@ -32,8 +32,14 @@ from glocal.io.feature_file import FeatureFile, RecordFile
 from glocal.models import create_extractor
 from glocal.progress import Progress, as_progress, no_progress
 from glocal.records import ImageFeatures, SearchHit
+from glocal.rerank.matching import MatcherOptions
 from glocal.rerank.shortlist import rerank
+from glocal.rerank.verification import VerifierOptions
 
+#: Re-ranking settings of the ``sift`` method: Lowe's ratio test (RootSIFT is not calibrated for DELG's
+#: absolute distance threshold) and DELG's affine RANSAC (20 px, 1,000 trials, seed 0).
+SIFT_MATCHER = {"ratio": 0.85, "max_distance": None, "mutual": False}
+SIFT_VERIFIER = {"model": "affine", "threshold_px": 20.0, "max_iters": 1000, "seed": 0}
 INDEX_FORMAT = "glocal-index"
 INDEX_VERSION = 1
 DEFAULTS = {
@@ -122,7 +128,7 @@ class Engine:
             "index": {k: settings[k] for k in ("db_assignments", "query_assignments", "binary")}
             | {"kind": "asmk*" if settings["binary"] else "asmk", "alpha": 3.0, "tau": 0.0},
             "codebook": codebook.info | {"trained_on": "codebook_paths" if codebook_paths else "database"},
-            "rerank": {"top": settings["rerank_top"], "verifier": "affine-ransac", "threshold_px": 20.0},
+            "rerank": {"top": settings["rerank_top"], "matcher": dict(SIFT_MATCHER), "verifier": dict(SIFT_VERIFIER)},
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         engine = cls._open(out, progress=prog)
@@ -239,10 +245,14 @@ class Engine:
         if n_verify > 0 and len(hits) > 0:
             head, tail = hits[:n_verify], hits[n_verify:]
             candidates = [self.features.get(h.name) for h in head]
-            verified = rerank(query, candidates, np.array([h.shortlist_score for h in head], np.float32))
+            verified = rerank(
+                query, candidates, np.array([h.shortlist_score for h in head], np.float32),
+                matcher=MatcherOptions(**m["rerank"]["matcher"]), verifier=VerifierOptions(**m["rerank"]["verifier"]),
+            )
             head = [
-                SearchHit(head[pos].index, head[pos].name, float(inl), head[pos].shortlist_score, int(inl), matches)
-                for pos, inl, matches in verified
+                SearchHit(head[r.position].index, head[r.position].name, r.score, head[r.position].shortlist_score,
+                          r.inliers, r.matches)
+                for r in verified
             ]
             hits = head + tail
         return hits[:top]

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 CHUNK = 1 << 16
 GND_BASE = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
@@ -82,7 +89,7 @@ def sha256_of(path: Path) -> str:
 
 
 def _total_from_headers(status: int, headers: object, offset: int) -> int | None:
-    get = getattr(headers, "get")
+    get = headers.get
     if status == 206:
         content_range = get("Content-Range") or ""
         total = content_range.rpartition("/")[2]

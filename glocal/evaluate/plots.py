@@ -13,7 +13,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from glocal.evaluate.protocol import RanksLike, evaluate_setups, mean_pr_curve, rank_rows, setups_for
+from glocal.evaluate.protocol import (
+    RanksLike,
+    evaluate_setups,
+    mean_pr_curve,
+    rank_rows,
+    setups_for,
+)
 from glocal.io.images import ImageReadError, load_image
 
 Color = tuple[int, int, int]

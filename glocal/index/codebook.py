@@ -56,7 +56,7 @@ def train_codebook(
 ) -> Codebook:
     """k-means (faiss) on a random sample of at most ``max_sample`` descriptors.
 
-    The size is clipped so every word has at least 8 training points; the info records the size used.
+    The size is clipped so every word has at least 39 training points (faiss warns below that); the info records the size used.
     """
     import faiss  # imported lazily: only codebook training needs it
 
@@ -66,7 +66,7 @@ def train_codebook(
         x = x[np.sort(rng.choice(len(x), max_sample, replace=False))]
     if len(x) < 2:
         raise ValueError(f"cannot train a codebook from {len(x)} descriptors")
-    k = int(min(size, max(2, len(x) // 8)))
+    k = int(min(size, max(2, len(x) // 39)))  # faiss wants >= 39 training points per centroid
     t0 = time.perf_counter()
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10_000_000)
     km.train(x)

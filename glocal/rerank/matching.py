@@ -54,12 +54,12 @@ class MatcherOptions:
     mutual: bool = False
 
     @classmethod
-    def delg(cls) -> "MatcherOptions":
+    def delg(cls) -> MatcherOptions:
         """DELG official setting: nearest neighbour, L2 distance below 1.0, no ratio test."""
         return cls(max_distance=1.0)
 
     @classmethod
-    def delg_binary(cls, dim: int = 128, l2_threshold: float = 1.1) -> "MatcherOptions":
+    def delg_binary(cls, dim: int = 128, l2_threshold: float = 1.1) -> MatcherOptions:
         """DELG* setting on sign codes of ``dim`` bits: L2 threshold 1.1 converted to Hamming bits."""
         return cls(max_distance=hamming_threshold_from_l2(l2_threshold, dim))
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["METHODS", "MIN_SAMPLES", "Verification", "VerifierOptions", "verify"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "MIN_SAMPLES", "Verification", "VerifierOptions", "verify", "verify_with"]
 
 Model = Literal["affine", "homography"]
 
@@ -60,7 +60,7 @@ class Verification:
     matches: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     @classmethod
-    def failed(cls, num_matches: int) -> "Verification":
+    def failed(cls, num_matches: int) -> Verification:
         """No model: 0 inliers, an all-False mask over ``num_matches`` putative matches."""
         return cls(inliers=0, inlier_mask=np.zeros(num_matches, bool))
 

@@ -1,0 +1,3 @@
+from glocal.cli.main import app
+
+app(prog_name="glocal")

@@ -1,0 +1,55 @@
+"""Shared CLI pieces: exit codes, consoles, argument parsing helpers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+#: Exit codes scripts can rely on.
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # the job finished, but some input files were skipped (listed on stderr)
+EXIT_USAGE = 2  # bad command-line arguments (typer/click's own code)
+EXIT_INPUT = 3  # the job could not run: index or query missing, unreadable or corrupt
+
+out = Console()
+err = Console(stderr=True)
+
+
+def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    """Parse ``x1,y1,x2,y2`` into a box, or exit with a usage error."""
+    if text is None:
+        return None
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4 or parts[2] <= parts[0] or parts[3] <= parts[1]:
+        raise typer.BadParameter(f"expected x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {text!r}", param_hint="--bbox")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def image_names(paths: list[Path], inputs: list[Path]) -> list[str]:
+    """Names for image files: the path relative to the input folder it was found in, else the file name."""
+    roots = [p.resolve() for p in inputs if p.is_dir()]
+    names = []
+    for p in paths:
+        rp = p.resolve()
+        name = p.name
+        for r in roots:
+            if rp.is_relative_to(r):
+                name = rp.relative_to(r).as_posix()
+                break
+        names.append(name)
+    return names
+
+
+def report_failures(failures: list, what: str = "skipped") -> None:
+    for f in failures:
+        err.print(f"[yellow]{what}[/yellow] {f.path}: {f.reason}", highlight=False)
+
+
+def show_progress() -> bool:
+    """Progress bars unless stderr is not a terminal and GLOCAL_PROGRESS is not set."""
+    return os.environ.get("GLOCAL_PROGRESS", "1") != "0"

@@ -1,0 +1,42 @@
+"""``glocal datasets download NAME``: fetch ROxford5k, RParis6k or the R1M distractors.
+
+Registered by the main app (``datasets`` group) as ``download`` -> :func:`download_command`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glocal.cli.common import EXIT_INPUT, err, out, show_progress
+
+
+def download_command(
+    name: Annotated[str, typer.Argument(help="roxford5k, rparis6k or r1m.")],
+    dest: Annotated[
+        Path,
+        typer.Option("--dest", help="Parent folder; files go to DEST/NAME."),
+    ] = Path("data/datasets"),
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="Fetch every file from this mirror (BASE_URL/FILENAME) instead of the official hosts."),
+    ] = None,
+    keep_archives: Annotated[
+        bool,
+        typer.Option("--keep-archives", help="Keep the tar files after extraction."),
+    ] = False,
+) -> None:
+    """Download a benchmark in the official layout (resumable; sha256 recorded in checksums.json)."""
+    from glocal.evaluate.download import SOURCES, DownloadError, download_dataset
+
+    if name not in SOURCES:
+        err.print(f"[red]error[/red]: unknown dataset {name!r}; expected one of {', '.join(sorted(SOURCES))}")
+        raise typer.Exit(EXIT_INPUT)
+    try:
+        folder = download_dataset(name, dest, base_url=base_url, progress=show_progress(),
+                                  keep_archives=keep_archives, log=lambda m: err.print(m, highlight=False))
+    except DownloadError as exc:
+        err.print(f"[red]error[/red]: {exc}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None
+    out.print(f"{name} ready in {folder}", highlight=False)

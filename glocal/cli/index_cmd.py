@@ -1,0 +1,100 @@
+"""``glocal index build|add|info``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, image_names, out, report_failures, show_progress
+from glocal.io.images import list_images
+
+app = typer.Typer(help="Build, extend and inspect an index (a .glx folder).", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    paths: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Index folder to create, e.g. my.glx."),
+    method: str = typer.Option("sift", "--method", "-m", help="Feature method: sift (weight-free default)."),
+    codebook_images: Optional[Path] = typer.Option(
+        None, "--codebook-images", help="Train the visual words on this folder instead of the indexed images."),
+    codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="Number of visual words (default 4096)."),
+    workers: int = typer.Option(2, "--workers", help="Parallel extraction threads."),
+) -> None:
+    """Extract features of every image and build a searchable index."""
+    from glocal.engine import Engine
+
+    files = list_images(paths)
+    if not files:
+        err.print(f"no images found in {', '.join(map(str, paths))}")
+        raise typer.Exit(EXIT_INPUT)
+    cb = list_images([codebook_images]) if codebook_images else None
+    try:
+        engine = Engine.build(files, image_names(files, paths), out_path, method=method, codebook_paths=cb,
+                              progress=show_progress(), codebook_size=codebook_size, workers=workers)
+    except (FileExistsError, ValueError) as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(EXIT_INPUT) from None
+    report_failures(engine.failures)
+    out.print(f"indexed {len(engine)} images into {out_path} ({len(engine.failures)} skipped)")
+    if engine.failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("add")
+def add(
+    index: Path = typer.Argument(..., help="Existing index folder."),
+    paths: list[Path] = typer.Argument(..., help="Image files and/or folders to add."),
+    workers: int = typer.Option(2, "--workers"),
+) -> None:
+    """Add images to an existing index (same method and codebook)."""
+    engine = _open(index)
+    files = list_images(paths)
+    before = len(engine)
+    failures = engine.add(files, image_names(files, paths), progress=show_progress(), workers=workers)
+    report_failures(failures)
+    out.print(f"added {len(engine) - before} images; the index now holds {len(engine)}")
+    if failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("info")
+def info(index: Path = typer.Argument(..., help="Index folder."), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Images, visual words per image, bytes per image and total size."""
+    import json
+
+    import numpy as np
+
+    engine = _open(index)
+    words = engine.index.words_per_image
+    files = {p.name: p.stat().st_size for p in Path(index).iterdir() if p.is_file()}
+    total = sum(files.values())
+    stats = {
+        "images": len(engine),
+        "method": engine.manifest["method"],
+        "index": engine.manifest["index"]["kind"],
+        "codebook_size": engine.codebook.size,
+        "words_per_image_mean": float(np.mean(words)) if len(words) else 0.0,
+        "asmk_bytes_per_image": files.get("asmk.glf", 0) / max(len(engine), 1),
+        "features_bytes_per_image": files.get("features.glf", 0) / max(len(engine), 1),
+        "total_bytes": total,
+        "files": files,
+    }
+    if as_json:
+        out.print_json(json.dumps(stats))
+        return
+    for k, v in stats.items():
+        if k != "files":
+            out.print(f"{k:>26}: {v:,.1f}" if isinstance(v, float) else f"{k:>26}: {v}")
+
+
+def _open(index: Path):
+    from glocal.engine import Engine, IndexError_
+    from glocal.io.feature_file import FeatureFileError
+
+    try:
+        return Engine.open(index, progress=show_progress())
+    except (IndexError_, FeatureFileError, OSError) as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(EXIT_INPUT) from None

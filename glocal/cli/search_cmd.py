@@ -1,0 +1,41 @@
+"""``glocal search INDEX QUERY``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from glocal.cli.common import EXIT_INPUT, err, out, parse_box
+from glocal.cli.index_cmd import _open
+
+
+def search(
+    index: Path = typer.Argument(..., help="Index folder built with 'glocal index build'."),
+    query: Path = typer.Argument(..., help="Query image."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="Query region x1,y1,x2,y2 in pixels of the original image."),
+    top: int = typer.Option(20, "--top", "-k", help="Number of results."),
+    rerank_top: Optional[int] = typer.Option(None, "--rerank", help="Shortlist size to verify (0 = no re-ranking)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON (with inlier matches)."),
+) -> None:
+    """Search an index with a query image; prints the best matches."""
+    from glocal.io.images import ImageReadError
+
+    box = parse_box(bbox)
+    engine = _open(index)
+    try:
+        hits = engine.search(query, box=box, top=top, rerank_top=rerank_top)
+    except ImageReadError as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(EXIT_INPUT) from None
+    if as_json:
+        print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
+        return
+    table = Table(title=f"{query} in {index}")
+    for col in ("rank", "image", "inliers", "shortlist score"):
+        table.add_column(col)
+    for r, h in enumerate(hits, 1):
+        table.add_row(str(r), h.name, str(h.inliers), f"{h.shortlist_score:.4f}")
+    out.print(table)

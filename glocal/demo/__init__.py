@@ -1,0 +1,1 @@
+"""The embedded default job: a synthetic landmark benchmark from scikit-image photos."""
