@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from glocal.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"],
+                                  ["search"], ["demo"], ["eval"], ["datasets", "download"]])
+def test_help_on_every_command(args: list[str]) -> None:
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.fixture(scope="module")
+def small_collection(demo_benchmark, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for p in demo_benchmark.db_paths[:30]:
+        shutil.copy(p, folder / p.name)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "broken.jpg").write_text("not a jpeg")
+    return folder
+
+
+def test_build_search_info_add(small_collection: Path, demo_benchmark, tmp_path: Path) -> None:
+    idx = tmp_path / "my.glx"
+    res = runner.invoke(app, ["index", "build", str(small_collection), "--out", str(idx), "--codebook-size", "256"],
+                        env={"GLOCAL_PROGRESS": "0"})
+    assert res.exit_code == 1, res.output  # partial: one bad file, the rest indexed
+    assert "broken.jpg" in res.output and "indexed 30 images" in res.output
+
+    query = demo_benchmark.db_paths[0]
+    res = runner.invoke(app, ["search", str(idx), str(query), "--top", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    assert payload["results"][0]["name"] == query.name
+    assert payload["results"][0]["inliers"] > 20 and len(payload["results"][0]["matches"]) > 20
+
+    res = runner.invoke(app, ["search", str(idx), str(query), "--bbox", "10,10,200,200"])
+    assert res.exit_code == 0 and query.name in res.output
+
+    res = runner.invoke(app, ["index", "info", str(idx), "--json"])
+    info = json.loads(res.output)
+    assert info["images"] == 30 and info["words_per_image_mean"] > 10
+
+    extra = tmp_path / "more"
+    extra.mkdir()
+    for p in demo_benchmark.db_paths[30:33]:
+        shutil.copy(p, extra / p.name)
+    res = runner.invoke(app, ["index", "add", str(idx), str(extra)], env={"GLOCAL_PROGRESS": "0"})
+    assert res.exit_code == 0, res.output and "holds 33" in res.output
+
+
+def test_errors_have_reliable_exit_codes(tmp_path: Path, photo_path: Path) -> None:
+    res = runner.invoke(app, ["search", str(tmp_path / "nope.glx"), str(photo_path)])
+    assert res.exit_code == 3 and "not a glocal index" in res.output
+    res = runner.invoke(app, ["search", str(tmp_path), str(photo_path), "--bbox", "1,2,3"])
+    assert res.exit_code == 2
+    res = runner.invoke(app, ["index", "build", str(tmp_path / "empty"), "--out", str(tmp_path / "x.glx")])
+    assert res.exit_code == 3

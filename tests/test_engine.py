@@ -1,0 +1,95 @@
+"""End-to-end: the default sift pipeline on the generated landmark benchmark."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glocal.engine import Engine
+from glocal.evaluate.protocol import revisited_setups
+from glocal.io.images import ImageReadError
+
+
+def test_queries_find_their_transformed_copies(demo_benchmark, demo_index) -> None:
+    ranks = []
+    for qpath, g in zip(demo_benchmark.query_paths, demo_benchmark.gnd):
+        hits = demo_index.search(qpath, box=tuple(g["bbx"]), top=len(demo_index))
+        order = [h.index for h in hits]
+        ranks.append(order)
+        positives = set(g["easy"]) | set(g["hard"])
+        # every easy copy is within the first 5 results, and the best result is a positive
+        assert set(g["easy"]) <= set(order[:5]), (qpath.name, order[:10], g)
+        assert order[0] in positives | set(g["junk"])
+        # verified positives carry real inlier matches in original image coordinates
+        top = hits[0]
+        assert top.inliers >= 15 and top.matches.shape == (top.inliers, 4)
+    res = revisited_setups(ranks, demo_benchmark.gnd)
+    assert res["medium"].map > 0.8
+    assert res["hard"].map > 0.6
+
+
+def test_shortlist_alone_is_already_useful(demo_benchmark, demo_index) -> None:
+    g = demo_benchmark.gnd[0]
+    hits = demo_index.search(demo_benchmark.query_paths[0], box=tuple(g["bbx"]), rerank_top=0, top=10)
+    assert all(h.inliers == 0 for h in hits)
+    assert len(set(h.index for h in hits[:5]) & (set(g["easy"]) | set(g["hard"]))) >= 3
+
+
+def test_reopen_gives_identical_results(demo_benchmark, demo_index) -> None:
+    q = demo_benchmark.query_paths[1]
+    first = [(h.index, h.inliers) for h in demo_index.search(q, top=20)]
+    again = Engine.open(demo_index.root)
+    assert [(h.index, h.inliers) for h in again.search(q, top=20)] == first
+    again.close()
+
+
+def test_add_and_crash_recovery(demo_benchmark, tmp_path: Path) -> None:
+    paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    eng = Engine.build(paths[:40] + [bad], names[:40] + ["corrupt"], tmp_path / "a.glx", progress=False,
+                       codebook_size=256)
+    assert len(eng) == 40 and [f.name for f in eng.failures] == ["corrupt"]
+    failures = eng.add(paths[40:60] + paths[:2], names[40:60] + names[:2], progress=False)
+    assert len(eng) == 60
+    assert [f.reason for f in failures] == ["already in the index (skipped)"] * 2
+    eng.close()
+    # simulate a crash after features were committed but before their ASMK records were
+    asmk = tmp_path / "a.glx" / "asmk.glf"
+    from glocal.io.feature_file import RecordFile
+
+    rf = RecordFile(asmk)
+    cut = rf.records[55].payload_offset - 16  # start of record 55's header
+    rf.close()
+    with open(asmk, "r+b") as f:
+        f.truncate(cut)
+    reopened = Engine.open(tmp_path / "a.glx")
+    assert len(reopened) == 60 and reopened.names == names[:60]
+    # the repaired images are searchable again
+    target = names.index(names[58])
+    hits = reopened.search(paths[58], top=3)
+    assert hits[0].index == target
+    reopened.close()
+
+
+def test_bad_query_raises_named_error(demo_index, tmp_path: Path) -> None:
+    p = tmp_path / "q.jpg"
+    p.write_text("not an image")
+    with pytest.raises(ImageReadError, match="q.jpg"):
+        demo_index.search(p)
+
+
+def test_build_refuses_existing_index(demo_benchmark, demo_index) -> None:
+    with pytest.raises(FileExistsError):
+        Engine.build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], demo_index.root, progress=False)
+
+
+def test_settings_record_what_produced_results(demo_index) -> None:
+    s = demo_index.settings
+    assert s["method"] == "sift" and s["max_side"] == 1024
+    assert s["codebook"]["size"] == demo_index.codebook.size
+    assert s["rerank"]["top"] == 100 and s["index"]["kind"] == "asmk*"
+    words = demo_index.index.words_per_image
+    assert len(words) == len(demo_index) and np.all(words > 0)
