@@ -16,7 +16,7 @@ import numpy.typing as npt
 import typer
 from rich.table import Table
 
-from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, out, show_progress
+from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, out, report_failures, show_progress
 from glocal.evaluate.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -116,9 +116,9 @@ def results_table(title: str, setups: dict[str, SetupResult]) -> Table:
 
 def _index_error() -> type[Exception]:
     """The engine's "not an index" error class (OSError when the engine does not define one)."""
-    import glocal.engine
+    import importlib
 
-    return getattr(glocal.engine, "IndexError_", OSError)
+    return getattr(importlib.import_module("glocal.engine"), "IndexError_", OSError)
 
 
 def eval_command(
@@ -206,6 +206,7 @@ def eval_command(
             err.print(f"[red]error[/red]: {exc}", highlight=False)
             raise typer.Exit(EXIT_INPUT) from None
         try:
+            report_failures(list(getattr(engine, "failures", [])), "not indexed")
             mapping = name_map(engine.names, ds.db_names)
             if not (mapping >= 0).any():
                 err.print(f"[red]error[/red]: no image of the index {index} is in the {ds.name} database "
@@ -235,7 +236,7 @@ def eval_command(
     settings.update({
         "dataset": ds.name, "data": str(data), "crop": ds.query_boxes is not None, "top": top,
         "distractors": str(distractors) if distractors is not None else None, "n_database": ds.n_database,
-        "n_queries": ds.n_queries, "index": str(index) if index is not None else None,
+        "n_queries": ds.n_queries, "index_path": str(index) if index is not None else None,
         "rerank_on": bool((rerank_top if rerank_top is not None else index_top) or 0),
         "rerank_top": rerank_top if rerank_top is not None else index_top,
     })

@@ -9,6 +9,7 @@ absolute paths, ``..``, links and special files, so an archive cannot write outs
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import shutil
 import tarfile
@@ -119,6 +120,11 @@ def _fetch_once(url: str, part: Path, progress: Progress | None, timeout: float)
             offset = 0  # the server ignored the range: start again
         elif status not in (200, 206):
             raise DownloadError(f"{url}: unexpected HTTP status {status}")
+        if status == 206:
+            content_range = response.headers.get("Content-Range") or ""
+            start = content_range.removeprefix("bytes ").partition("-")[0]
+            if start.isdigit() and int(start) != offset:
+                raise DownloadError(f"{url}: asked for bytes from {offset}, the server sent {content_range!r}")
         total = _total_from_headers(status, response.headers, offset)
         task = progress.add_task(part.name.removesuffix(".part"), total=total, completed=offset) if progress else None
         with open(part, "ab" if offset else "wb") as f:
@@ -170,7 +176,7 @@ def download_file(
                 total = _fetch_once(url, part, bar, timeout)
             except DownloadError:
                 raise
-            except (urllib.error.URLError, OSError, ValueError) as exc:  # connection reset, timeouts, short reads
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # resets, timeouts, short reads
                 last_error = exc
             else:
                 expected = size if size is not None else total

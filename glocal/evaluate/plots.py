@@ -79,7 +79,7 @@ def draw_pr_curves(
     for n, (name, (recall, precision)) in enumerate(curves.items()):
         color = palette.get(name) or next(spare)
         ok = ~np.isnan(precision)
-        points = [xy(float(r), float(p)) for r, p in zip(recall[ok], precision[ok])]
+        points = [xy(float(r), float(p)) for r, p in zip(recall[ok], precision[ok], strict=True)]
         if len(points) >= 2:
             draw.line(points, fill=color, width=2)
         ly = top + 10 + 18 * n
@@ -117,7 +117,8 @@ def plot_pr_curves(
 def _thumbnail(path: Path, side: int, box: tuple[float, float, float, float] | None = None) -> Image.Image:
     """The image (cropped to ``box``) fitted into side x side, or a grey tile saying it is unreadable."""
     try:
-        loaded = load_image(path, max_side=side, box=box)
+        # a crop is read at the usual working size so a small box still fills the tile
+        loaded = load_image(path, max_side=side if box is None else 1024, box=box)
         img = Image.fromarray(loaded.pixels)
         img.thumbnail((side, side))
         return img

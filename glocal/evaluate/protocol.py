@@ -73,9 +73,8 @@ def rank_rows(ranks: RanksLike) -> list[npt.NDArray[np.int64]]:
         rows = [np.asarray(r).reshape(-1) for r in ranks]  # type: ignore[union-attr]
     out = []
     for i, r in enumerate(rows):
-        if r.size and not np.issubdtype(r.dtype, np.integer):
-            if not np.all(np.equal(np.mod(r, 1), 0)):
-                raise ValueError(f"ranks row {i} holds non-integer values (dtype {r.dtype})")
+        if r.size and not np.issubdtype(r.dtype, np.integer) and not np.all(np.equal(np.mod(r, 1), 0)):
+            raise ValueError(f"ranks row {i} holds non-integer values (dtype {r.dtype})")
         r = r.astype(np.int64, copy=False)
         out.append(r[r >= 0])
     return out
@@ -153,7 +152,7 @@ def compute_map(
     nq = len(rows)
     aps = np.full(nq, np.nan, dtype=np.float64)
     prs = np.full((nq, len(kappas)), np.nan, dtype=np.float64)
-    for i, (row, q) in enumerate(zip(rows, gnd)):
+    for i, (row, q) in enumerate(zip(rows, gnd, strict=True)):
         ok = np.asarray(q["ok"], dtype=np.int64).reshape(-1)
         if ok.size == 0:
             continue
@@ -195,7 +194,7 @@ def setup_gnd(gnd: Sequence[Mapping[str, npt.ArrayLike]], setup: str) -> list[di
 def _result(ranks: RanksLike, gnd: Sequence[Mapping[str, npt.ArrayLike]], kappas: Sequence[int]) -> SetupResult:
     m, aps, mpr, prs = compute_map(ranks, gnd, kappas)
     ks = tuple(int(k) for k in kappas)
-    return SetupResult(map=m, aps=aps, mp={k: float(v) for k, v in zip(ks, mpr)}, prs=prs, kappas=ks)
+    return SetupResult(map=m, aps=aps, mp={k: float(v) for k, v in zip(ks, mpr, strict=True)}, prs=prs, kappas=ks)
 
 
 def revisited_setups(
@@ -265,7 +264,7 @@ def mean_pr_curve(
     recall_axis = np.linspace(0.0, 1.0, levels)
     rows = rank_rows(ranks)
     curves = []
-    for row, q in zip(rows, gnd_setup):
+    for row, q in zip(rows, gnd_setup, strict=True):
         if np.asarray(q["ok"]).size == 0:
             continue
         rec, prec = precision_recall(row, q["ok"], q.get("junk", ()))

@@ -5,6 +5,7 @@ refers to the PNGs by relative path, so the folder can be moved or served as is.
 """
 from __future__ import annotations
 
+import base64
 import html
 import math
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,7 @@ th:first-child, td:first-child { text-align: left; }
 
 
 def _rgb(c: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % c
+    return "#" + "".join(f"{v:02x}" for v in c)
 
 
 def _pct(v: float) -> str:
@@ -79,6 +80,7 @@ def write_report(
     grid_setup: str | None = None,
     top: int = 10,
     max_queries: int | None = None,
+    inline_images: bool = False,
 ) -> Path:
     """Write the HTML report and its figures; returns the path of ``index.html``.
 
@@ -86,7 +88,15 @@ def write_report(
     :param gnd: raw ground truth (``easy``/``hard``/``junk`` or ``ok``/``junk``).
     :param grid_setup: setup whose labels colour the grids; default ``medium`` (revisited) or ``all``.
     :param top: thumbnails per query; ``max_queries`` limits how many query grids are drawn.
+    :param inline_images: embed the PNGs as data URIs so ``index.html`` is a single portable file (the PNG
+        files are written too).
     """
+
+    def src(png: Path) -> str:
+        if inline_images:
+            return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+        return png.relative_to(out).as_posix()
+
     out = Path(out_dir)
     (out / "queries").mkdir(parents=True, exist_ok=True)
     rows = rank_rows(ranks)
@@ -98,7 +108,7 @@ def write_report(
     setup = grid_setup or ("medium" if "medium" in per_setup else next(iter(per_setup)))
     if setup not in per_setup:
         raise ValueError(f"report: unknown grid setup {setup!r}; expected one of {list(per_setup)}")
-    plot_pr_curves(rows, gnd, out / "pr_curves.png", title=title)
+    pr_png = plot_pr_curves(rows, gnd, out / "pr_curves.png", title=title)
 
     key = "".join(f"<span style='background:{_rgb(c)}'></span>{label}" for c, label in
                   ((POSITIVE, "positive"), (NEGATIVE, "negative"), (IGNORED, "ignored (junk)")))
@@ -112,7 +122,7 @@ def write_report(
         aps = ", ".join(f"{s} AP {_pct(float(r.aps[i]))}" for s, r in results.items())
         sections.append(
             f"<div class='query'><h3>{i + 1}. {html.escape(names[i])}</h3><p>{html.escape(aps)}</p>"
-            f"<img src='{png.relative_to(out).as_posix()}' alt='top {top} for {html.escape(names[i])}'></div>"
+            f"<img src='{src(png)}' alt='top {top} for {html.escape(names[i])}'></div>"
         )
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -120,7 +130,7 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>"
         f"<h2>Scores (percent)</h2>{_scores_table(results)}"
         f"<h2>Settings</h2>{_settings_table(settings or {})}"
-        "<h2>Precision-recall</h2><img src='pr_curves.png' alt='precision-recall curves'>"
+        f"<h2>Precision-recall</h2><img src='{src(pr_png)}' alt='precision-recall curves'>"
         f"<h2>Queries</h2><p class='key'>Borders ({html.escape(setup)} setup):{key}</p>"
         + "".join(sections)
         + "</body></html>\n"
@@ -137,10 +147,12 @@ def write_dataset_report(
     settings: Mapping[str, Any] | None = None,
     top: int = 10,
     max_queries: int | None = None,
+    inline_images: bool = False,
 ) -> Path:
     """:func:`write_report` for a :class:`RetrievalDataset` (queries cropped as the dataset says)."""
     return write_report(
         out_dir, dataset.query_paths, dataset.db_paths, ranks, dataset.gnd,
         query_names=dataset.query_names, query_boxes=dataset.query_boxes, settings=settings,
         title=f"{dataset.name}: retrieval evaluation", top=top, max_queries=max_queries,
+        inline_images=inline_images,
     )

@@ -48,7 +48,8 @@ def table_rows(results: Results, setups: Sequence[str] = ("medium", "hard"),
             if key not in datasets:
                 datasets.append(key)
     order = list(DATASET_LABELS)
-    datasets.sort(key=lambda k: (order.index(k) if k in order else len(order), datasets.index(k)))
+    first_seen = {k: i for i, k in enumerate(datasets)}
+    datasets.sort(key=lambda k: (order.index(k) if k in order else len(order), first_seen[k]))
     columns: list[tuple[str, str, str]] = []  # dataset, setup, "map" | "mp10"
     for key in datasets:
         present = {s for per in results.values() for s in per.get(key, {})}
@@ -81,7 +82,7 @@ def format_table(results: Results, setups: Sequence[str] = ("medium", "hard"),
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
 
     def line(cells: list[str], sep: str) -> str:
-        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
         return sep.join(parts)
 
     if style == "markdown":
@@ -109,7 +110,7 @@ def results_dict(setups: Mapping[str, SetupResult], settings: Mapping[str, Any],
         entry: dict[str, Any] = {"map": _json_number(r.map), "mp": {str(k): _json_number(v) for k, v in r.mp.items()},
                                  "n_queries": r.n_valid}
         if query_names is not None:
-            entry["ap"] = {q: _json_number(float(a)) for q, a in zip(query_names, r.aps)}
+            entry["ap"] = {q: _json_number(float(a)) for q, a in zip(query_names, r.aps, strict=True)}
         out[name] = entry
     out["settings"] = dict(settings)
     return out
@@ -148,7 +149,7 @@ def load_results_json(path: str | Path) -> tuple[dict[str, SetupResult], dict[st
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read results JSON ({exc})") from exc
     if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object of setups")
+        raise TypeError(f"{path}: expected a JSON object of setups, found {type(doc).__name__}")
     setups: dict[str, SetupResult] = {}
     for name, entry in doc.items():
         if name == "settings":
