@@ -126,7 +126,7 @@ def eval_command(
         str,
         typer.Argument(help="roxford5k, rparis6k or custom (a folder with groundtruth.json/.csv)."),
     ],
-    data: Annotated[Path, typer.Argument(help="Dataset folder (holding jpg/ for the revisited sets).")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder (holding jpg/ for the revisited sets).")],
     index: Annotated[
         Path | None,
         typer.Option("--index", help="Search this existing index instead of building one."),

@@ -116,7 +116,7 @@ def test_eval_through_typer(tmp_path: Path, fake_engine: type[FakeEngine]) -> No
     app = typer.Typer()
     app.command("eval")(eval_command)
     app.command("other")(lambda: None)
-    result = CliRunner().invoke(app, ["eval", "custom", str(tmp_path), "--json", str(tmp_path / "t.json"),
+    result = CliRunner().invoke(app, ["eval", "custom", "--data", str(tmp_path), "--json", str(tmp_path / "t.json"),
                                       "--top", "2", "--method", "sift"])
     assert result.exit_code == 0, result.output
     assert "all" in result.output and json.loads((tmp_path / "t.json").read_text())["settings"]["top"] == 2
@@ -126,5 +126,5 @@ def test_eval_bad_dataset_exits_with_input_error(tmp_path: Path, fake_engine: ty
     app = typer.Typer()
     app.command("eval")(eval_command)
     app.command("other")(lambda: None)
-    result = CliRunner().invoke(app, ["eval", "roxford5k", str(tmp_path / "nowhere")])
+    result = CliRunner().invoke(app, ["eval", "roxford5k", "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 3
