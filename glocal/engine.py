@@ -36,9 +36,10 @@ from glocal.rerank.matching import MatcherOptions
 from glocal.rerank.shortlist import rerank
 from glocal.rerank.verification import VerifierOptions
 
-#: Re-ranking settings of the ``sift`` method: Lowe's ratio test (RootSIFT is not calibrated for DELG's
+#: Re-ranking settings of the ``sift`` method: mutual nearest neighbours with Lowe's ratio test 0.9 (tuned on
+#: mini-ROxf/RPar, benchmarks/RESULTS.md; RootSIFT is not calibrated for DELG's
 #: absolute distance threshold) and DELG's affine RANSAC (20 px, 1,000 trials, seed 0).
-SIFT_MATCHER = {"ratio": 0.85, "max_distance": None, "mutual": False}
+SIFT_MATCHER = {"ratio": 0.9, "max_distance": None, "mutual": True}
 SIFT_VERIFIER = {"model": "affine", "threshold_px": 20.0, "max_iters": 1000, "seed": 0}
 INDEX_FORMAT = "glocal-index"
 INDEX_VERSION = 1

@@ -19,6 +19,7 @@ class DemoResult:
     benchmark: DemoBenchmark
     hits: list[list[SearchHit]]
     setups: dict[str, SetupResult]
+    shortlist_setups: dict[str, SetupResult]
     seconds: dict[str, float]
     page: Path
 
@@ -42,20 +43,23 @@ def run_demo(out_dir: Path, seed: int = 0, progress: bool | Progress = False, to
     seconds["index"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    all_hits = []
+    all_hits, shortlist_ranks = [], []
     advance = prog("searching queries", len(bench.query_paths))
     for qpath, g in zip(bench.query_paths, bench.gnd):
-        all_hits.append(engine.search(qpath, box=tuple(g["bbx"]), top=len(engine)))
+        query = engine.query_features(qpath, box=tuple(g["bbx"]))
+        all_hits.append(engine.search_features(query, top=len(engine)))
+        shortlist_ranks.append([h.index for h in engine.search_features(query, top=len(engine), rerank_top=0)])
         advance(1)
     seconds["search"] = time.perf_counter() - t0
     ranks = [[h.index for h in hits] for hits in all_hits]
     setups = revisited_setups(ranks, bench.gnd)
+    shortlist_setups = revisited_setups(shortlist_ranks, bench.gnd)
 
     t0 = time.perf_counter()
     page = write_demo_page(out_dir, bench, all_hits, setups, top=top)
     seconds["page"] = time.perf_counter() - t0
     engine.close()
-    return DemoResult(bench, all_hits, setups, seconds, page)
+    return DemoResult(bench, all_hits, setups, shortlist_setups, seconds, page)
 
 
 def _label(i: int, g: dict) -> str:

@@ -85,23 +85,24 @@ def transform(img: npt.NDArray, kind: str, rng: np.random.Generator, background:
         return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     if kind == "homography":
         src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-        jitter = rng.uniform(0.12, 0.25, size=(4, 2)) * np.float32([w, h])
+        jitter = rng.uniform(0.2, 0.33, size=(4, 2)) * np.float32([w, h])
         signs = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]])
         dst = src + signs * jitter * rng.choice([0.3, 1.0], size=(4, 1))
         return _warp(img, cv2.getPerspectiveTransform(src, np.float32(dst)), (w, h), background)
     if kind == "crop_occlusion":
         x0, y0 = int(rng.uniform(0.05, 0.25) * w), int(rng.uniform(0.05, 0.25) * h)
-        out = img[y0 : y0 + int(0.7 * h), x0 : x0 + int(0.7 * w)].copy()
+        out = img[y0 : y0 + int(0.6 * h), x0 : x0 + int(0.6 * w)].copy()
         ch, cw = out.shape[:2]
-        for _ in range(3):
+        for _ in range(4):
             ow, oh = int(rng.uniform(0.15, 0.3) * cw), int(rng.uniform(0.15, 0.3) * ch)
             ox, oy = int(rng.uniform(0, cw - ow)), int(rng.uniform(0, ch - oh))
             out[oy : oy + oh, ox : ox + ow] = rng.integers(0, 255, 3)
         return cv2.resize(out, (int(cw * 1.3), int(ch * 1.3)), interpolation=cv2.INTER_CUBIC)
     if kind == "small_rotated":
-        s, ang = rng.uniform(0.42, 0.55), rng.uniform(30, 60) * rng.choice([-1, 1])
+        s, ang = rng.uniform(0.3, 0.4), rng.uniform(40, 90) * rng.choice([-1, 1])
         out = _warp(img, _similarity(s, ang, (w, h), (w, h)), (w, h), background)
-        return np.clip(out + rng.normal(0, 6, out.shape), 0, 255).astype(np.uint8)
+        out = cv2.GaussianBlur(out, (0, 0), 0.8)
+        return np.clip(out + rng.normal(0, 10, out.shape), 0, 255).astype(np.uint8)
     if kind == "tiny_in_scene":
         s = rng.uniform(0.12, 0.16)
         bw, bh = background.shape[1], background.shape[0]
