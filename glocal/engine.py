@@ -89,7 +89,7 @@ class Engine:
         workers: int = 2,
         seed: int = 0,
         **extractor_conf: object,
-    ) -> "Engine":
+    ) -> Engine:
         """Index ``paths`` into a new collection at ``out``.
 
         The codebook is trained on the database images themselves unless ``codebook_paths`` names other
@@ -137,11 +137,11 @@ class Engine:
         return engine
 
     @classmethod
-    def open(cls, path: Path, progress: bool | Progress = False) -> "Engine":
+    def open(cls, path: Path, progress: bool | Progress = False) -> Engine:
         return cls._open(Path(path), as_progress(progress))
 
     @classmethod
-    def _open(cls, path: Path, progress: Progress) -> "Engine":
+    def _open(cls, path: Path, progress: Progress) -> Engine:
         mf = path / "manifest.json"
         if not mf.exists():
             raise IndexError_(f"{path}: not a glocal index (no manifest.json)")

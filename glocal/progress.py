@@ -15,7 +15,8 @@ def no_progress(description: str, total: int) -> Advance:
 def rich_progress(description: str, total: int) -> Advance:
     """A rich progress bar on stderr that closes itself when ``total`` steps are done."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
 
     if total <= 0:
         return no_progress(description, total)

@@ -53,7 +53,7 @@ class ImageFeatures:
     def num_features(self) -> int:
         return len(self.descriptors)
 
-    def select(self, index: npt.NDArray) -> "ImageFeatures":
+    def select(self, index: npt.NDArray) -> ImageFeatures:
         """Return a copy keeping only the local features at ``index`` (boolean mask or integer indices)."""
         return ImageFeatures(
             name=self.name,
@@ -66,7 +66,7 @@ class ImageFeatures:
             regions=self.regions,
         )
 
-    def in_box(self, box: tuple[float, float, float, float]) -> "ImageFeatures":
+    def in_box(self, box: tuple[float, float, float, float]) -> ImageFeatures:
         """Keep local features whose keypoint lies inside ``box`` = (x1, y1, x2, y2)."""
         x1, y1, x2, y2 = box
         kp = self.keypoints

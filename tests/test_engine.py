@@ -1,7 +1,6 @@
 """End-to-end: the default sift pipeline on the generated landmark benchmark."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np

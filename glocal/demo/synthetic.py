@@ -177,9 +177,9 @@ def make_benchmark(root: Path, seed: int = 0, distractor_variants: int = 3) -> D
         bbx = [round(0.1 * w, 1), round(0.1 * h, 1), round(0.9 * w, 1), round(0.9 * h, 1)]
         gnd.append({
             "bbx": bbx,
-            "easy": [i for i, (l, dif) in enumerate(kinds) if l == lm and dif == "easy"],
-            "hard": [i for i, (l, dif) in enumerate(kinds) if l == lm and dif == "hard"],
-            "junk": [i for i, (l, dif) in enumerate(kinds) if l == lm and dif == "junk"],
+            "easy": [i for i, (owner, dif) in enumerate(kinds) if owner == lm and dif == "easy"],
+            "hard": [i for i, (owner, dif) in enumerate(kinds) if owner == lm and dif == "hard"],
+            "junk": [i for i, (owner, dif) in enumerate(kinds) if owner == lm and dif == "junk"],
         })
     with open(Path(root) / "gnd_demo.pkl", "wb") as f:
         pickle.dump({"imlist": db_names, "qimlist": query_names, "gnd": gnd}, f)

@@ -197,21 +197,21 @@ class RecordFile:
         """Append several records with one fsync. A crash leaves a prefix of them, never a broken file."""
         if not self.writable:
             raise FeatureFileError(f"{self.path}: opened read-only")
-        blobs = []
+        blobs: list[tuple[str, bytes]] = []
         for name, arrays, attrs in items:
-            if name in self._by_name:
+            if name in self._by_name or any(name == n for n, _ in blobs):
                 raise FeatureFileError(f"{self.path}: a record named {name!r} already exists")
-            blobs.append((name, attrs or {}, arrays, encode_record(name, arrays, attrs)))
+            blobs.append((name, encode_record(name, arrays, attrs)))
         with open(self.path, "r+b") as f:
             f.truncate(self._valid_end)  # drop a torn tail left by an earlier crash
             f.seek(self._valid_end)
-            for _, _, _, blob in blobs:
+            for _, blob in blobs:
                 f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         out = []
         pos = self._valid_end
-        for name, attrs, arrays, blob in blobs:
+        for name, blob in blobs:
             (mlen,) = struct.unpack_from("<I", blob, _RECORD.size)
             _, plen, crc = _RECORD.unpack_from(blob)
             meta = json.loads(blob[_RECORD.size + 4 : _RECORD.size + 4 + mlen])
@@ -229,7 +229,7 @@ class RecordFile:
     def close(self) -> None:
         self._fh.close()
 
-    def __enter__(self) -> "RecordFile":
+    def __enter__(self) -> RecordFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
