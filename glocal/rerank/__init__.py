@@ -5,6 +5,7 @@ local matches (DELG, Cao et al., ECCV 2020): :func:`match_descriptors` gives put
 :func:`verify` fits a seeded robust affine (or homography) model, :func:`rerank` applies both to each
 candidate and sorts by (inlier count, shortlist score).
 """
+
 from glocal.rerank.matching import (
     MatcherOptions,
     hamming_distances,

@@ -7,14 +7,19 @@ codes are compared by Hamming distance and :func:`hamming_threshold_from_l2` con
 
 Float descriptors: the whole (N, M) squared-distance matrix comes from one float32 matrix product,
 ``|a|^2 + |b|^2 - 2 a.b`` (on a 2-core machine this was measured 4-5x faster than faiss exact search).
+The product is ``cv2.gemm``, not numpy's ``@``: for 1,000 x 1,000 x 128 both take ~1.7 ms on one core,
+but numpy's two-thread OpenBLAS took ~15 ms (10x slower) whenever other processes kept the cores busy,
+while ``cv2.gemm`` stayed at ~1.7 ms; the results are identical.
 Binary descriptors (uint8, packed bits as ``np.packbits(d > 0, axis=1)``): Hamming distances come from
 ``faiss.hammings`` (popcount kernel, ~0.2 ms for 1,000 x 1,000 128-bit codes) with a numpy
 ``np.bitwise_count`` fallback that gives the same integers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -122,6 +127,11 @@ def hamming_distances(
     return _hamming_numpy(a, b)
 
 
+def _minus_two_dot(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """(N, M) float32 ``-2 a b^T`` by one ``cv2.gemm`` call (see the module docstring for why not ``@``)."""
+    return cv2.gemm(a, b, -2.0, None, 0.0, flags=cv2.GEMM_2_T).reshape(len(a), len(b))
+
+
 def descriptor_distances(a: npt.NDArray, b: npt.NDArray) -> npt.NDArray:
     """Pairwise distance matrix used for matching, in the units of the thresholds.
 
@@ -134,9 +144,9 @@ def descriptor_distances(a: npt.NDArray, b: npt.NDArray) -> npt.NDArray:
         return hamming_distances(a, b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"descriptor dimensions differ: {a.shape[1]} vs {b.shape[1]}")
-    a32 = np.asarray(a, dtype=np.float32)
-    b32 = np.asarray(b, dtype=np.float32)
-    d2 = a32 @ (-2.0 * b32).T
+    a32 = np.ascontiguousarray(a, dtype=np.float32)
+    b32 = np.ascontiguousarray(b, dtype=np.float32)
+    d2 = _minus_two_dot(a32, b32)
     d2 += np.einsum("ij,ij->i", a32, a32)[:, None]
     d2 += np.einsum("ij,ij->i", b32, b32)[None, :]
     np.maximum(d2, 0.0, out=d2)
@@ -183,10 +193,10 @@ def match_descriptors(
     else:
         if query_desc.shape[1] != db_desc.shape[1]:
             raise ValueError(f"descriptor dimensions differ: {query_desc.shape[1]} vs {db_desc.shape[1]}")
-        a32 = np.asarray(query_desc, dtype=np.float32)
-        b32 = np.asarray(db_desc, dtype=np.float32)
+        a32 = np.ascontiguousarray(query_desc, dtype=np.float32)
+        b32 = np.ascontiguousarray(db_desc, dtype=np.float32)
         # cost = |b|^2 - 2 a.b, so that d^2 = |a|^2 + cost: one matmul and one pass over the matrix
-        cost = a32 @ (-2.0 * b32).T
+        cost = _minus_two_dot(a32, b32)
         cost += np.einsum("ij,ij->i", b32, b32)[None, :]
         offset = np.einsum("ij,ij->i", a32, a32)
         if mutual:  # column minima need the per-row |a|^2 too: make cost the full d^2 matrix in place

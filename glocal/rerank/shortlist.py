@@ -11,6 +11,7 @@ with SIFT-like features) keeps weakly verified candidates from jumping over bett
 Candidates are read one at a time through ``Sequence.__getitem__``, so a lazily loading sequence (one
 feature file per access) works and holds at most one candidate's features in memory.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -91,7 +92,8 @@ def rerank(
     :param shortlist_scores: (K,) first-stage scores of the candidates, same order.
     :param matcher: putative matching options; default DELG's (nearest neighbour, L2 < 1.0) for float
         descriptors and DELG*'s (Hamming < ``hamming_threshold_from_l2(1.1, dim)``) for binary codes.
-    :param verifier: verification options; default DELG's (affine, 20 px, 1,000 trials, seed 0).
+    :param verifier: verification options; default :class:`VerifierOptions` (DELG's affine model, 20 px,
+        1,000 trials, seed 0, USAC_FAST estimator); ``VerifierOptions.delg_reference()`` for plain RANSAC.
     :param min_inliers: candidates with fewer inliers keep their shortlist order after the verified ones.
     :return: one :class:`Reranked` per candidate, in final order.
     """
