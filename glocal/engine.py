@@ -72,6 +72,7 @@ class Engine:
         s = manifest["index"]
         self.index = AsmkIndex(codebook, binary=s["binary"])
         self.failures: list[ExtractionFailure] = []
+        self.workers = 2  # threads for re-ranking
         self.index.add([AggregatedImage(a["words"], a["codes"]) for _, _, a in self._asmk_file])
         self._repair()
 
@@ -245,10 +246,11 @@ class Engine:
         hits = [SearchHit(int(i), names[i], float(s), float(s)) for i, s in zip(idx, scores)]
         if n_verify > 0 and len(hits) > 0:
             head, tail = hits[:n_verify], hits[n_verify:]
-            candidates = [self.features.get(h.name) for h in head]
+            candidates = _LazyFeatures(self.features, [h.name for h in head])
             verified = rerank(
                 query, candidates, np.array([h.shortlist_score for h in head], np.float32),
                 matcher=MatcherOptions(**m["rerank"]["matcher"]), verifier=VerifierOptions(**m["rerank"]["verifier"]),
+                workers=self.workers,
             )
             head = [
                 SearchHit(head[r.position].index, head[r.position].name, r.score, head[r.position].shortlist_score,
@@ -261,6 +263,20 @@ class Engine:
     def close(self) -> None:
         self.features.close()
         self._asmk_file.close()
+
+
+class _LazyFeatures(Sequence[ImageFeatures]):
+    """Features of named images, read from the feature file only when indexed (thread-safe reads)."""
+
+    def __init__(self, features: FeatureFile, names: list[str]) -> None:
+        self._features = features
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._features.get(self._names[i])
 
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],

@@ -171,8 +171,8 @@ class RecordFile:
     def read(self, i: int, verify: bool = True) -> tuple[str, dict, dict[str, np.ndarray]]:
         """Read record ``i``: (name, attrs, arrays). With ``verify`` the CRC32 is checked."""
         info = self.records[i]
-        self._fh.seek(info.payload_offset)
-        payload = self._fh.read(info.payload_len)
+        # pread: no shared file position, so concurrent readers (re-ranking threads) are safe
+        payload = os.pread(self._fh.fileno(), info.payload_len, info.payload_offset)
         if verify and zlib.crc32(payload) != info.crc:
             raise FeatureFileError(f"{self.path}: record {info.name!r} is corrupt (checksum mismatch)")
         base = info.data_offset - info.payload_offset

@@ -15,6 +15,7 @@ feature file per access) works and holds at most one candidate's features in mem
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,7 @@ def rerank(
     matcher: MatcherOptions | None = None,
     verifier: VerifierOptions | None = None,
     min_inliers: int = 0,
+    workers: int = 1,
 ) -> list[Reranked]:
     """Verify each candidate against the query and return them in DELG's final order.
 
@@ -95,6 +97,8 @@ def rerank(
     :param verifier: verification options; default :class:`VerifierOptions` (DELG's affine model, 20 px,
         1,000 trials, seed 0, USAC_FAST estimator); ``VerifierOptions.delg_reference()`` for plain RANSAC.
     :param min_inliers: candidates with fewer inliers keep their shortlist order after the verified ones.
+    :param workers: candidates verified in parallel threads (results are identical to ``workers=1``;
+        a lazily loading ``candidates`` sequence must then tolerate concurrent reads).
     :return: one :class:`Reranked` per candidate, in final order.
     """
     scores = np.asarray(shortlist_scores, dtype=np.float64).reshape(-1)
@@ -107,8 +111,7 @@ def rerank(
             matcher = MatcherOptions.delg()
     verifier = verifier or VerifierOptions()
 
-    found: list[tuple[int, int, npt.NDArray[np.float32]]] = []
-    for position in range(len(candidates)):
+    def check(position: int) -> tuple[int, int, npt.NDArray[np.float32]]:
         cand = candidates[position]
         pairs = match_descriptors(
             query.descriptors,
@@ -118,7 +121,14 @@ def rerank(
             mutual=matcher.mutual,
         )
         result = verify_with(query.keypoints, cand.keypoints, pairs, verifier)
-        found.append((len(pairs), result.inliers, result.matches))
+        return len(pairs), result.inliers, result.matches
+
+    if workers > 1 and len(candidates) > 1:
+        # OpenCV's matrix product and estimators release the GIL: threads use every core.
+        with ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(check, range(len(candidates))))
+    else:
+        found = [check(position) for position in range(len(candidates))]
 
     inliers = np.array([f[1] for f in found], dtype=np.int64)
     order = final_order(inliers, scores, min_inliers=min_inliers)

@@ -137,3 +137,24 @@ def test_rerank_options_and_validation() -> None:
     assert rerank(query, [], np.zeros(0)) == []
     with pytest.raises(ValueError, match="shortlist scores"):
         rerank(query, candidates, scores[:2])
+
+
+def test_parallel_workers_give_identical_results() -> None:
+    rng = np.random.default_rng(7)
+    query = _features_for_tests(rng, 300)
+    cands = [_features_for_tests(rng, 300) for _ in range(6)]
+    # make candidate 3 a transformed copy of the query so it gets many inliers
+    cands[3] = ImageFeatures("copy", (100, 100), query.descriptors.copy(), query.keypoints * 0.5 + 10,
+                             query.scales, query.strengths)
+    scores = rng.uniform(size=6)
+    one = rerank(query, cands, scores, workers=1)
+    two = rerank(query, cands, scores, workers=2)
+    assert [(r.position, r.inliers) for r in one] == [(r.position, r.inliers) for r in two]
+    assert one[0].position == 3 and one[0].inliers > 250
+
+
+def _features_for_tests(rng: np.random.Generator, n: int) -> ImageFeatures:
+    d = rng.normal(size=(n, 128)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return ImageFeatures("x", (100, 100), d, rng.uniform(0, 500, (n, 2)).astype(np.float32),
+                         np.ones(n, np.float32), np.ones(n, np.float32))
