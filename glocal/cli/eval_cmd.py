@@ -168,9 +168,10 @@ def eval_command(
         typer.Option("--report-queries", help="Draw at most this many query grids."),
     ] = None,
     top: Annotated[
-        int,
-        typer.Option("--top", help="Ranking length per query; the rest count as unranked."),
-    ] = 100,
+        int | None,
+        typer.Option("--top", help="Ranking length per query; the rest count as unranked (default: the whole "
+                     "database, as the published protocol ranks every image)."),
+    ] = None,
     rerank_top: Annotated[
         int | None,
         typer.Option("--rerank", help="Shortlist size verified with RANSAC (0 = no re-ranking; default from the index)."),
@@ -217,10 +218,12 @@ def eval_command(
                 err.print(f"[yellow]warning[/yellow]: {missing} database images are not in the index "
                           "(they count as never retrieved)", highlight=False)
 
+            ranking_length = top if top is not None else len(engine.names)
+
             def search(path: Path, box: Any) -> Sequence[SearchHit]:
                 if rerank_top is None:
-                    return engine.search(path, box=box, top=top)
-                return engine.search(path, box=box, top=top, rerank_top=rerank_top)
+                    return engine.search(path, box=box, top=ranking_length)
+                return engine.search(path, box=box, top=ranking_length, rerank_top=rerank_top)
 
             advance = as_progress(progress)("searching queries", ds.n_queries)
             ranks, failures = rank_dataset(ds, search, mapping, advance)
@@ -234,7 +237,7 @@ def eval_command(
     rerank_setting = settings.get("rerank")
     index_top = rerank_setting.get("top", 0) if isinstance(rerank_setting, dict) else 0
     settings.update({
-        "dataset": ds.name, "data": str(data), "crop": ds.query_boxes is not None, "top": top,
+        "dataset": ds.name, "data": str(data), "crop": ds.query_boxes is not None, "top": ranking_length,
         "distractors": str(distractors) if distractors is not None else None, "n_database": ds.n_database,
         "n_queries": ds.n_queries, "index_path": str(index) if index is not None else None,
         "rerank_on": bool((rerank_top if rerank_top is not None else index_top) or 0),
