@@ -88,7 +88,7 @@ def test_build_refuses_existing_index(demo_benchmark, demo_index) -> None:
 def test_settings_record_what_produced_results(demo_index) -> None:
     s = demo_index.settings
     assert s["method"] == "sift" and s["max_side"] == 1024
-    assert s["codebook"]["size"] == demo_index.codebook.size
+    assert s["codebook"]["size"] == demo_index.shortlist.codebook.size == s["index"]["codebook_size"]
     assert s["rerank"]["top"] == 100 and s["index"]["kind"] == "asmk*"
-    words = demo_index.index.words_per_image
+    words = demo_index.shortlist.words_per_image
     assert len(words) == len(demo_index) and np.all(words > 0)

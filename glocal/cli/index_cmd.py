@@ -67,14 +67,14 @@ def info(index: Path = typer.Argument(..., help="Index folder."), as_json: bool 
     import numpy as np
 
     engine = _open(index)
-    words = engine.index.words_per_image
+    words = engine.shortlist.words_per_image
     files = {p.name: p.stat().st_size for p in Path(index).iterdir() if p.is_file()}
     total = sum(files.values())
     stats = {
         "images": len(engine),
         "method": engine.manifest["method"],
-        "index": engine.manifest["index"]["kind"],
-        "codebook_size": engine.codebook.size,
+        "index": engine.shortlist.settings["kind"],
+        "codebook_size": engine.manifest.get("codebook", {}).get("size"),
         "words_per_image_mean": float(np.mean(words)) if len(words) else 0.0,
         "asmk_bytes_per_image": files.get("asmk.glf", 0) / max(len(engine), 1),
         "features_bytes_per_image": files.get("features.glf", 0) / max(len(engine), 1),

@@ -20,17 +20,14 @@ tombstones, faiss file, and bytes + crc32 of every data file); ``seg-<gen>.ids.n
 new names and fsyncs them, then writes the manifest to a temporary file, fsyncs it, swaps it in with
 ``os.replace`` and fsyncs the folder: a crash before the swap leaves the previous manifest and its
 untouched files, so opening gives the last committed state. The next commit deletes unnamed files.
+
+The top-k scoring lives in :mod:`glocal.index.topk`, the file helpers in :mod:`glocal.index.global_files`.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-import re
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,21 +36,24 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from glocal.index.blas import blas_threads
+from glocal.index.global_files import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    GlobalIndexError,
+    commit_lock,
+    fsync_dir,
+    read_manifest,
+    remove_unnamed,
+    verify_files,
+    write_file,
+)
+from glocal.index.topk import CHUNK_BYTES, QUERY_BATCH, TopK, exact_top_k, limit_threads, score_chunks
 
 __all__ = ["GlobalIndex", "GlobalIndexError", "GlobalIndexStats", "IvfPqParams", "exact_top_k"]
 
-FORMAT = "glocal-global-index"
-VERSION = 1
-MANIFEST = "MANIFEST.json"
 Kind = Literal["exact", "ivfpq"]
-_DATA_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.faiss|MANIFEST\.json\.tmp)$")
-_CHUNK_BYTES = 32 << 20  # float32 bytes of database rows scored at once
-_QUERY_BATCH = 256
-
-
-class GlobalIndexError(Exception):
-    """A global index folder is missing, not ours, of a newer version, damaged, or misused."""
+_CHUNK_BYTES = CHUNK_BYTES  # float32 bytes of rows scored at once by search(); tests shrink it
 
 
 @dataclass(frozen=True)
@@ -117,142 +117,6 @@ class _Segment:
     ids: npt.NDArray[np.int64]
     vectors: npt.NDArray | None  # None for "ivfpq"
     committed: bool = False
-
-
-class _TopK:
-    """Running top-k of (score, row) pairs per query, merged chunk by chunk with ``np.argpartition``."""
-
-    def __init__(self, num_queries: int, top: int) -> None:
-        self.top = top
-        self.scores = np.full((num_queries, 0), -np.inf, np.float32)
-        self.rows = np.full((num_queries, 0), -1, np.int64)
-
-    def push(self, scores: npt.NDArray[np.float32], first_row: int) -> None:
-        rows = np.broadcast_to(np.arange(first_row, first_row + scores.shape[1], dtype=np.int64), scores.shape)
-        if scores.shape[1] > self.top:
-            part = np.argpartition(-scores, self.top - 1, axis=1)[:, : self.top]
-            scores, rows = np.take_along_axis(scores, part, 1), np.take_along_axis(rows, part, 1)
-        s, r = np.concatenate([self.scores, scores], 1), np.concatenate([self.rows, rows], 1)
-        if s.shape[1] > self.top:
-            part = np.argpartition(-s, self.top - 1, axis=1)[:, : self.top]
-            s, r = np.take_along_axis(s, part, 1), np.take_along_axis(r, part, 1)
-        self.scores, self.rows = s, r
-
-    def result(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """(rows, scores), each (Q, top), by score descending then row; missing: row -1, score -inf."""
-        q, have = self.scores.shape
-        scores = np.concatenate([self.scores, np.full((q, self.top - have), -np.inf, np.float32)], 1)
-        rows = np.concatenate([self.rows, np.full((q, self.top - have), -1, np.int64)], 1)
-        rows[~np.isfinite(scores)] = -1
-        order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=1)
-        return np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
-
-
-def _chunk_rows(dim: int) -> int:
-    return max(1024, _CHUNK_BYTES // (4 * max(dim, 1)))
-
-
-def _score_chunks(acc: _TopK, q: npt.NDArray[np.float32], database: npt.NDArray,
-                  alive: npt.NDArray[np.bool_] | None, first_row: int) -> None:
-    """Push the scores of ``database`` rows (chunk by chunk, float32) into ``acc``."""
-    step = _chunk_rows(database.shape[1])
-    for start in range(0, len(database), step):
-        block = np.asarray(database[start : start + step], dtype=np.float32)
-        scores = q @ block.T
-        if alive is not None:
-            scores[:, ~alive[start : start + step]] = -np.inf
-        acc.push(scores, first_row + start)
-
-
-def exact_top_k(
-    queries: npt.ArrayLike,
-    database: npt.NDArray,
-    top: int,
-    *,
-    alive: npt.NDArray[np.bool_] | None = None,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Exact maximum inner product search: the ``top`` rows of ``database`` with largest ``q . x``.
-
-    :param queries: (Q, D) query vectors.
-    :param database: (N, D) float32 or float16 rows (may be memory-mapped); scored in float32 chunks.
-    :param top: results per query.
-    :param alive: optional (N,) bool, False rows are never returned.
-    :return: (rows (Q, top) int64, scores (Q, top) float32), best first (ties: lower row first);
-        row -1 and score -inf where fewer rows exist.
-    """
-    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    if top <= 0:
-        raise ValueError(f"top must be positive, got {top}")
-    if q.shape[1] != database.shape[1]:
-        raise ValueError(f"queries are {q.shape[1]}-D but the database is {database.shape[1]}-D")
-    rows, scores = [], []
-    for b in range(0, len(q), _QUERY_BATCH):
-        acc = _TopK(len(q[b : b + _QUERY_BATCH]), top)
-        _score_chunks(acc, q[b : b + _QUERY_BATCH], database, alive, 0)
-        r, s = acc.result()
-        rows.append(r)
-        scores.append(s)
-    if not rows:
-        return np.zeros((0, top), np.int64), np.zeros((0, top), np.float32)
-    return np.concatenate(rows), np.concatenate(scores)
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """At most ``n`` OpenBLAS and faiss (OpenMP) threads inside the block; None leaves the defaults."""
-    if n is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(int(n))
-    try:
-        with blas_threads(int(n)):
-            yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def _fsync_dir(root: Path) -> None:
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _crc32_file(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def _write_file(path: Path, data: npt.NDArray | bytes) -> dict[str, int]:
-    """Write a new data file durably; return its manifest entry (bytes, crc32)."""
-    with open(path, "wb") as f:
-        if isinstance(data, bytes):
-            f.write(data)
-        else:
-            np.lib.format.write_array(f, np.ascontiguousarray(data), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"bytes": path.stat().st_size, "crc32": _crc32_file(path)}
-
-
-def _read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
-    if not path.exists():
-        raise GlobalIndexError(f"{root}: not a global index (no {MANIFEST})")
-    try:
-        m = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GlobalIndexError(f"{path}: not valid JSON ({e})") from None
-    if m.get("format") != FORMAT:
-        raise GlobalIndexError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
-    if int(m.get("version", 0)) > VERSION:
-        raise GlobalIndexError(f"{path}: version {m['version']} is newer than this glocal reads ({VERSION})")
-    return m
 
 
 class GlobalIndex:
@@ -340,7 +204,7 @@ class GlobalIndex:
                                  faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.pq.cp.seed = seed + 1
-        with _threads(self.threads):
+        with limit_threads(self.threads):
             index.train(np.ascontiguousarray(x, dtype=np.float32))
         index.own_fields = True
         quantizer.this.disown()  # the IVF index owns (and frees) its quantizer from now on
@@ -368,7 +232,7 @@ class GlobalIndex:
         if self.storage == "float16" and np.abs(x).max(initial=0.0) > np.finfo(np.float16).max:
             raise ValueError("vectors exceed the float16 range; use storage='float32'")
         if self.kind == "ivfpq":
-            with _threads(self.threads):
+            with limit_threads(self.threads):
                 self._faiss.add_with_ids(np.ascontiguousarray(x), np.arange(self.rows, self.rows + len(x)))
             self._faiss_dirty = True
             vec = None
@@ -426,16 +290,17 @@ class GlobalIndex:
         out_rows = np.full((len(q), top), -1, np.int64)
         out_scores = np.full((len(q), top), -np.inf, np.float32)
         alive = ~self._dead if self._dead.any() else None
-        with _threads(self.threads):
-            for b in range(0, len(q) if self.rows else 0, _QUERY_BATCH):
-                qb = q[b : b + _QUERY_BATCH]
+        with limit_threads(self.threads):
+            for b in range(0, len(q) if self.rows else 0, QUERY_BATCH):
+                qb = q[b : b + QUERY_BATCH]
                 if self.kind == "ivfpq":
                     rows, scores = self._search_ivfpq(qb, top, nprobe)
                 else:
-                    acc, first = _TopK(len(qb), top), 0
+                    acc, first = TopK(len(qb), top), 0
                     for seg in self._segments:
                         seg_alive = None if alive is None else alive[first : first + len(seg.ids)]
-                        _score_chunks(acc, qb, seg.vectors, seg_alive, first)  # type: ignore[arg-type]
+                        score_chunks(acc, qb, seg.vectors, seg_alive, first,  # type: ignore[arg-type]
+                                     chunk_bytes=_CHUNK_BYTES)
                         first += len(seg.ids)
                     rows, scores = acc.result()
                 out_rows[b : b + len(qb)], out_scores[b : b + len(qb)] = rows, scores
@@ -504,16 +369,8 @@ class GlobalIndex:
         :param verify: check every data file's size and crc32 against the manifest (reads the files once).
         """
         root = Path(folder)
-        m = _read_manifest(root)
-        for name, entry in m["files"].items():
-            path = root / name
-            if not path.exists():
-                raise GlobalIndexError(f"{path}: data file named by {root / MANIFEST} is missing")
-            if path.stat().st_size != entry["bytes"]:
-                raise GlobalIndexError(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-            if verify and (found := _crc32_file(path)) != entry["crc32"]:
-                raise GlobalIndexError(f"{path}: checksum mismatch (crc32 {found:08x}, manifest {entry['crc32']:08x});"
-                                       " the file is damaged")
+        m = read_manifest(root)
+        verify_files(root, m, verify=verify)
         try:
             params = IvfPqParams(**m["params"]) if m.get("params") else None
             index = cls(m["dim"], m["kind"], storage=m["storage"], params=params, threads=threads)
@@ -544,12 +401,8 @@ class GlobalIndex:
             raise GlobalIndexError("save() needs a folder for an index that was never saved")
         root.mkdir(parents=True, exist_ok=True)
         same = self._root is not None and root.resolve() == self._root.resolve()
-        with open(root / "LOCK", "a+") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise GlobalIndexError(f"{root}: another process is committing to this index") from None
-            on_disk = _read_manifest(root) if (root / MANIFEST).exists() else None
+        with commit_lock(root):
+            on_disk = read_manifest(root) if (root / MANIFEST).exists() else None
             if on_disk is not None and (not same or on_disk["generation"] != self._manifest["generation"]):  # type: ignore[index]
                 raise GlobalIndexError(f"{root / MANIFEST}: the folder holds another index or a newer commit "
                                        f"(generation {on_disk['generation']}); open it again")
@@ -568,11 +421,11 @@ class GlobalIndex:
         new_segment: dict[str, Any] | None = None
         if pending:
             new_segment = {"ids": f"seg-{gen:06d}.ids.npy", "rows": sum(len(s.ids) for s in pending)}
-            files[new_segment["ids"]] = _write_file(root / new_segment["ids"], np.concatenate([s.ids for s in pending]))
+            files[new_segment["ids"]] = write_file(root / new_segment["ids"], np.concatenate([s.ids for s in pending]))
             if self.kind == "exact":
                 new_segment["vectors"] = f"seg-{gen:06d}.vec.npy"
                 vec = np.concatenate([np.asarray(s.vectors) for s in pending])
-                files[new_segment["vectors"]] = _write_file(root / new_segment["vectors"], vec)
+                files[new_segment["vectors"]] = write_file(root / new_segment["vectors"], vec)
             segments.append(new_segment)
         tomb = None
         if self._dead.any():
@@ -582,7 +435,7 @@ class GlobalIndex:
                 files[tomb] = old["files"][tomb]
             else:
                 tomb = f"tomb-{gen:06d}.npy"
-                files[tomb] = _write_file(root / tomb, dead)
+                files[tomb] = write_file(root / tomb, dead)
         faiss_file = None
         if self._faiss is not None:
             if old and old.get("faiss") and not self._faiss_dirty:
@@ -590,7 +443,7 @@ class GlobalIndex:
                 files[faiss_file] = old["files"][faiss_file]
             else:
                 faiss_file = f"ivfpq-{gen:06d}.faiss"
-                files[faiss_file] = _write_file(root / faiss_file, faiss.serialize_index(self._faiss).tobytes())
+                files[faiss_file] = write_file(root / faiss_file, faiss.serialize_index(self._faiss).tobytes())
         manifest = {"format": FORMAT, "version": VERSION, "generation": gen, "kind": self.kind, "dim": self.dim,
                     "storage": self.storage, "params": asdict(self.params) if self.params else None,
                     "rows": self.rows, "segments": segments, "tombstones": tomb, "faiss": faiss_file, "files": files}
@@ -600,7 +453,7 @@ class GlobalIndex:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, root / MANIFEST)
-        _fsync_dir(root)
+        fsync_dir(root)
         # committed: memory-map the new vectors and forget files no manifest names
         if new_segment is not None:
             vec = np.load(root / new_segment["vectors"], mmap_mode="r") if self.kind == "exact" else None
@@ -610,9 +463,7 @@ class GlobalIndex:
             s.committed = True
         self._root, self._manifest, self._faiss_dirty = root, manifest, False
         self._cache.clear()
-        for p in root.iterdir():
-            if _DATA_FILE.match(p.name) and p.name not in files:
-                p.unlink(missing_ok=True)
+        remove_unnamed(root, files)
 
     @classmethod
     def build(cls, vectors: npt.ArrayLike, ids: npt.ArrayLike, kind: Kind = "exact", *, storage: str = "float32",

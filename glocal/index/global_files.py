@@ -1,0 +1,133 @@
+"""Files of a global index folder: the manifest, data-file checksums, durable writes and the commit lock.
+
+The folder layout and the commit protocol are described in :mod:`glocal.index.global_index`; this module
+holds the file-level pieces it is built from.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DATA_FILE",
+    "FORMAT",
+    "MANIFEST",
+    "VERSION",
+    "GlobalIndexError",
+    "commit_lock",
+    "crc32_file",
+    "fsync_dir",
+    "read_manifest",
+    "remove_unnamed",
+    "verify_files",
+    "write_file",
+]
+
+FORMAT = "glocal-global-index"
+VERSION = 1
+MANIFEST = "MANIFEST.json"
+DATA_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.faiss|MANIFEST\.json\.tmp)$")
+"""Names of the files a commit writes (data files and the temporary manifest); others are never deleted."""
+
+
+class GlobalIndexError(Exception):
+    """A global index folder is missing, not ours, of a newer version, damaged, or misused."""
+
+
+def fsync_dir(root: Path) -> None:
+    """fsync the folder ``root`` itself, making a rename or new file in it durable."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def crc32_file(path: Path) -> int:
+    """CRC-32 (``zlib.crc32``) of the file's bytes, read 4 MiB at a time."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_file(path: Path, data: npt.NDArray | bytes) -> dict[str, int]:
+    """Write a new data file durably (an array as ``.npy``, or raw bytes); return its manifest entry
+    (bytes, crc32)."""
+    with open(path, "wb") as f:
+        if isinstance(data, bytes):
+            f.write(data)
+        else:
+            np.lib.format.write_array(f, np.ascontiguousarray(data), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": path.stat().st_size, "crc32": crc32_file(path)}
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The parsed ``MANIFEST.json`` of ``root``, after checking its format and version.
+
+    :raises GlobalIndexError: no manifest, not JSON, another format, or a newer version.
+    """
+    path = root / MANIFEST
+    if not path.exists():
+        raise GlobalIndexError(f"{root}: not a global index (no {MANIFEST})")
+    try:
+        m = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GlobalIndexError(f"{path}: not valid JSON ({e})") from None
+    if m.get("format") != FORMAT:
+        raise GlobalIndexError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
+    if int(m.get("version", 0)) > VERSION:
+        raise GlobalIndexError(f"{path}: version {m['version']} is newer than this glocal reads ({VERSION})")
+    return m
+
+
+def verify_files(root: Path, manifest: dict[str, Any], *, verify: bool = True) -> None:
+    """Check that every data file the manifest names exists with its recorded size and, with ``verify``,
+    its recorded crc32 (reads the files once).
+
+    :raises GlobalIndexError: a file is missing, of another size, or (``verify``) damaged.
+    """
+    for name, entry in manifest["files"].items():
+        path = root / name
+        if not path.exists():
+            raise GlobalIndexError(f"{path}: data file named by {root / MANIFEST} is missing")
+        if path.stat().st_size != entry["bytes"]:
+            raise GlobalIndexError(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
+        if verify and (found := crc32_file(path)) != entry["crc32"]:
+            raise GlobalIndexError(f"{path}: checksum mismatch (crc32 {found:08x}, manifest {entry['crc32']:08x});"
+                                   " the file is damaged")
+
+
+@contextmanager
+def commit_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``root / "LOCK"`` for the block (released on exit).
+
+    :raises GlobalIndexError: another process holds the lock.
+    """
+    with open(root / "LOCK", "a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GlobalIndexError(f"{root}: another process is committing to this index") from None
+        yield
+
+
+def remove_unnamed(root: Path, keep: Iterable[str]) -> None:
+    """Delete the files of ``root`` that a commit writes (:data:`DATA_FILE`) but ``keep`` does not name."""
+    keep = set(keep)
+    for p in root.iterdir():
+        if DATA_FILE.match(p.name) and p.name not in keep:
+            p.unlink(missing_ok=True)
