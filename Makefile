@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) -m glocal demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check glocal tests benchmarks

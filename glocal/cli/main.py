@@ -60,6 +60,11 @@ def _register_optional() -> None:
         app.add_typer(datasets, name="datasets")
     except ImportError:  # pragma: no cover
         pass
+    from glocal.cli.visualize_cmd import attention_command
+
+    visualize = typer.Typer(help="Pictures of what a model looks at.", no_args_is_help=True)
+    visualize.command("attention")(attention_command)
+    app.add_typer(visualize, name="visualize")
 
 
 _register_optional()

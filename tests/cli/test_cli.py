@@ -13,7 +13,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"],
-                                  ["search"], ["demo"], ["eval"], ["datasets", "download"]])
+                                  ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"]])
 def test_help_on_every_command(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,339 @@
+"""DELG: unified deep local and global features (Cao, Araujo & Sim, ECCV 2020), and DELG* (binarised).
+
+Model (paper sec. 3, and the TF2 release in ``tensorflow/models research/delf``):
+
+* global: res5 -> GeM (p = 3, eq. 1 of DOLG / DELG sec. 3.1) -> FC "whitening" (2048 -> 2048, with bias)
+  -> L2 normalisation; trained with ArcFace (m = 0.1, scale 45.25 = sqrt(2048), fixed) on the
+  un-normalised whitened vector (DELG eq. 2).
+* local, on res4 (1024 channels, stride 16; stride 32 with the TF release's ``block3_strides``), with the
+  gradient stopped at res4 (DELG sec. 3.2: "no gradient from the local branch into the backbone"):
+  attention ``A = softplus(conv_1x1(relu([bn](conv_1x1(S)))))`` (512 hidden channels; the TF release has a
+  batch norm after the first convolution, the paper does not mention it: ``attention_batchnorm``),
+  autoencoder ``L = conv_1x1(S)`` (1024 -> 128, the descriptors, L2-normalised at inference) and
+  ``S' = relu(conv_1x1(L))`` (128 -> 1024).
+* losses (DELG eq. 3-5): ArcFace cross-entropy on the global feature; attention cross-entropy on
+  ``a = mean_h A_h * S'_h / |S'_h|`` through a linear classifier; reconstruction ``mean |S' - S|^2`` x 10.
+
+Extraction (official DELG config): max side 1024; local features on 7 scales, global on the middle 3
+(each L2-normalised, summed, re-normalised); local features with attention >= threshold (175 for the
+GLDv1 model, 454.6 for GLDv2-clean), the 1,000 strongest over all scales; keypoint = receptive-field
+centre, computed by walking the backbone (``glocal.extract.receptive_field``). DELG* packs the sign bits
+of the 128-D descriptors: ``np.packbits(d > 0)`` -> (N, 16) uint8.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glocal.extract.pyramid import (
+    DELG_GLOBAL_SCALES,
+    DELG_LOCAL_SCALES,
+    LocalCandidates,
+    PyramidLevel,
+    fuse_global,
+    image_to_tensor,
+    inference_context,
+    preprocessing_by_name,
+    run_pyramid,
+    select_top_features,
+)
+from glocal.extract.receptive_field import ReceptiveField, feature_centers_xy, receptive_field
+from glocal.io.images import LoadedImage
+from glocal.models.checkpoints import load_checkpoint
+from glocal.models.layers import ArcFace, BackboneConfig, GeM, ResNetBackbone
+from glocal.records import ImageFeatures
+
+
+@dataclass(frozen=True)
+class DelgModelConfig:
+    """Architecture and training settings of :class:`Delg` (defaults: the paper / TF release)."""
+
+    depth: int = 50
+    backbone_weights: str | None = None
+    backbone_style: str = "torchvision"
+    block3_strides: bool = False
+    global_dim: int = 2048
+    local_dim: int = 128
+    attention_hidden: int = 512
+    attention_batchnorm: bool = True
+    gem_p: float = 3.0
+    num_classes: int = 0
+    arcface_margin: float = 0.1
+    arcface_scale: float = 45.25
+    attention_loss_weight: float = 1.0
+    reconstruction_loss_weight: float = 10.0
+
+
+@dataclass
+class DelgOutput:
+    """Inference outputs; ``None`` for what was not asked.
+
+    :param global_descriptor: (B, global_dim) L2-normalised.
+    :param attention: (B, h, w) attention scores on the res4 grid.
+    :param local_descriptors: (B, h, w, local_dim) L2-normalised.
+    """
+
+    global_descriptor: Tensor | None = None
+    attention: Tensor | None = None
+    local_descriptors: Tensor | None = None
+
+
+class DelgAttention(nn.Module):
+    """Attention scores ``softplus(conv(relu(bn(conv(S)))))`` (DELF / DELG attention module)."""
+
+    def __init__(self, in_channels: int, hidden: int, batchnorm: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden, 1)
+        self.bn: nn.Module = nn.BatchNorm2d(hidden, eps=1e-3) if batchnorm else nn.Identity()
+        self.conv2 = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(self.conv2(F.relu(self.bn(self.conv1(x)))))
+
+
+class DelgAutoencoder(nn.Module):
+    """1x1 encoder (descriptors) and 1x1 + ReLU decoder (reconstruction), DELG sec. 3.2."""
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.encoder = nn.Conv2d(channels, dim, 1)
+        self.decoder = nn.Conv2d(dim, channels, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(reduced (B, dim, h, w), reconstructed (B, channels, h, w))."""
+        reduced = self.encoder(x)
+        return reduced, F.relu(self.decoder(reduced))
+
+
+class Delg(nn.Module):
+    """The DELG network: ResNet backbone, global head, attention and autoencoder local heads."""
+
+    checkpoint_family = "delg"
+    optional_checkpoint_keys = ("gem.p",)  # fixed GeM power: absent from TF files
+
+    def __init__(self, config: DelgModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DelgModelConfig()
+        self.backbone = ResNetBackbone(BackboneConfig(
+            depth=config.depth, weights=config.backbone_weights, style=config.backbone_style,
+            decimate_res4=config.block3_strides,
+        ))
+        self.gem = GeM(config.gem_p)
+        self.whiten = nn.Linear(2048, config.global_dim)
+        self.attention = DelgAttention(1024, config.attention_hidden, config.attention_batchnorm)
+        self.autoencoder = DelgAutoencoder(1024, config.local_dim)
+        if config.num_classes > 0:
+            self.arcface = ArcFace(config.global_dim, config.num_classes, config.arcface_margin, config.arcface_scale)
+            self.attention_classifier = nn.Linear(1024, config.num_classes)
+        self._rf_cache: dict[tuple[int, int], tuple[ReceptiveField, ReceptiveField]] = {}
+
+    def global_prelogits(self, res5: Tensor) -> Tensor:
+        """Whitened GeM vector before normalisation (what ArcFace is trained on)."""
+        return self.whiten(self.gem(res5))
+
+    def local_heads(self, res4: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attention (B, 1, h, w), reduced (B, d, h, w) and reconstructed (B, 1024, h, w) features.
+
+        The input is detached: local losses never reach the backbone (DELG sec. 3.2).
+        """
+        res4 = res4.detach()
+        reduced, reconstructed = self.autoencoder(res4)
+        return self.attention(res4), reduced, reconstructed
+
+    def forward(self, x: Tensor, with_global: bool = True, with_local: bool = True) -> DelgOutput:
+        """Inference on a (B, 3, H, W) batch; see :class:`DelgOutput`."""
+        stages = (["res4"] if with_local else []) + (["res5"] if with_global else [])
+        if not stages:
+            return DelgOutput()
+        feats = self.backbone(x, stages)
+        out = DelgOutput()
+        if with_global:
+            out.global_descriptor = F.normalize(self.global_prelogits(feats["res5"]).float(), dim=1)
+        if with_local:
+            attention, reduced, _ = self.local_heads(feats["res4"])
+            out.attention = attention[:, 0].float()
+            out.local_descriptors = F.normalize(reduced.float(), dim=1).permute(0, 2, 3, 1)
+        return out
+
+    def losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """DELG training losses (eq. 3-5) of a batch: see :meth:`losses_from_features`."""
+        return self.losses_from_features(self.backbone(x, ("res4", "res5")), labels)
+
+    def losses_from_features(self, feats: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """Losses from backbone outputs ``{"res4", "res5"}`` (also usable on cached features):
+        ``global`` (ArcFace CE), ``attention`` (CE), ``reconstruction`` (MSE, unweighted) and ``total`` =
+        global + w_a attention + w_r reconstruction (w_a = 1, w_r = 10)."""
+        if self.config.num_classes <= 0:
+            raise ValueError("delg.py: losses need a model built with num_classes > 0")
+        global_loss = self.arcface.loss(self.global_prelogits(feats["res5"]), labels)
+        attention, _, reconstructed = self.local_heads(feats["res4"])
+        pooled = (attention * F.normalize(reconstructed, dim=1)).mean(dim=(2, 3))
+        attention_loss = F.cross_entropy(self.attention_classifier(pooled), labels)
+        reconstruction_loss = F.mse_loss(reconstructed, feats["res4"].detach())
+        total = (global_loss + self.config.attention_loss_weight * attention_loss
+                 + self.config.reconstruction_loss_weight * reconstruction_loss)
+        return {"global": global_loss, "attention": attention_loss, "reconstruction": reconstruction_loss,
+                "total": total}
+
+    def receptive_fields(self, input_size: tuple[int, int]) -> tuple[ReceptiveField, ReceptiveField]:
+        """(y, x) receptive fields of the local-feature grid for an input of ``input_size`` (h, w).
+
+        Computed by walking the backbone up to res4 (the 1x1 heads do not change it).
+        """
+        key = (int(input_size[0]), int(input_size[1]))
+        if key not in self._rf_cache:
+            path = self.backbone.path_to("res4")
+            self._rf_cache[key] = (receptive_field(path, 0, key[0]), receptive_field(path, 1, key[1]))
+        return self._rf_cache[key]
+
+
+@dataclass(frozen=True)
+class DelgConfig:
+    """Settings of the ``delg`` / ``delg-star`` extractors (rebuild with ``create_extractor(m, **asdict(c))``).
+
+    :param checkpoint: DELG weights (glocal, TF-converted ``.npz`` or state dict, see
+        :mod:`glocal.models.checkpoints`); ``None``: random init (or ImageNet backbone) and a warning.
+    :param backbone_weights: torchvision ImageNet ResNet file, used when no checkpoint is given.
+    :param backbone_style / block3_strides / attention_batchnorm: see :class:`DelgModelConfig`; use
+        ``"tf"`` / ``True`` / ``True`` with ``preprocessing="tf"`` for the official TF release.
+    :param preprocessing: a :data:`glocal.extract.pyramid.PREPROCESSING` name.
+    :param scales: local-feature scales (7 by default; pass ``global_scales`` for the 3-scale variant).
+    :param global_scales: global-feature scales.
+    :param attention_threshold: keep local features with attention >= this (175: official GLDv1 model).
+    :param binarize: DELG*: descriptors packed to (N, 16) uint8 sign bits.
+    :param device: ``"cpu"`` or ``"cuda[:i]"`` (fp16 autocast and channels_last on CUDA).
+    :param seed: seed of the random initialisation (when no checkpoint).
+    """
+
+    depth: int = 50
+    checkpoint: str | None = None
+    backbone_weights: str | None = None
+    backbone_style: str = "torchvision"
+    block3_strides: bool = False
+    attention_batchnorm: bool = True
+    preprocessing: str = "imagenet"
+    max_side: int = 1024
+    scales: tuple[float, ...] = DELG_LOCAL_SCALES
+    global_scales: tuple[float, ...] = DELG_GLOBAL_SCALES
+    max_keypoints: int = 1000
+    attention_threshold: float = 175.0
+    binarize: bool = False
+    device: str = "cpu"
+    batch_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "global_scales", tuple(float(s) for s in self.global_scales))
+        if not self.scales and not self.global_scales:
+            raise ValueError("delg.py: DelgConfig needs at least one local or global scale")
+        preprocessing_by_name(self.preprocessing)
+
+    @classmethod
+    def tf_release(cls, checkpoint: str, gldv2_clean: bool = False, **overrides: object) -> DelgConfig:
+        """Settings reproducing the official TF R50-DELG release (its variables converted to ``.npz``):
+        Keras layer layout, ``block3_strides``, attention batch norm, (x - 128) / 128 input, attention
+        threshold 175 (GLDv1 model) or 454.6 (GLDv2-clean model)."""
+        settings: dict = dict(checkpoint=checkpoint, backbone_style="tf", block3_strides=True,
+                              attention_batchnorm=True, preprocessing="tf",
+                              attention_threshold=454.6 if gldv2_clean else 175.0)
+        return cls(**(settings | overrides))
+
+    def model_config(self) -> DelgModelConfig:
+        return DelgModelConfig(depth=self.depth, backbone_weights=self.backbone_weights,
+                               backbone_style=self.backbone_style, block3_strides=self.block3_strides,
+                               attention_batchnorm=self.attention_batchnorm)
+
+
+def _key(s: float) -> float:
+    return round(float(s), 4)
+
+
+class DelgExtractor:
+    """DELG (or DELG* with ``binarize``) global + local features of one image at a time, or a batch."""
+
+    def __init__(self, config: DelgConfig | None = None) -> None:
+        self.config = config = config or DelgConfig()
+        self.name = "delg-star" if config.binarize else "delg"
+        self.descriptor_dim = 16 if config.binarize else 128
+        self.device = torch.device(config.device)
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            torch.manual_seed(config.seed)
+            warnings.simplefilter("ignore", UserWarning)  # the backbone's warning; ours follows, clearer
+            self.model = Delg(config.model_config())
+        if config.checkpoint:
+            load_checkpoint(self.model, config.checkpoint)
+        else:
+            which = (f"the heads use RANDOM weights (ImageNet backbone from {config.backbone_weights})"
+                     if config.backbone_weights else "backbone and heads use RANDOM weights")
+            warnings.warn(f"delg.py: no DELG checkpoint given: {which}; the features are meaningless",
+                          stacklevel=3)
+        self.model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self._prep = preprocessing_by_name(config.preprocessing)
+
+    @property
+    def max_side(self) -> int:
+        return self.config.max_side
+
+    def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
+        """Features of one image; keypoints and scales in original-image pixels."""
+        return self.extract_batch([image], [name])[0]
+
+    @torch.inference_mode()
+    def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
+        """Features of several images; pyramid levels of equal size run as one batch."""
+        cfg = self.config
+        local_keys = {_key(s) for s in cfg.scales}
+        global_keys = {_key(s) for s in cfg.global_scales}
+        scales = sorted({_key(s) for s in cfg.scales + cfg.global_scales})
+
+        def model_fn(x: torch.Tensor, level: PyramidLevel) -> dict[str, torch.Tensor]:
+            s = _key(level.scale)
+            with inference_context(self.device):
+                out = self.model(x, with_global=s in global_keys, with_local=s in local_keys)
+            return {k: v for k, v in vars(out).items() if v is not None}
+
+        tensors = [image_to_tensor(im.pixels, self._prep, self.device) for im in images]
+        results = run_pyramid(tensors, scales, model_fn, cfg.batch_size)
+        return [self._assemble(im, nm, res) for im, nm, res in zip(images, names, results)]
+
+    def _assemble(self, image: LoadedImage, name: str, levels: list) -> ImageFeatures:
+        """One record: fused global descriptor, selected local features in original-image pixels.
+
+        ``scales`` = size of one local-feature cell (the grid stride, 16 or 32 level pixels) in original
+        pixels, as for HOW / FIRe; DELF's own convention (1 / level scale) is this divided by the stride.
+        """
+        globals_ = [out["global_descriptor"] for _, out in levels if "global_descriptor" in out]
+        candidates, stride = [], 1.0
+        for level, out in levels:
+            if "attention" not in out:
+                continue
+            h, w = out["attention"].shape
+            rf_y, rf_x = self.model.receptive_fields(level.size)
+            stride = rf_y.stride
+            candidates.append(LocalCandidates(
+                descriptors=out["local_descriptors"].reshape(h * w, -1), strengths=out["attention"].reshape(-1),
+                xy=feature_centers_xy(rf_y, rf_x, h, w), level=level,
+            ))
+        sel = select_top_features(candidates, self.config.max_keypoints, self.config.attention_threshold)
+        desc = np.packbits(sel.descriptors > 0, axis=1) if self.config.binarize else sel.descriptors
+        if len(desc) == 0:
+            desc = np.zeros((0, self.descriptor_dim), np.uint8 if self.config.binarize else np.float32)
+        keypoints = sel.xy / np.float32(image.scale) + np.asarray(image.offset, np.float32)
+        return ImageFeatures(
+            name=name,
+            image_size=image.original_size,
+            descriptors=desc,
+            keypoints=keypoints.astype(np.float32),
+            scales=(sel.scales * np.float32(stride / image.scale)).astype(np.float32),
+            strengths=sel.strengths,
+            global_descriptor=fuse_global(torch.stack(globals_)) if globals_ else None,
+        )

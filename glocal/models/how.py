@@ -1,0 +1,344 @@
+"""HOW local features (Tolias, Jenicek & Chum, "Learning and aggregating deep local descriptors for
+instance-level recognition", ECCV 2020), and the multi-scale extraction shared with FIRe.
+
+Model (HOW sec. 3; FIRe sec. 2): a ResNet without its last stage (R50-, res4 = conv4 output, 1024-D,
+stride 16) gives local activations u_l; the strength of a feature is its L2 norm ||u_l|| (computed on
+the raw activations); the descriptor is o(u_l), the frozen PCA-whitening to 128-D
+(:mod:`glocal.models.layers.whitening`) applied after a 3x3 average "smoothing" of the activation map
+(stride 1, padding 1, borders averaged over valid cells only; reference HOW setting ``kernel_size: 3``),
+then L2-normalised. Training uses the global descriptor of HOW eq. 1 (FIRe eq. 1):
+g(U) = g^ / ||g^||, g^ = sum_l ||u_l|| o(u_l), with the contrastive loss of eq. 2
+(:func:`glocal.train.fire_losses.global_contrastive_loss`).
+
+Extraction (HOW / FIRe test protocol): images at max side 1024, 7 scales {2, 1.414, 1, 0.707, 0.5,
+0.353, 0.25}, the 1,000 strongest features over all scales. Keypoints are receptive-field centres of the
+res4 cells (:mod:`glocal.extract.receptive_field`) mapped back to original-image pixels; a feature's
+scale is the size of one res4 cell (16 px at level scale 1) in original-image pixels. Pyramid levels are
+``round(side * scale)`` pixels (the shared :mod:`glocal.extract.pyramid`); the reference code uses
+``interpolate(scale_factor=s)``, i.e. ``floor``, so a level may differ by one pixel.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glocal.extract.pyramid import (
+    LocalCandidates,
+    PyramidLevel,
+    image_to_tensor,
+    level_size,
+    preprocessing_by_name,
+    resize,
+    run_pyramid,
+    select_top_features,
+)
+from glocal.extract.receptive_field import feature_centers_xy, receptive_field
+from glocal.io.images import LoadedImage
+from glocal.models.how_fire_checkpoints import load_into, save_glocal_checkpoint
+from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone
+from glocal.models.layers.whitening import PCAWhitening, stack_feature_sample
+from glocal.records import ImageFeatures
+
+#: HOW / FIRe test scales (relative to the image at max side 1024)
+PAPER_SCALES: tuple[float, ...] = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
+
+
+def build_trunk(depth: int = 50, imagenet_weights: str | None = None) -> ResNetBackbone:
+    """R50- / R101-: torchvision ResNet up to res4 (1024 channels, stride 16)."""
+    with warnings.catch_warnings():  # the extractor issues its own, more specific warning
+        warnings.filterwarnings("ignore", message=".*NO pretrained weights.*")
+        return ResNetBackbone(BackboneConfig(depth=depth, weights=imagenet_weights, last_stage="res4"))
+
+
+def trunk_forward(trunk: nn.Module, x: Tensor) -> Tensor:
+    """(B, 3, H, W) -> (B, D, h, w) local activations; any ``nn.Module`` trunk returning a map works."""
+    if isinstance(trunk, ResNetBackbone):
+        return trunk(x, outputs=("res4",))["res4"]
+    return trunk(x)
+
+
+def trunk_path(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk's layers from input to output, for the receptive-field walk."""
+    return trunk.path_to("res4") if isinstance(trunk, ResNetBackbone) else [trunk]
+
+
+@dataclass(frozen=True)
+class HowLocalFeatures:
+    """HOW local features of a batch (locations row-major over the (h, w) map).
+
+    :param raw: (B, L, D) smoothed activations, the input of o(.).
+    :param whitened: (B, L, k) o(raw), not normalised.
+    :param strengths: (B, L) L2 norms of the un-smoothed activations.
+    :param size: (h, w) of the activation map.
+    """
+
+    raw: Tensor
+    whitened: Tensor
+    strengths: Tensor
+    size: tuple[int, int]
+
+
+class HowNet(nn.Module):
+    """Trunk + smoothing + frozen whitening o(.) (module docstring).
+
+    :param trunk: (B, 3, H, W) -> (B, feature_dim, H/16, W/16); :func:`build_trunk` by default.
+    :param feature_dim: D (1024 for R50-).
+    :param output_dim: k (128).
+    :param smoothing_kernel: side of the average smoothing (3; 1 or 0 disables it).
+    """
+
+    def __init__(self, trunk: nn.Module | None = None, feature_dim: int = 1024, output_dim: int = 128,
+                 smoothing_kernel: int = 3) -> None:
+        super().__init__()
+        self.backbone = trunk if trunk is not None else build_trunk()
+        self.smoothing_kernel = smoothing_kernel
+        self.whiten = PCAWhitening(feature_dim, output_dim)
+
+    def smooth(self, fmap: Tensor) -> Tensor:
+        k = self.smoothing_kernel
+        if k <= 1:
+            return fmap
+        return F.avg_pool2d(fmap, k, stride=1, padding=k // 2, count_include_pad=False)
+
+    def local_features(self, x: Tensor) -> HowLocalFeatures:
+        """Local features, strengths ||u_l|| and o(.) of a batch of images."""
+        fmap = trunk_forward(self.backbone, x)
+        strengths = (fmap.pow(2).sum(1) + 1e-10).sqrt().flatten(1)
+        raw = self.smooth(fmap).flatten(2).transpose(1, 2)
+        return HowLocalFeatures(raw, self.whiten(raw), strengths, (int(fmap.shape[-2]), int(fmap.shape[-1])))
+
+    def global_descriptor(self, x: Tensor) -> Tensor:
+        """HOW eq. 1 (FIRe eq. 1): g = normalise(sum_l ||u_l|| o(u_l)), (B, k)."""
+        local = self.local_features(x)
+        return F.normalize((local.strengths.unsqueeze(-1) * local.whitened).sum(1), dim=-1)
+
+    forward = global_descriptor
+
+
+class PyramidExtractor:
+    """Multi-scale extraction shared by HOW and FIRe; subclasses give one level's outputs.
+
+    ``_level_outputs(x, level, raw)`` returns, per batch element, ``descriptors`` (n, k) (or the
+    un-whitened (n, D) input of o(.) when ``raw``), ``strengths`` (n,), ``xy`` (n, 2) in level pixels
+    and ``global`` (k,) = sum of strength x o(.) (HOW eq. 1 before normalisation).
+    """
+
+    name = "pyramid"
+    method = ""
+
+    def __init__(self, config: Any, net: nn.Module) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.net = net.to(self.device).eval()
+        self.preprocessing = preprocessing_by_name(config.preprocessing)
+        self._centres: dict[tuple[int, int, int, int], Tensor] = {}
+        self._stride = 16.0
+
+    @property
+    def max_side(self) -> int:
+        return int(self.config.max_side)
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.net.whiten.out_dim)
+
+    def _load(self, expected: dict[str, Any]) -> None:
+        """Load ``config.checkpoint`` (official or glocal) or warn loudly about the random weights."""
+        if self.config.checkpoint is None:
+            warnings.warn(
+                f"{self.method}.py: the {self.method.upper()} extractor has NO trained weights (checkpoint=None): "
+                f"randomly initialised (seed {self.config.seed}), its features are meaningless. Pass "
+                "checkpoint=<official .pth or glocal file> for real results.",
+                stacklevel=3,
+            )
+            return
+        info = load_into(self.net, self.config.checkpoint, self.method, expected)
+        self.net.whiten.warn_if_unfitted(f"{self.method}.py")
+        mean_std = info["hyper_parameters"].get("mean_std")
+        prep = self.preprocessing
+        if mean_std is not None and (prep.bgr or prep.divisor != 255.0 or not np.allclose(mean_std, [prep.mean, prep.std])):
+            warnings.warn(f"{self.method}.py: {self.config.checkpoint} was trained with mean/std {mean_std} on RGB "
+                          f"[0, 1] pixels, but preprocessing={self.config.preprocessing!r} differs", stacklevel=3)
+
+    def centres(self, fmap_size: tuple[int, int], level_size: tuple[int, int]) -> Tensor:
+        """(h * w, 2) receptive-field centres (x, y) of the trunk's output cells, in level pixels."""
+        key = (*fmap_size, *level_size)
+        if key not in self._centres:
+            path = trunk_path(self.net.backbone)
+            rf_y = receptive_field(path, axis=0, input_length=level_size[0])
+            rf_x = receptive_field(path, axis=1, input_length=level_size[1])
+            self._stride = float(rf_x.stride)
+            xy = feature_centers_xy(rf_y, rf_x, *fmap_size)
+            self._centres[key] = torch.from_numpy(xy).float().to(self.device)
+        return self._centres[key]
+
+    def _level_outputs(self, x: Tensor, level: PyramidLevel, raw: bool) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def run_levels(self, image: LoadedImage, scales: Sequence[float], raw: bool = False
+                   ) -> list[tuple[PyramidLevel, dict[str, Tensor]]]:
+        """Run every pyramid level of ``image``; outputs on CPU, one entry per scale."""
+        with torch.inference_mode():
+            tensor = image_to_tensor(_writable(image.pixels), self.preprocessing, self.device)
+            return run_pyramid([tensor], scales, lambda x, lv: self._level_outputs(x, lv, raw),
+                               max_batch=self.config.max_batch)[0]
+
+    def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
+        """The ``max_keypoints`` strongest features over ``config.scales``; keypoints and scales in
+        original-image pixels; ``global_descriptor`` = the multi-scale HOW eq. 1 vector (1, k)."""
+        levels = self.run_levels(image, self.config.scales)
+        candidates = [LocalCandidates(out["descriptors"], out["strengths"], out["xy"].double().numpy(), lv)
+                      for lv, out in levels]
+        selected = select_top_features(candidates, self.config.max_keypoints, threshold=-math.inf)
+        inv = 1.0 / image.scale
+        global_vec = F.normalize(torch.stack([out["global"] for _, out in levels]).sum(0), dim=0)
+        return ImageFeatures(
+            name=name,
+            image_size=image.original_size,
+            descriptors=selected.descriptors.astype(np.float32),
+            keypoints=(selected.xy * inv + np.asarray(image.offset, np.float32)).astype(np.float32),
+            scales=(selected.scales * self._stride * inv).astype(np.float32),
+            strengths=selected.strengths.astype(np.float32),
+            global_descriptor=global_vec.numpy().astype(np.float32)[None],
+        )
+
+    def raw_features(self, image: LoadedImage, scales: Sequence[float] = (1.0,), max_features: int = 1000) -> Tensor:
+        """The un-whitened input of o(.) for the ``max_features`` strongest features over ``scales``
+        (what the reference code fits the whitening on: scale 1, top 1,000)."""
+        levels = self.run_levels(image, scales, raw=True)
+        feats = torch.cat([out["descriptors"] for _, out in levels])
+        strengths = torch.cat([out["strengths"] for _, out in levels])
+        order = torch.argsort(-strengths, stable=True)[:max_features]
+        return feats[order]
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the network in the glocal format (with the fitted whitening)."""
+        config = {k: v for k, v in asdict(self.config).items() if k != "checkpoint"}
+        return save_glocal_checkpoint(path, self.net, self.method, config)
+
+
+def _writable(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """PIL-backed arrays are read-only; torch.from_numpy warns on those, so copy them (cheap)."""
+    return pixels if pixels.flags.writeable else pixels.copy()
+
+
+def descriptor_outputs(whitened: Tensor, strengths: Tensor, normalise: bool) -> dict[str, Tensor]:
+    return {
+        "descriptors": F.normalize(whitened, dim=-1) if normalise else whitened,
+        "strengths": strengths,
+        "global": (strengths.unsqueeze(-1) * whitened).sum(1),
+    }
+
+
+@dataclass(frozen=True)
+class HowConfig:
+    """Settings of the ``how`` method (defaults: the paper's test protocol).
+
+    :param checkpoint: official HOW ``.pth`` (e.g. ``how_r50-_1000.pth``) or a glocal file; ``None`` gives
+        random weights and a loud warning.
+    :param imagenet_weights: torchvision ImageNet ResNet weights for the trunk before training.
+    :param depth: 50 (R50-) or 101 (R101-).
+    :param output_dim: whitened dimension k.
+    :param smoothing_kernel: side of the 3x3 average smoothing before o(.) (1 disables).
+    :param scales: pyramid scales.
+    :param max_keypoints: features kept over all scales, strongest (largest norm) first.
+    :param max_side: images are loaded at this longest side.
+    :param l2_normalize: L2-normalise o(u) (descriptors for ASMK).
+    :param preprocessing: pixel normalisation preset (:data:`glocal.extract.pyramid.PREPROCESSING`).
+    :param device: torch device string.
+    :param max_batch: pyramid levels per forward pass.
+    :param seed: seed of the random initialisation (used when no checkpoint is given).
+    """
+
+    checkpoint: str | None = None
+    imagenet_weights: str | None = None
+    depth: int = 50
+    output_dim: int = 128
+    smoothing_kernel: int = 3
+    scales: tuple[float, ...] = PAPER_SCALES
+    max_keypoints: int = 1000
+    max_side: int = 1024
+    l2_normalize: bool = True
+    preprocessing: str = "imagenet"
+    device: str = "cpu"
+    max_batch: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        normalise_common_config(self)
+
+
+def normalise_common_config(config: Any) -> None:
+    """Plain types for fields a caller may pass as lists / paths; range checks."""
+    object.__setattr__(config, "scales", tuple(float(s) for s in config.scales))
+    if config.checkpoint is not None:
+        object.__setattr__(config, "checkpoint", str(config.checkpoint))
+    if not config.scales or min(config.scales) <= 0:
+        raise ValueError(f"{type(config).__name__}: scales must be positive, got {config.scales}")
+    if config.max_keypoints < 1 or config.max_side < 1:
+        raise ValueError(f"{type(config).__name__}: max_keypoints and max_side must be >= 1")
+
+
+class HowExtractor(PyramidExtractor):
+    """HOW local features through the extractor interface (``name``, ``max_side``, ``config``, ``extract``)."""
+
+    name = "how"
+    method = "how"
+
+    def __init__(self, config: HowConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
+        """:param trunk: replaces the R50- trunk (tests, experiments); it must output ``feature_dim`` channels."""
+        config = config or HowConfig()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            net = HowNet(trunk if trunk is not None else build_trunk(config.depth, config.imagenet_weights), feature_dim=feature_dim,
+                         output_dim=config.output_dim, smoothing_kernel=config.smoothing_kernel)
+        super().__init__(config, net)
+        self._load({"depth": config.depth, "output_dim": config.output_dim,
+                    "smoothing_kernel": config.smoothing_kernel})
+
+    def strength_map(self, image: LoadedImage, scale: float = 1.0) -> npt.NDArray[np.float32]:
+        """(h, w) map of the strengths ||u_l|| of one pyramid level (what ranks HOW's features)."""
+        with torch.inference_mode():
+            x = image_to_tensor(_writable(image.pixels), self.preprocessing, self.device)
+            x = resize(x, level_size(x.shape[-2], x.shape[-1], scale))
+            local = self.net.local_features(x)
+        return local.strengths[0].reshape(local.size).float().cpu().numpy()
+
+    def _level_outputs(self, x: Tensor, level: PyramidLevel, raw: bool) -> dict[str, Tensor]:
+        local = self.net.local_features(x)
+        out = descriptor_outputs(local.whitened, local.strengths, self.config.l2_normalize)
+        if raw:
+            out["descriptors"] = local.raw
+        out["xy"] = self.centres(local.size, level.size).expand(x.shape[0], -1, -1)
+        return out
+
+
+def collect_whitening_sample(
+    extractor: PyramidExtractor, images: Iterable[LoadedImage], features_per_image: int = 1000,
+    scales: Sequence[float] = (1.0,), max_features: int | None = None, seed: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Un-whitened features of ``images`` (top ``features_per_image`` per image by strength at
+    ``scales``), optionally sub-sampled (seeded) to ``max_features`` rows: the sample o(.) is fitted on."""
+    return stack_feature_sample((extractor.raw_features(im, scales, features_per_image) for im in images),
+                                max_features=max_features, seed=seed)
+
+
+def fit_whitening(
+    extractor: PyramidExtractor, images: Iterable[LoadedImage], features_per_image: int = 1000,
+    scales: Sequence[float] = (1.0,), shrinkage: float = 1.0, max_features: int | None = None, seed: int = 0,
+) -> PCAWhitening:
+    """Learn o(.) of ``extractor`` from ``images`` (reference setting: the first 5,000 SfM-120k training
+    images, scale 1, top 1,000 features each) and set it in the extractor's network (the ``glocal whiten``
+    step; save with ``extractor.save_checkpoint(path)``)."""
+    sample = collect_whitening_sample(extractor, images, features_per_image, scales, max_features, seed)
+    return extractor.net.whiten.fit(sample, shrinkage=shrinkage)

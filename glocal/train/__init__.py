@@ -1,0 +1,16 @@
+"""Training: losses (HOW eq. 2, FIRe eq. 7-9); datasets, samplers and trainer come later."""
+from glocal.train.fire_losses import (
+    FireLossConfig,
+    FireLosses,
+    attention_decorrelation_loss,
+    contrastive_terms,
+    fire_tuple_loss,
+    global_contrastive_loss,
+    select_super_feature_pairs,
+    super_feature_loss,
+)
+
+__all__ = [
+    "FireLossConfig", "FireLosses", "attention_decorrelation_loss", "contrastive_terms", "fire_tuple_loss",
+    "global_contrastive_loss", "select_super_feature_pairs", "super_feature_loss",
+]
