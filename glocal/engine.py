@@ -165,17 +165,7 @@ class Engine:
             workers: int = 2) -> list[ExtractionFailure]:
         """Extract and index more images. Names already in the collection are skipped (reported)."""
         prog = as_progress(progress)
-        fresh_paths, fresh_names, failures = [], [], []
-        seen = set(self.features.names)
-        for p, n in zip(paths, names):
-            if n in seen:
-                failures.append(ExtractionFailure(str(p), n, "already in the index (skipped)"))
-            else:
-                seen.add(n)
-                fresh_paths.append(p)
-                fresh_names.append(n)
-        failures += _extract_into(self.features, self.extractor, fresh_paths, fresh_names, prog,
-                                  "extracting", workers)
+        failures = _extract_into(self.features, self.extractor, paths, names, prog, "extracting", workers)
         self._progress = prog
         self._repair()
         return failures
@@ -258,11 +248,23 @@ class _LazyFeatures(Sequence[ImageFeatures]):
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],
                   progress: Progress, description: str, workers: int) -> list[ExtractionFailure]:
-    """Extract images into a feature file in committed batches; returns the failures."""
+    """Extract images into a feature file in committed batches; returns the failures.
+
+    Names already in the file (or repeated in ``names``) are skipped and reported, not extracted twice.
+    """
     failures: list[ExtractionFailure] = []
+    fresh_paths, fresh_names = [], []
+    seen = set(features.names)
+    for p, n in zip(paths, names):
+        if n in seen:
+            failures.append(ExtractionFailure(str(p), n, "already in the index (skipped)"))
+        else:
+            seen.add(n)
+            fresh_paths.append(p)
+            fresh_names.append(n)
     batch: list[ImageFeatures] = []
-    advance = progress(description, len(paths))
-    for item in extract_many(extractor, list(paths), list(names), workers=workers, on_done=advance):
+    advance = progress(description, len(fresh_paths))
+    for item in extract_many(extractor, fresh_paths, fresh_names, workers=workers, on_done=advance):
         if isinstance(item, ExtractionFailure):
             failures.append(item)
             continue

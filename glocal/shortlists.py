@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from glocal.index.asmk import AggregatedImage, AsmkIndex, aggregate
 from glocal.index.codebook import Codebook
+from glocal.index.global_files import MANIFEST
 from glocal.index.global_index import GlobalIndex
 from glocal.io.feature_file import RecordFile
 from glocal.records import ImageFeatures
@@ -71,7 +72,8 @@ class AsmkShortlist:
         self.index.add(aggs)
 
     def search(self, query: ImageFeatures, top: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        q = aggregate(query.descriptors, self.codebook, self._settings["query_assignments"], self._settings["binary"])
+        k = min(self._settings["query_assignments"], self.codebook.size)  # tiny codebooks have fewer words
+        q = aggregate(query.descriptors, self.codebook, k, self._settings["binary"])
         return self.index.search(q, top=top)
 
     @property
@@ -105,7 +107,7 @@ class GlobalShortlist:
     @classmethod
     def open(cls, root: Path, settings: dict) -> GlobalShortlist:
         folder = Path(root) / "global"
-        return cls(root, settings, GlobalIndex.open(folder) if (folder / "manifest.json").exists() else None)
+        return cls(root, settings, GlobalIndex.open(folder) if (folder / MANIFEST).exists() else None)
 
     @property
     def count(self) -> int:

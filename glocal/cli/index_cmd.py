@@ -6,7 +6,16 @@ from typing import Optional
 
 import typer
 
-from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, image_names, out, report_failures, show_progress
+from glocal.cli.common import (
+    EXIT_INPUT,
+    EXIT_PARTIAL,
+    err,
+    image_names,
+    out,
+    parse_settings,
+    report_failures,
+    show_progress,
+)
 from glocal.io.images import list_images
 
 app = typer.Typer(help="Build, extend and inspect an index (a .glx folder).", no_args_is_help=True)
@@ -21,6 +30,9 @@ def build(
         None, "--codebook-images", help="Train the visual words on this folder instead of the indexed images."),
     codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="Number of visual words (default 4096)."),
     workers: int = typer.Option(2, "--workers", help="Parallel extraction threads."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model weights (deep methods)."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Resize images so the longer side is at most this."),
+    settings: list[str] = typer.Option([], "--set", help="Extractor setting KEY=VALUE (VALUE as JSON, e.g. scales=[1.0]); repeatable."),
 ) -> None:
     """Extract features of every image and build a searchable index."""
     from glocal.engine import Engine
@@ -30,10 +42,15 @@ def build(
         err.print(f"no images found in {', '.join(map(str, paths))}")
         raise typer.Exit(EXIT_INPUT)
     cb = list_images([codebook_images]) if codebook_images else None
+    conf = parse_settings(settings)
+    if checkpoint is not None:
+        conf["checkpoint"] = str(checkpoint)
+    if max_side is not None:
+        conf["max_side"] = max_side
     try:
         engine = Engine.build(files, image_names(files, paths), out_path, method=method, codebook_paths=cb,
-                              progress=show_progress(), codebook_size=codebook_size, workers=workers)
-    except (FileExistsError, ValueError) as exc:
+                              progress=show_progress(), codebook_size=codebook_size, workers=workers, **conf)
+    except (FileExistsError, ValueError, TypeError) as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(EXIT_INPUT) from None
     report_failures(engine.failures)
