@@ -14,14 +14,22 @@ side is concatenated into one word-sorted inverted file and a query scores every
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from glocal.index.codebook import Codebook
+from glocal.index.kernel import block_similarity, gather, match_blocks, selectivity_table
 
 ALPHA = 3.0
 TAU = 0.0
+
+
+class Quantizer(Protocol):
+    """Anything that assigns descriptors to their k nearest visual words (exact or approximate)."""
+
+    def assign(self, descriptors: npt.NDArray, k: int = 1) -> npt.NDArray[np.int64]: ...
 
 
 @dataclass(frozen=True)
@@ -49,33 +57,73 @@ def selectivity(u: npt.NDArray, alpha: float = ALPHA, tau: float = TAU) -> npt.N
     return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0).astype(np.float32)
 
 
+def residual_sums(
+    descriptors: npt.NDArray, nearest: npt.NDArray, centroids: npt.NDArray,
+    rows: npt.NDArray | None = None, groups: npt.NDArray | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Aggregated residuals V(X_c) = sum_{x in X_c} (x - q_c) per (group, word) (D2R eq. 1 notation).
+
+    :param nearest: (N, k) word ids of every descriptor (multiple assignment: k words each).
+    :param rows, groups: optional membership pairs (descriptor ``rows[i]`` belongs to group ``groups[i]``,
+        e.g. a region); by default every descriptor is in group 0.
+    :returns: (group, word, sums) sorted by (group, word), one row per non-empty pair.
+    """
+    x = np.asarray(descriptors, dtype=np.float32)
+    nearest = np.asarray(nearest, dtype=np.int64)
+    k = nearest.shape[1]
+    if rows is None:
+        rows = np.arange(len(x), dtype=np.int64)
+        groups = np.zeros(len(x), dtype=np.int64)
+    rows = np.asarray(rows, np.int64)
+    groups = np.asarray(groups, np.int64)
+    if len(rows) == 0 or k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, x.shape[1]), np.float32)
+    rows_e = np.repeat(rows, k)
+    words_e = nearest[rows].reshape(-1)
+    size = int(len(centroids))
+    key = np.repeat(groups, k) * size + words_e
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    residuals = x[rows_e[order]] - np.asarray(centroids, np.float32)[words_e[order]]
+    sums = np.add.reduceat(residuals, starts, axis=0)
+    ukey = key[starts]
+    return ukey // size, ukey % size, sums
+
+
+def encode(words: npt.NDArray, sums: npt.NDArray, binary: bool) -> AggregatedImage:
+    """Per-word normalisation V^ = V / ||V|| (ASMK) or its sign bits (ASMK*); empty words are dropped."""
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    keep = norms[:, 0] > 0
+    words, sums, norms = np.asarray(words)[keep], sums[keep], norms[keep]
+    unit = sums / norms
+    codes = np.packbits(unit > 0, axis=1) if binary else unit.astype(np.float32)
+    return AggregatedImage(words.astype(np.int32), codes)
+
+
+def empty_image(dim: int, binary: bool) -> AggregatedImage:
+    codes = np.zeros((0, dim // 8), np.uint8) if binary else np.zeros((0, dim), np.float32)
+    return AggregatedImage(np.zeros(0, np.int32), codes)
+
+
 def aggregate(
-    descriptors: npt.NDArray, codebook: Codebook, assignments: int = 1, binary: bool = True
+    descriptors: npt.NDArray, codebook: Codebook, assignments: int = 1, binary: bool = True,
+    quantizer: Quantizer | None = None,
 ) -> AggregatedImage:
-    """ASMK aggregation of one image's local descriptors.
+    """ASMK aggregation of one image's local descriptors (D2R eq. 1-2: V^(X_c) per non-empty word c).
 
     :param assignments: number of nearest words each descriptor is assigned to (multiple assignment;
         the reference HOW/FIRe setting is 1 for database images and 5 for queries).
     :param binary: ASMK* (packed sign bits) if True, ASMK (float unit residuals) otherwise.
+    :param quantizer: anything with ``assign(x, k)`` (e.g. :class:`glocal.index.quantizer.CoarseQuantizer`);
+        exact search over the codebook when None.
     """
     x = np.asarray(descriptors, dtype=np.float32)
-    d = codebook.dim
     if len(x) == 0:
-        empty = np.zeros((0, d // 8), np.uint8) if binary else np.zeros((0, d), np.float32)
-        return AggregatedImage(np.zeros(0, np.int32), empty)
-    nearest = codebook.assign(x, k=assignments)  # (N, k)
-    words_flat = nearest.reshape(-1)
-    rows = np.repeat(np.arange(len(x)), assignments)
-    residuals = x[rows] - codebook.centroids[words_flat]
-    words, inverse = np.unique(words_flat, return_inverse=True)
-    sums = np.zeros((len(words), d), np.float32)
-    np.add.at(sums, inverse, residuals)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    keep = norms[:, 0] > 0
-    words, sums, norms = words[keep], sums[keep], norms[keep]
-    unit = sums / norms
-    codes = np.packbits(unit > 0, axis=1) if binary else unit.astype(np.float32)
-    return AggregatedImage(words.astype(np.int32), codes)
+        return empty_image(codebook.dim, binary)
+    nearest = (quantizer or codebook).assign(x, k=assignments)  # (N, k)
+    _, words, sums = residual_sums(x, nearest, codebook.centroids)
+    return encode(words, sums, binary)
 
 
 def code_similarity(a_codes: npt.NDArray, b_codes: npt.NDArray, dim: int) -> npt.NDArray[np.float32]:
@@ -115,6 +163,8 @@ class AsmkIndex:
         code_width = codebook.dim // 8 if binary else codebook.dim
         self._codes = np.zeros((0, code_width), np.uint8 if binary else np.float32)
         self._gamma = np.zeros(0, np.float32)
+        self._words = np.zeros(0, np.int64)
+        self._bounds = np.zeros(1, np.int64)
 
     def __len__(self) -> int:
         return self._count + len(self._pending)
@@ -122,7 +172,7 @@ class AsmkIndex:
     def add(self, images: list[AggregatedImage]) -> None:
         for im in images:
             if im.binary != self.binary:
-                raise ValueError("aggregated image is binary=%s but the index is binary=%s" % (im.binary, self.binary))
+                raise ValueError(f"aggregated image is binary={im.binary} but the index is binary={self.binary}")
         self._pending.extend(images)
 
     def _commit(self) -> None:
@@ -141,6 +191,8 @@ class AsmkIndex:
         self._images = imgs[order]
         self._codes = np.ascontiguousarray(codes[order])
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(words, minlength=k))]).astype(np.int64)
+        self._words = np.flatnonzero(np.diff(self._offsets))  # non-empty words and their list bounds
+        self._bounds = np.append(self._offsets[self._words], self._offsets[-1])
         sizes = np.array([len(im) for im in self._pending], np.float32)
         gamma = np.where(sizes > 0, 1.0 / np.sqrt(np.maximum(sizes, 1)), 0.0).astype(np.float32)
         self._gamma = np.concatenate([self._gamma, gamma])
@@ -150,21 +202,15 @@ class AsmkIndex:
     def scores(self, query: AggregatedImage) -> npt.NDArray[np.float32]:
         """ASMK similarity of the query to every database image (gamma(query) included)."""
         self._commit()
-        out = np.zeros(self._count, np.float32)
+        out = np.zeros(self._count, np.float64)
         if len(query) == 0 or self._count == 0:
-            return out
-        starts = self._offsets[query.words]
-        lens = self._offsets[query.words + 1] - starts
-        total = int(lens.sum())
-        if total == 0:
-            return out
-        first = np.cumsum(lens) - lens
-        entries = np.repeat(starts - first, lens) + np.arange(total)
-        qrow = np.repeat(np.arange(len(query)), lens)
-        u = code_similarity(self._codes[entries], query.codes[qrow], self.codebook.dim)
-        s = selectivity(u, self.alpha, self.tau)
-        out = np.bincount(self._images[entries], weights=s, minlength=self._count).astype(np.float32)
-        return out * self._gamma / np.sqrt(len(query))
+            return out.astype(np.float32)
+        table = selectivity_table(self.codebook.dim, self.alpha, self.tau)
+        for qrows, starts, lens in match_blocks(np.asarray(query.words, np.int64), self._words, self._bounds):
+            s = block_similarity(self._codes, query.codes, qrows, starts, lens, self.codebook.dim, self.alpha,
+                                 self.tau, table)
+            out += np.bincount(gather(self._images, starts, lens), weights=s, minlength=self._count)
+        return (out * self._gamma / np.sqrt(len(query))).astype(np.float32)
 
     def search(self, query: AggregatedImage, top: int = 100) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """(indices, scores) of the ``top`` best database images, best first (ties by index)."""

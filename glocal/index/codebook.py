@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,12 +28,15 @@ class Codebook:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def assign(self, descriptors: npt.NDArray, k: int = 1, chunk: int = 4096) -> npt.NDArray[np.int64]:
+    def assign(self, descriptors: npt.NDArray, k: int = 1, chunk: int | None = None) -> npt.NDArray[np.int64]:
         """Indices (N, k) of the k nearest words of each descriptor (exact L2 search), nearest first.
 
         Exact search as one float32 matmul per chunk: ``argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2)``.
+        The default chunk keeps the (chunk, K) score block near 128 MB (512 rows for 65,536 words).
         """
         x = np.asarray(descriptors, dtype=np.float32)
+        if chunk is None:
+            chunk = max(64, (1 << 25) // max(self.size, 1))
         n = len(x)
         out = np.empty((n, k), dtype=np.int64)
         c = self.centroids
@@ -51,12 +55,19 @@ class Codebook:
         return {"centroids": self.centroids}
 
 
+#: codebook size of the large setups (HOW, FIRe, R1M)
+DEFAULT_SIZE = 65_536
+
+
 def train_codebook(
-    descriptors: npt.NDArray, size: int, iterations: int = 10, seed: int = 0, max_sample: int = 500_000
+    descriptors: npt.NDArray, size: int = DEFAULT_SIZE, iterations: int = 10, seed: int = 0, max_sample: int = 500_000,
+    log: Callable[[str], None] | None = None,
 ) -> Codebook:
     """k-means (faiss) on a random sample of at most ``max_sample`` descriptors.
 
-    The size is clipped so every word has at least 39 training points (faiss warns below that); the info records the size used.
+    The size is clipped so every word has at least 39 training points (faiss warns below that); the info records
+    the size used, the sample size, the iterations, the seed and the training time; ``log`` (e.g. ``print``)
+    receives the same as one line.
     """
     import faiss  # imported lazily: only codebook training needs it
 
@@ -73,4 +84,7 @@ def train_codebook(
     seconds = time.perf_counter() - t0
     info = {"requested_size": int(size), "size": k, "sample": int(len(x)), "iterations": iterations,
             "seed": seed, "seconds": round(seconds, 3)}
+    if log is not None:
+        log(f"codebook: {k} words trained on {len(x):,} descriptors ({iterations} k-means iterations, seed {seed}) "
+            f"in {seconds:.1f} s")
     return Codebook(np.ascontiguousarray(km.centroids, dtype=np.float32), info)

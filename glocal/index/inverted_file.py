@@ -1,0 +1,397 @@
+"""A persistent, memory-mapped ASMK / ASMK* / R-ASMK inverted file.
+
+Folder layout::
+
+    index/
+      MANIFEST.json        format, version, settings, committed files with their sizes and CRC32
+      codebook.gls         visual words (+ the coarse cells of the fast quantizer), see segment_file
+      seg-00000001.gls     one segment per ``add`` (or per merge): entries sorted by visual word
+      tomb-00000004.gls    ids of removed images (tombstones), if any
+      LOCK                 flock'ed by the one writer
+
+A segment holds ``words`` (W,) int32 (its non-empty words, sorted), ``bounds`` (W + 1,) int64, and per
+entry ``items`` (E,) uint32 and ``codes`` (E, d / 8) uint8 (ASMK*) or (E, d) float32 (ASMK): 16 + 4 = 20
+bytes per (image, non-empty word) for 128-D ASMK*, the word id being implied by the list. It also holds its
+items' owning image and size |C(item)|. Items are images, or regions in regional search (D2R eq. 3-4).
+Search maps segments read-only: only the posting lists of the query's words are touched.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from glocal.index import manifest as mf
+from glocal.index.asmk import AggregatedImage, aggregate
+from glocal.index.codebook import Codebook
+from glocal.index.kernel import block_similarity, gather, match_blocks, selectivity_table, take_rows
+from glocal.index.layout import IndexSettings, Segment
+from glocal.index.quantizer import CoarseQuantizer
+from glocal.index.regional import aggregate_rasmk, aggregate_regions, feature_boxes, pool, split_items
+from glocal.index.segment_file import ArrayFile, SegmentFileError, file_crc32, write_arrays
+from glocal.records import ImageFeatures
+
+VERIFY = ("full", "lazy", "size")
+
+
+class InvertedFile:
+    """Persistent ASMK inverted file. Use :meth:`create` or :meth:`open`, not the constructor."""
+
+    def __init__(self, root: Path, writable: bool = False, verify: str = "full", threads: int = 2) -> None:
+        if verify not in VERIFY:
+            raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+        self.root = Path(root)
+        self.writable = writable
+        self.threads = threads
+        self._verify = verify
+        self._lock = mf.WriterLock(self.root) if writable else None
+        try:
+            self._manifest = mf.read_manifest(self.root)
+            if writable:
+                mf.remove_orphans(self.root, self._manifest)
+            self.settings = IndexSettings(**self._manifest["settings"])
+            self._load_codebook()
+            self._segments = [Segment(self.root, e, verify == "full") for e in self._manifest["segments"]]
+            self._refresh()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- creation / opening ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, codebook: Codebook, settings: IndexSettings | None = None,
+               quantizer: CoarseQuantizer | None = None) -> InvertedFile:
+        """Create an empty index at ``root`` (a new or empty folder) and open it for writing."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / mf.MANIFEST).exists():
+            raise FileExistsError(f"{root}: an index already exists here")
+        settings = settings or IndexSettings()
+        if settings.binary and codebook.dim % 8:
+            raise ValueError(f"ASMK* packs sign bits: descriptor dimension {codebook.dim} is not a multiple of 8")
+        lock = mf.WriterLock(root)
+        try:
+            arrays = {"centroids": codebook.centroids}
+            meta: dict = {"info": codebook.info}
+            if quantizer is not None:
+                arrays |= {"coarse": quantizer.coarse, "order": quantizer.order, "bounds": quantizer.bounds}
+                meta["quantizer"] = {"nprobe": quantizer.nprobe, "threads": quantizer.threads, "info": quantizer.info}
+            crc = write_arrays(root / "codebook.gls", arrays, meta)
+            manifest = {
+                "format": mf.FORMAT, "version": mf.VERSION, "settings": asdict(settings),
+                "codebook": {"file": "codebook.gls", "bytes": (root / "codebook.gls").stat().st_size, "crc32": crc,
+                             "size": codebook.size, "dim": codebook.dim},
+                "images": 0, "items": 0, "next_file": 1, "segments": [], "tombstones": None,
+            }
+            mf.write_manifest(root, manifest)
+        finally:
+            lock.release()
+        return cls(root, writable=True)
+
+    @classmethod
+    def open(cls, root: str | Path, writable: bool = False, verify: str = "full", threads: int = 2) -> InvertedFile:
+        """Open an existing index. ``verify``: ``full`` checks every file's CRC32 now, ``lazy`` checks every
+        segment before the first query, ``size`` only checks sizes and headers (fast open of huge indexes).
+        ``threads`` score segments in parallel."""
+        return cls(Path(root), writable=writable, verify=verify, threads=threads)
+
+    def _load_codebook(self) -> None:
+        e = self._manifest["codebook"]
+        f = ArrayFile(self.root / e["file"], expected_size=e["bytes"])
+        try:
+            if file_crc32(f.path) != e["crc32"]:
+                raise SegmentFileError(f"{f.path}: checksum mismatch: the codebook file is damaged")
+            self.codebook = Codebook(np.array(f["centroids"]), dict(f.meta.get("info", {})))
+            self.quantizer: CoarseQuantizer | None = None
+            if "coarse" in f.arrays:
+                q = f.meta["quantizer"]
+                self.quantizer = CoarseQuantizer(self.codebook, np.array(f["coarse"]), np.array(f["order"]),
+                                                 np.array(f["bounds"]), nprobe=int(q["nprobe"]),
+                                                 threads=int(q["threads"]), info=q["info"])
+        finally:
+            f.close()
+
+    def _refresh(self) -> None:
+        """Rebuild the small in-memory tables (per item: owner, normalisation; per image: removed)."""
+        m = self._manifest
+        expected = 0
+        for s in self._segments:
+            if s.item_start != expected:
+                raise mf.IndexFormatError(f"{self.root / mf.MANIFEST}: segment {s.entry['file']} starts at item "
+                                          f"{s.item_start}, expected {expected}")
+            expected += s.n_items
+        self.n_items, self.n_images = int(m["items"]), int(m["images"])
+        if expected != self.n_items:
+            raise mf.IndexFormatError(f"{self.root / mf.MANIFEST}: segments hold {expected} items, manifest says {self.n_items}")
+        cat = (lambda key: np.concatenate([getattr(s, key) for s in self._segments])) if self._segments else None
+        self._item_image = cat("item_image").astype(np.int64) if cat else np.zeros(0, np.int64)
+        self._item_size = cat("item_size").astype(np.float64) if cat else np.zeros(0)
+        self._first_item = np.searchsorted(self._item_image, np.arange(self.n_images + 1)).astype(np.int64)
+        self._removed = np.zeros(self.n_images, bool)
+        t = m.get("tombstones")
+        if t:
+            f = ArrayFile(self.root / t["file"], expected_size=t["bytes"])
+            try:
+                if file_crc32(f.path) != t["crc32"]:
+                    raise SegmentFileError(f"{f.path}: checksum mismatch: the tombstone file is damaged")
+                self._removed[np.asarray(f["images"], np.int64)] = True
+            finally:
+                f.close()
+        self._idf_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._table = selectivity_table(self.codebook.dim, self.settings.alpha, self.settings.tau)
+
+    # -- writing -----------------------------------------------------------------------------------
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise PermissionError(f"{self.root}: index opened read-only")
+
+    def _new_file(self, manifest: dict, prefix: str) -> str:
+        n = int(manifest["next_file"])
+        manifest["next_file"] = n + 1
+        return f"{prefix}-{n:08d}.gls"
+
+    def _commit(self, manifest: dict, drop: Sequence[str] = ()) -> None:
+        """Swap in ``manifest`` (files it names are already durable), reopen, delete files no longer named."""
+        mf.write_manifest(self.root, manifest)
+        old = self._segments
+        self._manifest = manifest
+        keep = {s.entry["file"]: s for s in old}
+        self._segments = [keep.get(e["file"]) or Segment(self.root, e, verify=False) for e in manifest["segments"]]
+        for s in old:
+            if s.entry["file"] not in {e["file"] for e in manifest["segments"]}:
+                s.file.close()
+        for name in drop:
+            (self.root / name).unlink(missing_ok=True)
+        self._refresh()
+
+    def add(self, images: Sequence[AggregatedImage | Sequence[AggregatedImage]]) -> npt.NDArray[np.int64]:
+        """Append images (each an :class:`AggregatedImage`, or a sequence of region items with the full image
+        first) as one durable segment. Returns their new image ids."""
+        items, per_image = split_items(images)
+        for it in items:
+            if it.binary != self.settings.binary:
+                raise ValueError(f"{self.root}: an item is binary={it.binary} but the index is binary={self.settings.binary}")
+        width = self.codebook.dim // 8 if self.settings.binary else self.codebook.dim
+        dtype = np.uint8 if self.settings.binary else np.float32
+        words = np.concatenate([it.words for it in items]) if items else np.zeros(0, np.int32)
+        codes = np.concatenate([it.codes for it in items]) if items else np.zeros((0, width), dtype)
+        return self.add_arrays(np.array([len(it) for it in items], np.int64), words, codes, np.array(per_image))
+
+    def add_arrays(self, item_sizes: npt.NDArray, words: npt.NDArray, codes: npt.NDArray,
+                   items_per_image: npt.NDArray | None = None) -> npt.NDArray[np.int64]:
+        """Bulk :meth:`add` from flat arrays: item i owns the next ``item_sizes[i]`` (word, code) rows.
+
+        Words of one item must be unique. Written as one segment, committed atomically.
+        """
+        self._require_writable()
+        sizes = np.asarray(item_sizes, np.int64)
+        per_image = np.ones(len(sizes), np.int64) if items_per_image is None else np.asarray(items_per_image, np.int64)
+        words = np.asarray(words)
+        width = self.codebook.dim // 8 if self.settings.binary else self.codebook.dim
+        dtype = np.uint8 if self.settings.binary else np.float32
+        if codes.dtype != dtype or codes.ndim != 2 or codes.shape[1] != width:
+            raise ValueError(f"{self.root}: codes must be ({len(words)}, {width}) {np.dtype(dtype).name}, got "
+                             f"{codes.shape} {codes.dtype}")
+        if sizes.sum() != len(words) or len(codes) != len(words) or per_image.sum() != len(sizes) or np.any(per_image < 1):
+            raise ValueError(f"{self.root}: inconsistent sizes: {sizes.sum()} words listed, {len(words)} words, "
+                             f"{len(codes)} codes, {per_image.sum()} items for {len(sizes)} items")
+        if len(words) and (words.min() < 0 or words.max() >= self.codebook.size):
+            raise ValueError(f"{self.root}: word ids must lie in [0, {self.codebook.size})")
+        if len(per_image) == 0:
+            return np.zeros(0, np.int64)
+        m = {**self._manifest, "segments": list(self._manifest["segments"])}
+        item0, image0 = int(m["items"]), int(m["images"])
+        entry_item = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        key = words.astype(np.uint16 if self.codebook.size <= 1 << 16 else np.int64)
+        order = np.argsort(key, kind="stable")  # radix sort for 16-bit keys; keeps items ascending per word
+        w_sorted = words[order].astype(np.int32)
+        if len(w_sorted):
+            dup = (w_sorted[1:] == w_sorted[:-1]) & (entry_item[order][1:] == entry_item[order][:-1])
+            if dup.any():
+                raise ValueError(f"{self.root}: an item lists the same visual word twice")
+        starts = np.flatnonzero(np.concatenate([[True], w_sorted[1:] != w_sorted[:-1]])) if len(w_sorted) else np.zeros(0, np.int64)
+        arrays = {
+            "words": w_sorted[starts], "bounds": np.append(starts, len(w_sorted)).astype(np.int64),
+            "items": (entry_item[order] + item0).astype(np.uint32), "codes": take_rows(codes, order),
+            "item_image": (np.repeat(np.arange(len(per_image)), per_image) + image0).astype(np.uint32),
+            "item_size": sizes.astype(np.uint32),
+        }
+        name = self._new_file(m, "seg")
+        crc = write_arrays(self.root / name, arrays, {"item_start": item0, "image_start": image0})
+        m["segments"].append({"file": name, "bytes": (self.root / name).stat().st_size, "crc32": crc,
+                              "item_start": item0, "items": len(sizes), "image_start": image0,
+                              "images": len(per_image), "entries": len(words), "words": len(starts)})
+        m["items"], m["images"] = item0 + len(sizes), image0 + len(per_image)
+        self._commit(m)
+        if len(self._segments) > self.settings.max_segments:
+            self.compact(first=self._merge_start())
+        return np.arange(image0, image0 + len(per_image), dtype=np.int64)
+
+    def _merge_start(self) -> int:
+        """Size-tiered merge policy: the longest run of recent segments that, together, are not much smaller
+        than the segment before them is merged, so large old segments are rewritten only O(log n) times."""
+        sizes = [int(s.entry["entries"]) + 1 for s in self._segments]
+        i, total = len(sizes) - 1, sizes[-1]
+        while i > 0 and (len(sizes) - i < 2 or sizes[i - 1] <= total):
+            i -= 1
+            total += sizes[i]
+        return i
+
+    def remove(self, image_ids: Sequence[int] | npt.NDArray) -> None:
+        """Mark images as removed (tombstones, committed atomically); :meth:`compact` drops their entries."""
+        self._require_writable()
+        ids = np.unique(np.asarray(image_ids, np.int64))
+        if len(ids) and (ids[0] < 0 or ids[-1] >= self.n_images):
+            raise IndexError(f"{self.root}: image ids must lie in [0, {self.n_images}), got {ids[0]}..{ids[-1]}")
+        dead = np.union1d(np.flatnonzero(self._removed), ids).astype(np.uint32)
+        m = {**self._manifest}
+        name = self._new_file(m, "tomb")
+        crc = write_arrays(self.root / name, {"images": dead})
+        old = m.get("tombstones")
+        m["tombstones"] = {"file": name, "bytes": (self.root / name).stat().st_size, "crc32": crc, "count": len(dead)}
+        self._commit(m, drop=[old["file"]] if old else [])
+
+    def compact(self, first: int = 0) -> None:
+        """Merge segments ``first..`` into one, dropping entries of removed images (streamed by word range)."""
+        from glocal.index.merge import merge_segments
+
+        self._require_writable()
+        run = self._segments[first:]
+        if not run or (len(run) == 1 and not self._removed[self._item_image[run[0].item_start:run[0].item_start + run[0].n_items]].any()):
+            return
+        m = {**self._manifest}
+        name = self._new_file(m, "seg")
+        dead_items = self._removed[self._item_image]
+        entry = merge_segments(run, dead_items, self.root / name)
+        entry["file"] = name
+        m["segments"] = list(m["segments"][:first]) + [entry]
+        self._commit(m, drop=[s.entry["file"] for s in run])
+
+    # -- reading -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of images in the index (removed ones excluded)."""
+        return int(self.n_images - self._removed.sum())
+
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
+    @property
+    def removed(self) -> npt.NDArray[np.bool_]:
+        return self._removed.copy()
+
+    def _idf(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(word weight log(N / n_c)^2, per-item sum of its words' weights), computed once per state."""
+        if self._idf_cache is None:
+            counts = np.zeros(self.codebook.size, np.float64)
+            for s in self._segments:
+                counts[s.words] += np.diff(s.bounds)
+            weight = np.ones_like(counts)  # words no item has keep weight 1, as in the reference asmk
+            nz = counts > 0
+            weight[nz] = np.log(max(self.n_items, 1) / counts[nz]) ** 2
+            item_norm = np.zeros(self.n_items, np.float64)
+            for s in self._segments:
+                per_entry = np.repeat(weight[s.words], np.diff(s.bounds))
+                item_norm[s.item_start:s.item_start + s.n_items] += np.bincount(
+                    np.asarray(s.items, np.int64) - s.item_start, weights=per_entry, minlength=s.n_items)
+            self._idf_cache = (weight, item_norm)
+        return self._idf_cache
+
+    def _check_query(self, query: AggregatedImage) -> None:
+        width = self.codebook.dim // 8 if self.settings.binary else self.codebook.dim
+        if query.binary != self.settings.binary or (len(query) and query.codes.shape[1] != width):
+            raise ValueError(f"{self.root}: query codes {query.codes.shape} {query.codes.dtype} do not match the "
+                             f"index (binary={self.settings.binary}, {width} per word)")
+
+    def item_scores(self, query: AggregatedImage) -> npt.NDArray[np.float64]:
+        """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1)."""
+        self._check_query(query)
+        acc = np.zeros(self.n_items, np.float64)
+        if len(query) == 0 or self.n_items == 0:
+            return acc
+        qwords = np.asarray(query.words, np.int64)
+        weight, item_norm = self._idf() if self.settings.idf else (None, self._item_size)
+        if self._verify == "lazy":
+            for s in self._segments:
+                if not s.verified:
+                    s.verify()
+
+        def score(s: Segment) -> None:  # segments own disjoint item ranges: threads never write the same cell
+            for qrows, starts, lens in match_blocks(qwords, s.words, s.bounds):
+                sim = block_similarity(s.codes, query.codes, qrows, starts, lens, self.codebook.dim,
+                                       self.settings.alpha, self.settings.tau, self._table)
+                if weight is not None:
+                    sim = sim * np.repeat(weight[qwords[qrows]], lens)
+                acc[s.item_start:s.item_start + s.n_items] += np.bincount(
+                    gather(s.items, starts, lens) - np.uint32(s.item_start), weights=sim, minlength=s.n_items)
+
+        if self.threads > 1 and len(self._segments) > 1:
+            with ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(score, self._segments))
+        else:
+            for s in self._segments:
+                score(s)
+        q_norm = weight[qwords].sum() if weight is not None else float(len(query))
+        gamma = np.divide(1.0, np.sqrt(item_norm), out=np.zeros_like(item_norm), where=item_norm > 0)
+        return acc * gamma / np.sqrt(q_norm) if q_norm > 0 else acc * 0.0
+
+    def scores(self, query: AggregatedImage, pooling: str | None = None) -> npt.NDArray[np.float32]:
+        """Similarity of the query to every image id (removed images: -inf); regions pooled by ``pooling``."""
+        s = self.item_scores(query)
+        if self.n_items != self.n_images:
+            s = pool(s, self._first_item, pooling or self.settings.pooling)
+        out = s.astype(np.float32)
+        out[self._removed] = -np.inf
+        return out
+
+    def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(image ids, scores) of the ``top`` best images, best first, ties by id (argpartition, no full sort)."""
+        s = self.scores(query, pooling)
+        top = min(int(top), len(self))
+        if top <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        cand = np.argpartition(-s, top - 1)[:top] if top < len(s) else np.arange(len(s))
+        cand = cand[np.isfinite(s[cand])]
+        order = np.lexsort((cand, -s[cand]))
+        return cand[order].astype(np.int64), s[cand[order]]
+
+    # -- aggregation with this index's codebook and settings ---------------------------------------
+    def aggregate_query(self, descriptors: npt.NDArray, exact: bool = False) -> AggregatedImage:
+        """ASMK(*) of query descriptors with ``query_assignments`` words each (fast quantizer unless ``exact``)."""
+        return aggregate(descriptors, self.codebook, self.settings.query_assignments, self.settings.binary,
+                         None if exact else self.quantizer)
+
+    def aggregate_database(self, features: ImageFeatures, exact: bool = False
+                           ) -> AggregatedImage | list[AggregatedImage]:
+        """Database representation of one image as this index's ``aggregation`` builds it."""
+        s, q = self.settings, (None if exact else self.quantizer)
+        if s.aggregation == "asmk":
+            return aggregate(features.descriptors, self.codebook, s.db_assignments, s.binary, q)
+        fn = aggregate_rasmk if s.aggregation == "r-asmk" else aggregate_regions
+        return fn(features.descriptors, features.keypoints, feature_boxes(features), self.codebook,
+                  s.db_assignments, s.binary, q)
+
+    def verify(self) -> None:
+        """Check every segment's CRC32 against the manifest (raises :class:`SegmentFileError`)."""
+        for s in self._segments:
+            s.verify()
+
+    def close(self) -> None:
+        for s in getattr(self, "_segments", []):
+            s.file.close()
+        self._segments = []
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> InvertedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

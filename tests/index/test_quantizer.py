@@ -1,0 +1,69 @@
+"""The fast two-level quantizer agrees with exact search; codebook training records what it did."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glocal.index.blas import blas_threads
+from glocal.index.codebook import Codebook, train_codebook
+from glocal.index.quantizer import agreement, build_coarse_quantizer, calibrate, fast_quantizer
+
+
+def clustered(n: int, seed: int, dim: int = 32, modes: int = 300) -> np.ndarray:
+    """Descriptors around fixed random modes (the modes do not depend on ``seed``), unit length."""
+    means = np.random.default_rng(123).standard_normal((modes, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = means[rng.integers(0, modes, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def codebook():
+    lines: list[str] = []
+    cb = train_codebook(clustered(40_000, 0), 1024, iterations=4, seed=0, log=lines.append)
+    assert cb.size == 1024 and cb.info["sample"] == 40_000 and cb.info["seconds"] >= 0
+    assert "1024 words" in lines[0] and "40,000 descriptors" in lines[0]
+    return cb
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_calibrated_quantizer_agrees_with_exact(codebook, k):
+    q = fast_quantizer(codebook, clustered(3000, 1), target=0.99, k=k, seed=0, cells=32)
+    assert q.info["calibrated"] and q.info["reached"]
+    assert q.nprobe < q.cells  # it did not fall back to probing everything
+    test = clustered(3000, 2)
+    got, exact = q.assign(test, k), codebook.assign(test, k)
+    assert got.shape == (3000, k)
+    assert agreement(got, exact) >= 0.99
+    # nearest first, like the exact search
+    d = ((test[:, None, :] - codebook.centroids[got]) ** 2).sum(-1)
+    assert np.all(np.diff(d, axis=1) >= -1e-5)
+
+
+def test_probing_every_cell_is_exact(codebook):
+    q = build_coarse_quantizer(codebook, cells=16, seed=0)
+    x = clustered(500, 3)
+    np.testing.assert_array_equal(q.with_nprobe(16).assign(x, 3), codebook.assign(x, 3))
+
+
+def test_threads_and_blas_limit_do_not_change_results(codebook):
+    q = build_coarse_quantizer(codebook, cells=32, nprobe=4, seed=0)
+    x = clustered(800, 4)
+    one = q.assign(x, 2)
+    with blas_threads(1):
+        two = type(q)(q.codebook, q.coarse, q.order, q.bounds, nprobe=4, threads=2).assign(x, 2)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_calibration_falls_back_to_exact_when_target_unreachable(codebook):
+    q = calibrate(build_coarse_quantizer(codebook, cells=4, seed=0), clustered(300, 5), target=1.01)
+    assert q.nprobe == q.cells and not q.info["reached"]
+
+
+def test_small_codebooks_and_empty_input():
+    cb = Codebook(np.eye(8, dtype=np.float32))
+    q = build_coarse_quantizer(cb, seed=0)  # K / 256 < 1: a single cell, i.e. exact
+    assert q.cells == 1
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    np.testing.assert_array_equal(q.assign(x, 3), cb.assign(x, 3))
+    assert q.assign(np.zeros((0, 8), np.float32), 2).shape == (0, 2)
