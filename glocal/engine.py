@@ -9,7 +9,7 @@ Folder layout::
     my.glx/
       manifest.json   format version, method, extraction / shortlist / re-ranking settings, codebook info
       features.glf    features of every database image, in database order (append-only record file)
-      codebook.npy, asmk.glf     ASMK methods: visual words and one aggregated record per image
+      ivf/                       ASMK methods: the persistent inverted file (codebook included)
       global/                    global methods: the global-descriptor index
 
 Appends go to ``features.glf`` first and to the shortlist second, each committed (fsync); an image whose
@@ -50,12 +50,14 @@ class IndexError_(Exception):
 class Engine:
     """A searchable collection of images stored in a ``.glx`` folder. Create with :meth:`build`/:meth:`open`."""
 
-    def __init__(self, root: Path, manifest: dict, shortlist: Shortlist, progress: Progress | None = None) -> None:
+    def __init__(self, root: Path, manifest: dict, shortlist: Shortlist, progress: Progress | None = None,
+                 writable: bool = False) -> None:
         self.root = Path(root)
         self.manifest = manifest
         self.shortlist = shortlist
+        self.writable = writable
         self.extractor = create_extractor(manifest["method"], **manifest["extractor"])
-        self.features = FeatureFile(self.root / "features.glf", writable=True)
+        self.features = FeatureFile(self.root / "features.glf", writable=writable)
         self.failures: list[ExtractionFailure] = []
         self.workers = 2  # threads for extraction and re-ranking
         self._progress = progress or no_progress
@@ -111,19 +113,21 @@ class Engine:
             codebook = train_codebook(sample, asmk["codebook_size"], seed=seed)
             advance(1)
             manifest["codebook"] = codebook.info | {"trained_on": "codebook_paths" if codebook_paths else "database"}
-            AsmkShortlist.create(out, asmk, codebook).close()
+            held_out = np.random.default_rng(seed + 1).permutation(sample)[:2000]
+            AsmkShortlist.create(out, asmk, codebook, held_out=held_out, seed=seed).close()
         features.close()
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        engine = cls._open(out, progress=prog)
+        engine = cls._open(out, progress=prog, writable=True)
         engine.failures = failures
         return engine
 
     @classmethod
-    def open(cls, path: Path, progress: bool | Progress = False) -> Engine:
-        return cls._open(Path(path), as_progress(progress))
+    def open(cls, path: Path, progress: bool | Progress = False, writable: bool = False) -> Engine:
+        """Open an index; ``writable`` for :meth:`add` / :meth:`remove` (one writer at a time, any readers)."""
+        return cls._open(Path(path), as_progress(progress), writable)
 
     @classmethod
-    def _open(cls, path: Path, progress: Progress) -> Engine:
+    def _open(cls, path: Path, progress: Progress, writable: bool = False) -> Engine:
         mf = path / "manifest.json"
         if not mf.exists():
             raise IndexError_(f"{path}: not a glocal index (no manifest.json)")
@@ -140,10 +144,10 @@ class Engine:
                               "rebuild it with 'glocal index build'")
         shortlist: Shortlist
         if manifest["shortlist"] == "asmk":
-            shortlist = AsmkShortlist.open(path, manifest["asmk"], manifest["codebook"])
+            shortlist = AsmkShortlist.open(path, manifest["asmk"], writable=writable)
         else:
             shortlist = GlobalShortlist.open(path, manifest["global"])
-        return cls(path, manifest, shortlist, progress)
+        return cls(path, manifest, shortlist, progress, writable)
 
     def _repair(self) -> None:
         """Add to the shortlist the images whose features were committed but whose entry was not."""
@@ -152,7 +156,7 @@ class Engine:
             raise IndexError_(f"{self.root}: the shortlist holds {done} images but features.glf only "
                               f"{len(self.features)}; the index is damaged, rebuild it")
         missing = range(done, len(self.features))
-        if not missing:
+        if not missing or not self.writable:  # a reader serves what the shortlist has committed
             return
         advance = self._progress("indexing", len(missing))
         for start in range(missing.start, missing.stop, 64):
@@ -164,11 +168,16 @@ class Engine:
     def add(self, paths: Sequence[Path], names: Sequence[str], progress: bool | Progress = True,
             workers: int = 2) -> list[ExtractionFailure]:
         """Extract and index more images. Names already in the collection are skipped (reported)."""
+        self._require_writable()
         prog = as_progress(progress)
         failures = _extract_into(self.features, self.extractor, paths, names, prog, "extracting", workers)
         self._progress = prog
         self._repair()
         return failures
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise IndexError_(f"{self.root}: opened read-only; use Engine.open(path, writable=True)")
 
     # -- reading ---------------------------------------------------------------------------------
     @property
@@ -176,7 +185,18 @@ class Engine:
         return self.features.names[: self.shortlist.count]
 
     def __len__(self) -> int:
-        return self.shortlist.count
+        """Searchable images (removed ones excluded)."""
+        return len(self.shortlist)
+
+    def remove(self, names: Sequence[str]) -> list[str]:
+        """Remove images by name from search results (committed at once); returns the names not found.
+
+        Their features stay in ``features.glf`` (positions are ids); the name cannot be added again.
+        """
+        self._require_writable()
+        known = {n: i for i, n in enumerate(self.names)}
+        self.shortlist.remove([known[n] for n in names if n in known])
+        return [n for n in names if n not in known]
 
     @property
     def settings(self) -> dict:

@@ -1,8 +1,9 @@
 """First-stage search backends of the engine: ASMK on local features, or a global-descriptor index.
 
 Both speak the same small interface so the engine does not care which one a method uses:
-``count`` (images indexed), ``add(features)`` (aggregate / store and commit), ``search(query, top)``
--> (database positions, scores), ``settings`` (what to record for reproducibility) and ``close()``.
+``count`` (images added, removed ones included), ``len()`` (searchable images), ``add(features)``
+(aggregate / store and commit), ``remove(positions)``, ``search(query, top)`` -> (database positions,
+scores), ``stats()`` (sizes a user can read), ``settings`` (what to record for reproducibility), ``close()``.
 Database positions are the order in which images were added, the order of the engine's feature file.
 """
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from glocal.index.asmk import AggregatedImage, AsmkIndex, aggregate
 from glocal.index.codebook import Codebook
 from glocal.index.global_files import MANIFEST
 from glocal.index.global_index import GlobalIndex
-from glocal.io.feature_file import RecordFile
+from glocal.index.inverted_file import InvertedFile
+from glocal.index.layout import IndexSettings
+from glocal.index.quantizer import fast_quantizer
+from glocal.index.stats import index_stats
 from glocal.records import ImageFeatures
 
 
@@ -26,7 +29,13 @@ class Shortlist(Protocol):
     @property
     def count(self) -> int: ...
 
+    def __len__(self) -> int: ...
+
     def add(self, features: Sequence[ImageFeatures]) -> None: ...
+
+    def remove(self, positions: Sequence[int]) -> None: ...
+
+    def stats(self) -> dict: ...
 
     def search(self, query: ImageFeatures, top: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 
@@ -37,56 +46,65 @@ class Shortlist(Protocol):
 
 
 class AsmkShortlist:
-    """ASMK / ASMK* over local descriptors (HOW, FIRe, and the default ``sift``).
+    """ASMK / ASMK* / R-ASMK over local descriptors (HOW, FIRe, and the default ``sift``).
 
-    Files: ``codebook.npy`` (float32 centroids, loaded without pickle) and ``asmk.glf`` (one record of
-    aggregated words + codes per image, append-only, checksummed).
+    Files: ``ivf/``, a persistent :class:`glocal.index.inverted_file.InvertedFile` (codebook, word-sorted
+    memory-mapped segments, checksummed manifest swapped atomically). Image ids are database positions.
     """
 
-    def __init__(self, root: Path, settings: dict, codebook: Codebook) -> None:
-        self.root = Path(root)
+    def __init__(self, index: InvertedFile, settings: dict) -> None:
+        self.index = index
         self._settings = settings
-        self.codebook = codebook
-        self._file = RecordFile(self.root / "asmk.glf", writable=True)
-        self.index = AsmkIndex(codebook, binary=settings["binary"], alpha=settings["alpha"], tau=settings["tau"])
-        self.index.add([AggregatedImage(a["words"], a["codes"]) for _, _, a in self._file])
 
     @classmethod
-    def create(cls, root: Path, settings: dict, codebook: Codebook) -> AsmkShortlist:
-        np.save(Path(root) / "codebook.npy", codebook.centroids, allow_pickle=False)
-        return cls(root, settings, codebook)
+    def create(cls, root: Path, settings: dict, codebook: Codebook, held_out: npt.NDArray | None = None,
+               seed: int = 0) -> AsmkShortlist:
+        """A new, empty index. Codebooks of 16k words or more get the fast two-level quantizer, calibrated
+        to agree with exact assignment on 99 % of ``held_out`` descriptors."""
+        quantizer = fast_quantizer(codebook, held_out, seed=seed) if codebook.size >= 16384 else None
+        index_settings = IndexSettings(
+            binary=settings["binary"], aggregation=settings.get("aggregation", "asmk"), alpha=settings["alpha"],
+            tau=settings["tau"], db_assignments=settings["db_assignments"],
+            query_assignments=min(settings["query_assignments"], codebook.size),
+        )
+        return cls(InvertedFile.create(Path(root) / "ivf", codebook, index_settings, quantizer=quantizer), settings)
 
     @classmethod
-    def open(cls, root: Path, settings: dict, codebook_info: dict) -> AsmkShortlist:
-        centroids = np.load(Path(root) / "codebook.npy", allow_pickle=False)
-        return cls(root, settings, Codebook(centroids, codebook_info))
+    def open(cls, root: Path, settings: dict, writable: bool = False) -> AsmkShortlist:
+        return cls(InvertedFile.open(Path(root) / "ivf", writable=writable, verify="lazy"), settings)
+
+    @property
+    def codebook(self) -> Codebook:
+        return self.index.codebook
 
     @property
     def count(self) -> int:
-        return len(self._file)
+        """Images added so far, removed ones included (ids are positions)."""
+        return self.index.n_images
+
+    def __len__(self) -> int:
+        return len(self.index)
 
     def add(self, features: Sequence[ImageFeatures]) -> None:
-        aggs = [aggregate(f.descriptors, self.codebook, self._settings["db_assignments"], self._settings["binary"])
-                for f in features]
-        self._file.append_many([(f.name, {"words": a.words, "codes": a.codes}, None) for f, a in zip(features, aggs)])
-        self.index.add(aggs)
+        self.index.add([self.index.aggregate_database(f) for f in features])
+
+    def remove(self, positions: Sequence[int]) -> None:
+        self.index.remove(positions)
 
     def search(self, query: ImageFeatures, top: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        k = min(self._settings["query_assignments"], self.codebook.size)  # tiny codebooks have fewer words
-        q = aggregate(query.descriptors, self.codebook, k, self._settings["binary"])
-        return self.index.search(q, top=top)
+        return self.index.search(self.index.aggregate_query(query.descriptors), top=top)
 
-    @property
-    def words_per_image(self) -> npt.NDArray[np.float32]:
-        return self.index.words_per_image
+    def stats(self) -> dict:
+        return index_stats(self.index).as_dict()
 
     @property
     def settings(self) -> dict:
         return {"kind": "asmk*" if self._settings["binary"] else "asmk", **self._settings,
-                "codebook_size": self.codebook.size}
+                "codebook_size": self.codebook.size,
+                "quantizer": "fast (two-level)" if self.index.quantizer is not None else "exact"}
 
     def close(self) -> None:
-        self._file.close()
+        self.index.close()
 
 
 class GlobalShortlist:
@@ -137,9 +155,17 @@ class GlobalShortlist:
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 
-    @property
-    def words_per_image(self) -> npt.NDArray[np.float32]:
-        return np.zeros(self.count, np.float32)
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    def remove(self, positions: Sequence[int]) -> None:
+        if self.index is not None:
+            self.index.remove(positions)
+            self.index.save(self.root / "global")
+
+    def stats(self) -> dict:
+        return {"kind": self.settings["kind"], "images": len(self)} | (
+            self.index.stats().as_dict() if self.index is not None else {})
 
     @property
     def settings(self) -> dict:

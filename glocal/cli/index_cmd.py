@@ -53,6 +53,7 @@ def build(
     except (FileExistsError, ValueError, TypeError) as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(EXIT_INPUT) from None
+    engine.close()
     report_failures(engine.failures)
     out.print(f"indexed {len(engine)} images into {out_path} ({len(engine.failures)} skipped)")
     if engine.failures:
@@ -66,13 +67,30 @@ def add(
     workers: int = typer.Option(2, "--workers"),
 ) -> None:
     """Add images to an existing index (same method and codebook)."""
-    engine = _open(index)
+    engine = _open(index, writable=True)
     files = list_images(paths)
     before = len(engine)
     failures = engine.add(files, image_names(files, paths), progress=show_progress(), workers=workers)
+    engine.close()
     report_failures(failures)
     out.print(f"added {len(engine) - before} images; the index now holds {len(engine)}")
     if failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("remove")
+def remove(
+    index: Path = typer.Argument(..., help="Existing index folder."),
+    names: list[str] = typer.Argument(..., help="Image names as 'glocal search' prints them."),
+) -> None:
+    """Remove images from an index (they are no longer returned; space is reclaimed by compaction)."""
+    engine = _open(index, writable=True)
+    missing = engine.remove(names)
+    for n in missing:
+        err.print(f"[yellow]not in the index[/yellow]: {n}", highlight=False)
+    out.print(f"removed {len(names) - len(missing)} images; the index now holds {len(engine)}")
+    engine.close()
+    if missing:
         raise typer.Exit(EXIT_PARTIAL)
 
 
@@ -81,37 +99,38 @@ def info(index: Path = typer.Argument(..., help="Index folder."), as_json: bool 
     """Images, visual words per image, bytes per image and total size."""
     import json
 
-    import numpy as np
-
     engine = _open(index)
-    words = engine.shortlist.words_per_image
-    files = {p.name: p.stat().st_size for p in Path(index).iterdir() if p.is_file()}
-    total = sum(files.values())
+    sizes = {str(p.relative_to(index)): p.stat().st_size for p in Path(index).rglob("*") if p.is_file()}
+    total = sum(sizes.values())
+    n = max(len(engine), 1)
+    features = sizes.get("features.glf", 0)
     stats = {
         "images": len(engine),
         "method": engine.manifest["method"],
-        "index": engine.shortlist.settings["kind"],
-        "codebook_size": engine.manifest.get("codebook", {}).get("size"),
-        "words_per_image_mean": float(np.mean(words)) if len(words) else 0.0,
-        "asmk_bytes_per_image": files.get("asmk.glf", 0) / max(len(engine), 1),
-        "features_bytes_per_image": files.get("features.glf", 0) / max(len(engine), 1),
+        "shortlist": engine.shortlist.stats(),
+        "features_bytes_per_image": features / n,
         "total_bytes": total,
-        "files": files,
+        "total_bytes_per_image": total / n,
     }
+    engine.close()
     if as_json:
-        out.print_json(json.dumps(stats))
+        print(json.dumps(stats))
         return
     for k, v in stats.items():
-        if k != "files":
-            out.print(f"{k:>26}: {v:,.1f}" if isinstance(v, float) else f"{k:>26}: {v}")
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                out.print(f"{'shortlist ' + kk:>32}: {vv:,.1f}" if isinstance(vv, float) else f"{'shortlist ' + kk:>32}: {vv}")
+        else:
+            out.print(f"{k:>32}: {v:,.1f}" if isinstance(v, float) else f"{k:>32}: {v}")
 
 
-def _open(index: Path):
+def _open(index: Path, writable: bool = False):
     from glocal.engine import Engine, IndexError_
+    from glocal.index.manifest import IndexFormatError
     from glocal.io.feature_file import FeatureFileError
 
     try:
-        return Engine.open(index, progress=show_progress())
-    except (IndexError_, FeatureFileError, OSError) as exc:
+        return Engine.open(index, progress=show_progress(), writable=writable)
+    except (IndexError_, FeatureFileError, IndexFormatError, OSError) as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(EXIT_INPUT) from None

@@ -30,6 +30,8 @@ def search(
     except ImageReadError as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(EXIT_INPUT) from None
+    finally:
+        engine.close()
     if as_json:
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return

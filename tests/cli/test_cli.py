@@ -12,7 +12,7 @@ from glocal.cli.main import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"],
+@pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"], ["index", "remove"],
                                   ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"]])
 def test_help_on_every_command(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
@@ -49,14 +49,21 @@ def test_build_search_info_add(small_collection: Path, demo_benchmark, tmp_path:
 
     res = runner.invoke(app, ["index", "info", str(idx), "--json"])
     info = json.loads(res.output)
-    assert info["images"] == 30 and info["words_per_image_mean"] > 10
+    assert info["images"] == 30 and info["shortlist"]["words_per_image"] > 10
+    assert info["shortlist"]["bytes_per_entry"] == 20  # 16-byte ASMK* code + image id
 
     extra = tmp_path / "more"
     extra.mkdir()
     for p in demo_benchmark.db_paths[30:33]:
         shutil.copy(p, extra / p.name)
     res = runner.invoke(app, ["index", "add", str(idx), str(extra)], env={"GLOCAL_PROGRESS": "0"})
-    assert res.exit_code == 0, res.output and "holds 33" in res.output
+    assert res.exit_code == 0, res.output
+    assert "holds 33" in res.output
+
+    res = runner.invoke(app, ["index", "remove", str(idx), query.name, "no-such-image.jpg"])
+    assert res.exit_code == 1 and "no-such-image.jpg" in res.output and "holds 32" in res.output
+    res = runner.invoke(app, ["search", str(idx), str(query), "--top", "5", "--json"])
+    assert query.name not in [r["name"] for r in json.loads(res.output)["results"]]
 
 
 def test_errors_have_reliable_exit_codes(tmp_path: Path, photo_path: Path) -> None:
