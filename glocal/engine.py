@@ -204,6 +204,9 @@ class Engine:
         m = self.manifest
         out = {"method": m["method"], "max_side": m["extractor"].get("max_side"), "extractor": m["extractor"],
                "index": self.shortlist.settings, "rerank": m["rerank"], "images": len(self)}
+        checkpoint = m["extractor"].get("checkpoint")
+        if checkpoint:
+            out["checkpoint_sha256"] = _sha256(Path(checkpoint))
         if "codebook" in m:
             out["codebook"] = m["codebook"]
         return out
@@ -217,20 +220,24 @@ class Engine:
         box: tuple[float, float, float, float] | None = None,
         top: int = 100,
         rerank_top: int | None = None,
+        query_expansion: int | None = None,
     ) -> list[SearchHit]:
         """Search the collection with an image file (optionally cropped to ``box`` = x1, y1, x2, y2).
 
         :param rerank_top: number of shortlisted images verified with RANSAC (default from the index,
             100 for sift and DELG); 0 disables re-ranking.
+        :param query_expansion: alpha-QE with this many vectors, the query included (global methods only).
         :raises glocal.io.ImageReadError: the query image cannot be read.
         """
-        return self.search_features(self.query_features(query_path, box), top=top, rerank_top=rerank_top)
+        return self.search_features(self.query_features(query_path, box), top=top, rerank_top=rerank_top,
+                                    query_expansion=query_expansion)
 
-    def search_features(self, query: ImageFeatures, top: int = 100, rerank_top: int | None = None) -> list[SearchHit]:
+    def search_features(self, query: ImageFeatures, top: int = 100, rerank_top: int | None = None,
+                        query_expansion: int | None = None) -> list[SearchHit]:
         """Search with already extracted query features."""
         settings = self.manifest["rerank"]
         n_verify = settings["top"] if rerank_top is None else rerank_top
-        idx, scores = self.shortlist.search(query, top=max(top, n_verify))
+        idx, scores = self.shortlist.search(query, top=max(top, n_verify), query_expansion=query_expansion)
         names = self.features.names
         hits = [SearchHit(int(i), names[i], float(s), float(s)) for i, s in zip(idx, scores)]
         if n_verify > 0 and hits and query.num_features > 0:
@@ -295,6 +302,19 @@ def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path
     if batch:
         features.append(batch)
     return failures
+
+
+def _sha256(path: Path) -> str | None:
+    """SHA-256 of a checkpoint file (None when the file is gone), for reproducibility records."""
+    import hashlib
+
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _descriptor_sample(features: FeatureFile, per_image: int, seed: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from glocal.index.layout import IndexSettings
 from glocal.index.quantizer import fast_quantizer
 from glocal.index.stats import index_stats
 from glocal.records import ImageFeatures
+from glocal.rerank.query_expansion import expand_with_index
 
 
 class Shortlist(Protocol):
@@ -37,7 +38,8 @@ class Shortlist(Protocol):
 
     def stats(self) -> dict: ...
 
-    def search(self, query: ImageFeatures, top: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 
     @property
     def settings(self) -> dict: ...
@@ -91,7 +93,10 @@ class AsmkShortlist:
     def remove(self, positions: Sequence[int]) -> None:
         self.index.remove(positions)
 
-    def search(self, query: ImageFeatures, top: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        if query_expansion and query_expansion > 1:
+            raise ValueError("query expansion (alpha-QE) applies to global descriptors, not to ASMK")
         return self.index.search(self.index.aggregate_query(query.descriptors), top=top)
 
     def stats(self) -> dict:
@@ -148,10 +153,17 @@ class GlobalShortlist:
             self.index.add(vectors, ids)
         self.index.save(self.root / "global")
 
-    def search(self, query: ImageFeatures, top: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top images by inner product; with ``query_expansion`` = n > 1 the query is first replaced by
+        its alpha-QE with the n - 1 best database vectors (alpha from the settings, default 3)."""
         if self.index is None or self.count == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        ids, scores = self.index.search(self._vector(query)[None], top=min(top, self.count))
+        q = self._vector(query)[None]
+        n = self._settings.get("qe", 1) if query_expansion is None else query_expansion
+        if n > 1:
+            q = expand_with_index(self.index, q, n=n, alpha=self._settings.get("qe_alpha", 3.0))
+        ids, scores = self.index.search(q, top=min(top, self.count))
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 

@@ -44,4 +44,11 @@ def test_deep_method_builds_reopens_and_searches(method: str, demo_benchmark, tm
     assert hits[0].name == names[3]
     if again.manifest["rerank"]["top"]:
         assert hits[0].inliers > 0
+    if again.manifest["shortlist"] == "global":
+        # alpha-QE with the query and its best neighbour (itself here) keeps the copy first
+        expanded = again.search(paths[3], top=8, rerank_top=0, query_expansion=2)
+        assert expanded[0].name == names[3] and len(expanded) == 8
+    else:
+        with pytest.raises(ValueError, match="global descriptors"):
+            again.search(paths[3], query_expansion=2)
     again.close()

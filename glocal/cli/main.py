@@ -61,6 +61,9 @@ def _register_optional() -> None:
     except ImportError:  # pragma: no cover
         pass
     from glocal.cli.visualize_cmd import attention_command
+    from glocal.cli.whiten_cmd import whiten_command
+
+    app.command("whiten")(whiten_command)
 
     visualize = typer.Typer(help="Pictures of what a model looks at.", no_args_is_help=True)
     visualize.command("attention")(attention_command)

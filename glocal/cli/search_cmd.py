@@ -19,6 +19,7 @@ def search(
     top: int = typer.Option(20, "--top", "-k", help="Number of results."),
     rerank_top: Optional[int] = typer.Option(None, "--rerank", help="Shortlist size to verify (0 = no re-ranking)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON (with inlier matches)."),
+    qe: Optional[int] = typer.Option(None, "--qe", help="alpha-QE with N vectors, query included (global methods)."),
 ) -> None:
     """Search an index with a query image; prints the best matches."""
     from glocal.io.images import ImageReadError
@@ -26,8 +27,8 @@ def search(
     box = parse_box(bbox)
     engine = _open(index)
     try:
-        hits = engine.search(query, box=box, top=top, rerank_top=rerank_top)
-    except ImageReadError as exc:
+        hits = engine.search(query, box=box, top=top, rerank_top=rerank_top, query_expansion=qe)
+    except (ImageReadError, ValueError) as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(EXIT_INPUT) from None
     finally:

@@ -13,7 +13,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"], ["index", "remove"],
-                                  ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"]])
+                                  ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"], ["whiten"]])
 def test_help_on_every_command(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
@@ -73,3 +73,30 @@ def test_errors_have_reliable_exit_codes(tmp_path: Path, photo_path: Path) -> No
     assert res.exit_code == 2
     res = runner.invoke(app, ["index", "build", str(tmp_path / "empty"), "--out", str(tmp_path / "x.glx")])
     assert res.exit_code == 3
+
+
+def test_whiten_learns_and_saves_a_model(demo_benchmark, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import warnings
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        folder = tmp_path / "imgs"
+        folder.mkdir()
+        for p in demo_benchmark.db_paths[:3]:
+            shutil.copy(p, folder / p.name)
+        out = tmp_path / "how_whitened.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = runner.invoke(app, ["whiten", str(folder), "--out", str(out), "--method", "how",
+                                      "--features-per-image", "200"], env={"GLOCAL_PROGRESS": "0"})
+        assert res.exit_code == 0, res.output
+        assert out.exists() and "3 images" in res.output
+        state = torch.load(out, weights_only=True, map_location="cpu")
+        flat = state.get("state_dict", state)
+        assert any("whiten" in k for k in flat)
+    finally:
+        torch.set_num_threads(threads)
