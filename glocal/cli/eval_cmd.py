@@ -16,7 +16,7 @@ import numpy.typing as npt
 import typer
 from rich.table import Table
 
-from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, out, report_failures, show_progress
+from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, out, parse_settings, report_failures, show_progress
 from glocal.evaluate.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -176,6 +176,15 @@ def eval_command(
         int | None,
         typer.Option("--rerank", help="Shortlist size verified with RANSAC (0 = no re-ranking; default from the index)."),
     ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Model weights for a deep --method."),
+    ] = None,
+    settings_kv: Annotated[
+        list[str] | None, typer.Option("--set", help="Extractor setting KEY=VALUE (VALUE as JSON); repeatable."),
+    ] = None,
+    qe: Annotated[
+        int | None, typer.Option("--qe", help="alpha-QE with N vectors, query included (global methods)."),
+    ] = None,
 ) -> None:
     """Evaluate retrieval on ROxford5k / RParis6k (revisited protocol) or your own annotated photos."""
     from glocal.engine import Engine
@@ -201,8 +210,11 @@ def eval_command(
                 engine = Engine.open(index)
             else:
                 cb_paths = list_images([codebook_images]) if codebook_images is not None else None
+                conf = parse_settings(settings_kv or [])
+                if checkpoint is not None:
+                    conf["checkpoint"] = str(checkpoint)
                 engine = Engine.build(ds.db_paths, ds.db_names, save_index or Path(tmp) / "index", method=method,
-                                      codebook_paths=cb_paths, progress=progress)
+                                      codebook_paths=cb_paths, progress=progress, **conf)
         except (OSError, _index_error()) as exc:
             err.print(f"[red]error[/red]: {exc}", highlight=False)
             raise typer.Exit(EXIT_INPUT) from None
@@ -221,9 +233,12 @@ def eval_command(
             ranking_length = top if top is not None else len(engine.names)
 
             def search(path: Path, box: Any) -> Sequence[SearchHit]:
-                if rerank_top is None:
-                    return engine.search(path, box=box, top=ranking_length)
-                return engine.search(path, box=box, top=ranking_length, rerank_top=rerank_top)
+                options: dict[str, Any] = {}
+                if rerank_top is not None:
+                    options["rerank_top"] = rerank_top
+                if qe is not None:
+                    options["query_expansion"] = qe
+                return engine.search(path, box=box, top=ranking_length, **options)
 
             advance = as_progress(progress)("searching queries", ds.n_queries)
             ranks, failures = rank_dataset(ds, search, mapping, advance)
@@ -242,6 +257,7 @@ def eval_command(
         "n_queries": ds.n_queries, "index_path": str(index) if index is not None else None,
         "rerank_on": bool((rerank_top if rerank_top is not None else index_top) or 0),
         "rerank_top": rerank_top if rerank_top is not None else index_top,
+        "query_expansion": qe,
     })
     settings.setdefault("method", method)
     setups = evaluate_setups(ranks, ds.gnd)
