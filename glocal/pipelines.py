@@ -39,6 +39,10 @@ PIPELINES: dict[str, dict] = {
                                                      "ratio": None, "mutual": False},
                              "verifier": DELG_VERIFIER}},
     "dolg": {"shortlist": "global", "global": {"kind": "exact"}, "rerank": {"top": 0}},
+    # ViTGaL (section 4): global shortlist, then local features matched and verified as in DELG
+    "vitgal": {"shortlist": "global", "global": {"kind": "exact"},
+               "rerank": {"top": 100, "matcher": {"max_distance": 1.0, "ratio": None, "mutual": False},
+                          "verifier": DELG_VERIFIER}},
 }
 
 

@@ -17,6 +17,7 @@ TINY = {
     "dolg": {"max_side": 128, "scales": [1.0]},
     "how": {"max_side": 128, "scales": [1.0], "max_keypoints": 100},
     "fire": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "num_templates": 16, "iterations": 2},
+    "vitgal": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "embed_dim": 48, "depth": 2, "num_heads": 4},
 }
 
 

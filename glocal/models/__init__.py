@@ -5,7 +5,7 @@ from typing import Any
 
 from glocal.models.sift import RootSiftExtractor, SiftConfig
 
-AVAILABLE_METHODS = ("sift", "delg", "delg-star", "dolg", "how", "fire")
+AVAILABLE_METHODS = ("sift", "delg", "delg-star", "dolg", "how", "fire", "vitgal")
 
 
 def create_extractor(method: str, **conf: Any) -> Any:
@@ -13,7 +13,7 @@ def create_extractor(method: str, **conf: Any) -> Any:
 
     The deep methods import torch lazily (``pip install glocal[deep]``): ``delg`` (global + 128-D local),
     ``delg-star`` (DELG with descriptors binarised to 16 bytes; ``binarize`` is forced on) and ``dolg``
-    (global only), ``how`` (R50- activations, PCA-whitened to 128-D) and ``fire`` (LIT Super-features).
+    (global only), ``how`` (R50- activations, PCA-whitened to 128-D) and ``fire`` (LIT Super-features), ``vitgal`` (XCiT + multi-atrous + class attention, global + local).
     """
     if method == "sift":
         return RootSiftExtractor(SiftConfig(**conf))
@@ -36,4 +36,8 @@ def create_extractor(method: str, **conf: Any) -> Any:
         from glocal.models.fire import FireConfig, FireExtractor
 
         return FireExtractor(FireConfig(**conf))
+    if method == "vitgal":
+        from glocal.models.vitgal import VitgalConfig, VitgalExtractor
+
+        return VitgalExtractor(VitgalConfig(**conf))
     raise ValueError(f"unknown method {method!r}; available: {', '.join(AVAILABLE_METHODS)}")

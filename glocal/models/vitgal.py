@@ -1,0 +1,458 @@
+"""ViTGaL: ViT-based global and local features (Phan et al., ACCV 2022), with its local-feature autoencoder.
+
+Model (paper sec. 3, Fig. 2): XCiT-S12/16 or S24/16 trunk (:mod:`glocal.models.layers.xcit`) -> tokens
+reshaped to (C, h, w) -> multi-atrous block (:class:`VitgalMultiAtrous`) -> a CLS token and one
+class-attention layer (:mod:`glocal.models.layers.class_attention`) -> layer norm. The CLS token is the
+global feature (C = 384), the patch tokens are the local features. Training: ArcFace (eq. 1-2) with
+m = 0.1, gamma = 30 (kept fixed here; the paper calls it learnable) on the global feature.
+
+Autoencoder (sec. 3.1, Fig. 3, eq. 3-4): L = E(S) (linear C -> 128, the local descriptors), S' = D(L)
+(linear 128 -> C), its own CLS token + class-attention layer + layer norm on S' give f_r, classified by a
+linear layer with bias. Loss L_a = CE(f_r) + lambda * mean |S - S'|^2 with lambda = 10; the ViTGaL model
+is frozen (no gradient, eval mode). The autoencoder's head-averaged CLS attention scores the keypoints.
+
+Extraction (sec. 4.1): max side 1024; global feature at scale 1 only; local features over the 5 scales
+(0.3535, 0.5, 0.7071, 1, 1.4142); the 1,000 highest scores over all scales (threshold: the paper uses
+the median training score, unknown here, so 0 by default). Scores are the head-averaged attention times
+the number of patches of the level (uniform attention = 1 at every scale), so levels compare. Keypoint =
+centre of the token's 16 x 16 patch (sec. 3.1); levels are zero-padded at the bottom / right to a
+multiple of 16, so a border patch's centre is the centre of its part inside the image.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glocal.extract.pyramid import (
+    DOLG_SCALES,
+    LocalCandidates,
+    PyramidLevel,
+    fuse_global,
+    image_to_tensor,
+    inference_context,
+    preprocessing_by_name,
+    run_pyramid,
+    select_top_features,
+)
+from glocal.io.images import LoadedImage
+from glocal.models.checkpoints import CheckpointMismatchError, LoadReport
+from glocal.models.layers.arcface import ArcFace
+from glocal.models.layers.class_attention import ClassAttentionBlock, ClassAttentionOutput, fuse_qkv
+from glocal.models.layers.xcit import (
+    Mlp,
+    Xcit,
+    XcitConfig,
+    init_transformer_weights,
+    load_xcit_weights,
+    read_state_dict,
+    xcit_preset,
+)
+from glocal.records import ImageFeatures
+
+VITGAL_LOCAL_SCALES: tuple[float, ...] = DOLG_SCALES  # 0.3535, 0.5, 0.7071, 1.0, 1.4142 (ViTGaL sec. 4.1)
+
+
+@dataclass(frozen=True)
+class VitgalModelConfig:
+    """Architecture and training settings of :class:`Vitgal`.
+
+    :param variant: ``"s12"`` or ``"s24"`` (XCiT preset); ``xcit`` overrides it (tests use tiny dims).
+    :param dilation_rates: the five multi-atrous dilations (ViTGaL release: 1, 3, 6, 9, 12).
+    :param local_dim: autoencoder code size (128).
+    :param num_classes: > 0 adds the ArcFace head and the autoencoder classifier.
+    :param cls_as_key: the CLS token is also a key of the class attention (the release), see
+        :mod:`glocal.models.layers.class_attention`.
+    """
+
+    variant: str = "s12"
+    xcit: XcitConfig | None = None
+    dilation_rates: tuple[int, ...] = (1, 3, 6, 9, 12)
+    mlp_ratio: float = 4.0
+    local_dim: int = 128
+    num_classes: int = 0
+    arcface_margin: float = 0.1
+    arcface_scale: float = 30.0
+    reconstruction_loss_weight: float = 10.0
+    cls_as_key: bool = True
+
+    def xcit_config(self) -> XcitConfig:
+        return self.xcit if self.xcit is not None else xcit_preset(self.variant)
+
+
+class VitgalMultiAtrous(nn.Module):
+    """ViTGaL multi-atrous block on tokens (sec. 3, Fig. 2), layer names as in the ViTGaL release.
+
+    Five 3x3 convolutions with the given dilations, C // 6 channels each, and a global-average-pool branch
+    (1x1 conv to the remaining C - 5 (C // 6) channels, GELU, broadcast); concat -> GELU -> batch norm ->
+    depthwise 3x3; ``x + g1 * that``; then ``x + g2 * MLP(LN(x))``.
+    """
+
+    def __init__(self, dim: int, rates: Sequence[int], mlp_ratio: float, layer_scale: float) -> None:
+        super().__init__()
+        if len(rates) != 5:
+            raise ValueError(f"vitgal.py: the multi-atrous block has 5 dilated branches, got rates {tuple(rates)}")
+        branch = dim // 6
+        self.dilated_convs = nn.ModuleList(nn.Conv2d(dim, branch, 3, padding=r, dilation=r) for r in rates)
+        self.gap_branch = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, dim - 5 * branch, 1), nn.GELU())
+        self.act = nn.GELU()
+        self.norm = nn.BatchNorm2d(dim)
+        self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        b, n, c = x.shape
+        fmap = x.transpose(1, 2).reshape(b, c, h, w)
+        branches = [conv(fmap) for conv in self.dilated_convs]
+        branches.append(self.gap_branch(fmap).expand(-1, -1, h, w))
+        y = self.depthwise(self.norm(self.act(torch.cat(branches, dim=1))))
+        x = x + self.gamma * y.reshape(b, c, n).transpose(1, 2)
+        return x + self.gamma2 * self.mlp(self.norm2(x))
+
+
+class VitgalAutoencoder(nn.Module):
+    """Local-feature autoencoder with its own class attention (ViTGaL sec. 3.1, Fig. 3)."""
+
+    def __init__(self, dim: int, code_dim: int, num_heads: int, mlp_ratio: float, layer_scale: float,
+                 num_classes: int, cls_as_key: bool) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(dim, code_dim)
+        self.decoder = nn.Linear(code_dim, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.class_attention = ClassAttentionBlock(dim, num_heads, mlp_ratio, layer_scale, cls_as_key)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.classifier = nn.Linear(dim, num_classes) if num_classes > 0 else None
+        init_transformer_weights(self)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, local: Tensor) -> tuple[Tensor, Tensor, ClassAttentionOutput]:
+        """local S (B, N, C) -> (L = E(S) (B, N, d), S' = D(L) (B, N, C), class attention on S')."""
+        code = self.encoder(local)
+        recon = self.decoder(code)
+        out = self.class_attention(torch.cat((self.cls_token.expand(len(recon), -1, -1), recon), dim=1))
+        return code, recon, ClassAttentionOutput(self.norm(out.tokens), out.attention)
+
+
+@dataclass
+class VitgalFeatures:
+    """Raw outputs: ``cls`` (B, C) and ``local`` (B, N, C) after the final norm, class-attention scores
+    (B, heads, N), token grid (h, w)."""
+
+    cls: Tensor
+    local: Tensor
+    attention: Tensor
+    grid: tuple[int, int]
+
+
+@dataclass
+class VitgalOutput:
+    """Inference outputs; ``None`` for what was not asked.
+
+    :param global_descriptor: (B, C) L2-normalised.
+    :param attention: (B, h, w) autoencoder keypoint scores (head mean x number of patches).
+    :param local_descriptors: (B, h, w, local_dim) L2-normalised autoencoder codes.
+    """
+
+    global_descriptor: Tensor | None = None
+    attention: Tensor | None = None
+    local_descriptors: Tensor | None = None
+
+
+class Vitgal(nn.Module):
+    """ViTGaL network plus its autoencoder (one module, one checkpoint)."""
+
+    checkpoint_family = "vitgal"
+
+    def __init__(self, config: VitgalModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or VitgalModelConfig()
+        xc = config.xcit_config()
+        dim, eta = xc.embed_dim, xc.layer_scale
+        self.backbone = Xcit(xc)
+        self.multi_atrous = VitgalMultiAtrous(dim, config.dilation_rates, config.mlp_ratio, eta)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.class_attention = ClassAttentionBlock(dim, xc.num_heads, config.mlp_ratio, eta, config.cls_as_key)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        init_transformer_weights(self.multi_atrous)
+        init_transformer_weights(self.class_attention)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.arcface = (ArcFace(dim, config.num_classes, config.arcface_margin, config.arcface_scale)
+                        if config.num_classes > 0 else None)
+        self.autoencoder = VitgalAutoencoder(dim, config.local_dim, xc.num_heads, config.mlp_ratio, eta,
+                                             config.num_classes, config.cls_as_key)
+
+    def features(self, x: Tensor) -> VitgalFeatures:
+        """ViTGaL forward (Fig. 2) of a (B, 3, H, W) batch."""
+        tokens, (h, w) = self.backbone(x)
+        tokens = self.multi_atrous(tokens, h, w)
+        out = self.class_attention(torch.cat((self.cls_token.expand(len(tokens), -1, -1), tokens), dim=1))
+        z = self.norm(out.tokens)
+        return VitgalFeatures(z[:, 0], z[:, 1:], out.attention, (h, w))
+
+    def forward(self, x: Tensor, with_global: bool = True, with_local: bool = True) -> VitgalOutput:
+        """Inference; see :class:`VitgalOutput`."""
+        feats = self.features(x)
+        out = VitgalOutput()
+        if with_global:
+            out.global_descriptor = F.normalize(feats.cls.float(), dim=1)
+        if with_local:
+            (h, w), b = feats.grid, len(x)
+            code, _, ae = self.autoencoder(feats.local)
+            out.attention = (ae.scores() * (h * w)).float().reshape(b, h, w)
+            out.local_descriptors = F.normalize(code.float(), dim=-1).reshape(b, h, w, -1)
+        return out
+
+    def _need_classes(self) -> None:
+        if self.config.num_classes <= 0:
+            raise ValueError("vitgal.py: training losses need a model built with num_classes > 0")
+
+    def losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """ViTGaL training loss (eq. 1-2): ArcFace cross-entropy on the global feature."""
+        self._need_classes()
+        assert self.arcface is not None
+        return {"global": self.arcface.loss(self.features(x).cls, labels)}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Everything but the autoencoder (frozen while the autoencoder trains)."""
+        return [m for name, m in self.named_children() if name != "autoencoder"]
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        modes = [(m, m.training) for m in self.frozen_modules()]
+        for m, _ in modes:
+            m.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for m, mode in modes:
+                m.train(mode)
+
+    def autoencoder_losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Autoencoder losses (sec. 3.2, eq. 3-4): ``classification`` CE(f_r), ``reconstruction`` (MSE,
+        unweighted) and ``total`` = CE + lambda MSE; the ViTGaL part runs frozen (no grad, eval mode)."""
+        self._need_classes()
+        with self._frozen():
+            local = self.features(x).local
+        _, recon, ae = self.autoencoder(local.detach())
+        assert self.autoencoder.classifier is not None
+        ce = F.cross_entropy(self.autoencoder.classifier(ae.cls), labels)
+        mse = F.mse_loss(recon, local)
+        return {"classification": ce, "reconstruction": mse,
+                "total": ce + self.config.reconstruction_loss_weight * mse}
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+_RELEASE_RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
+    (r"^(?:retrieval_back_bone\.)?(patch_embed|blocks)\.", r"backbone.\1."),
+    (r"^(?:retrieval_back_bone\.)?pos_embeder\.", "backbone.pos_embed."),
+    (r"^(?:retrieval_back_bone\.)?local_atrous\.", "multi_atrous."),
+    (r"^retrieval_back_bone\.cls_token$", "cls_token"),
+    (r"^retrieval_back_bone\.cls_attn_blocks\.0\.", "class_attention."),
+    (r"^retrieval_back_bone\.norm\.", "norm."),
+    (r"^retrieval_back_bone\.head\.weight$", "arcface.weight"),
+    (r"^whitening_layer\.", "autoencoder.encoder."),
+    (r"^ae_decoder_layer\.", "autoencoder.decoder."),
+    (r"^cls_token$", "@cls_token"),
+    (r"^cls_attn_blocks\.0\.", "@class_attention."),
+    (r"^norm\.", "@norm."),
+    (r"^head\.", "@head."),
+]]
+
+
+def convert_vitgal_release(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Names of the ViTGaL release (``XCiTRetrievalv2``, or ``XCiTRetrievalLocalReductionAE`` with the
+    model under ``retrieval_back_bone.``) -> ours. In an autoencoder file the top-level ``cls_token``,
+    ``cls_attn_blocks.0``, ``norm``, ``head`` are the autoencoder's; in a ViTGaL file the model's."""
+    is_ae = any(k.startswith("retrieval_back_bone.") for k in tensors)
+    out: dict[str, Tensor] = {}
+    for name, value in fuse_qkv(tensors).items():
+        new = name
+        for pattern, repl in _RELEASE_RULES:
+            if pattern.match(name):
+                new = pattern.sub(repl, name, count=1)
+                break
+        if new.startswith("@"):
+            new = new[1:]
+            if is_ae:
+                new = "autoencoder." + new.replace("head.", "classifier.")
+            elif new.startswith("head."):
+                new = "arcface." + new.removeprefix("head.")
+        out[new] = value
+    return out
+
+
+def load_vitgal_checkpoint(model: Vitgal, path: str | Path) -> LoadReport:
+    """Load our ViTGaL checkpoint (``save_checkpoint`` / bare state dict) or the ViTGaL release's.
+
+    Classifier heads absent from an inference model are ignored; anything else must fit exactly.
+    :raises CheckpointMismatchError: missing / unexpected / mis-shaped parameters, naming the file.
+    """
+    tensors = read_state_dict(path)
+    release = any(k.startswith(("local_atrous.", "retrieval_back_bone.", "pos_embeder.")) for k in tensors)
+    source = "vitgal-release" if release else "glocal"
+    mapped = convert_vitgal_release(tensors) if release else fuse_qkv(tensors)
+    own = model.state_dict()
+    heads = ("arcface.", "autoencoder.classifier.")
+    ignored = sorted(k for k in mapped if k not in own and k.startswith(heads))
+    mapped = {k: v for k, v in mapped.items() if k not in ignored}
+    missing = sorted(k for k in own if k not in mapped and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in mapped if k not in own)
+    misshaped = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                       for k, v in mapped.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+    if missing or unexpected or misshaped:
+        hint = ""
+        if missing and all(k.startswith("autoencoder.") for k in missing):
+            hint = "the file has no autoencoder: train one (Vitgal.autoencoder_losses) or load both parts"
+        raise CheckpointMismatchError(path, source, missing, unexpected, misshaped, hint)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=False)
+    return LoadReport(str(path), source, len(mapped), tuple(ignored))
+
+
+# -- extractor -------------------------------------------------------------------------------------------
+def patch_centers_xy(grid: tuple[int, int], size: tuple[int, int], patch: int = 16) -> npt.NDArray[np.float64]:
+    """(h * w, 2) (x, y) centres, row-major, of the patches of a (height, width) = ``size`` image
+    (pixel-index coordinates: a full patch over pixels 16 j .. 16 j + 15 has centre 16 j + 7.5); border
+    patches cut by the bottom / right padding are centred on their part inside the image."""
+    def axis(n: int, length: int) -> npt.NDArray[np.float64]:
+        start = patch * np.arange(n, dtype=np.float64)
+        return (start + np.minimum(start + patch, length) - 1.0) / 2.0
+
+    xs, ys = axis(grid[1], size[1]), axis(grid[0], size[0])
+    return np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class VitgalConfig:
+    """Settings of the ``vitgal`` extractor.
+
+    :param checkpoint: ViTGaL (+ autoencoder) weights, ours or the release's; ``None``: random
+        initialisation and a loud warning.
+    :param backbone_weights: timm / official XCiT ImageNet file for the trunk when no checkpoint.
+    :param variant: ``"s12"`` or ``"s24"``; ``embed_dim`` / ``depth`` / ``num_heads`` override it.
+    :param scales: local-feature scales; ``global_scales``: global (1 scale, sec. 4.1).
+    :param attention_threshold: keep local features scoring >= this (see the module notes).
+    """
+
+    checkpoint: str | None = None
+    backbone_weights: str | None = None
+    variant: str = "s12"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    local_dim: int = 128
+    preprocessing: str = "imagenet"
+    max_side: int = 1024
+    scales: tuple[float, ...] = VITGAL_LOCAL_SCALES
+    global_scales: tuple[float, ...] = (1.0,)
+    max_keypoints: int = 1000
+    attention_threshold: float = 0.0
+    device: str = "cpu"
+    batch_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "global_scales", tuple(float(s) for s in self.global_scales))
+        if not self.scales and not self.global_scales:
+            raise ValueError("vitgal.py: VitgalConfig needs at least one local or global scale")
+        preprocessing_by_name(self.preprocessing)
+
+    def model_config(self) -> VitgalModelConfig:
+        overrides = {k: v for k, v in (("embed_dim", self.embed_dim), ("depth", self.depth),
+                                       ("num_heads", self.num_heads)) if v is not None}
+        xcit = replace(xcit_preset(self.variant), **overrides) if overrides else None
+        return VitgalModelConfig(variant=self.variant, xcit=xcit, local_dim=self.local_dim)
+
+
+def _key(s: float) -> float:
+    return round(float(s), 4)
+
+
+class VitgalExtractor:
+    """ViTGaL global + local features of one image (or a batch of images)."""
+
+    name = "vitgal"
+
+    def __init__(self, config: VitgalConfig | None = None) -> None:
+        self.config = config = config or VitgalConfig()
+        self.descriptor_dim = config.local_dim
+        self.device = torch.device(config.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = Vitgal(config.model_config())
+        if config.checkpoint:
+            load_vitgal_checkpoint(self.model, config.checkpoint)
+        else:
+            if config.backbone_weights:
+                load_xcit_weights(self.model.backbone, config.backbone_weights)
+            which = (f"only the XCiT trunk is pretrained ({config.backbone_weights}); multi-atrous, class "
+                     "attention and autoencoder use RANDOM weights" if config.backbone_weights
+                     else "the whole network uses RANDOM weights")
+            warnings.warn(f"vitgal.py: no ViTGaL checkpoint given: {which}; the features are meaningless",
+                          stacklevel=3)
+        self.model.eval().to(self.device)
+        self._prep = preprocessing_by_name(config.preprocessing)
+
+    @property
+    def max_side(self) -> int:
+        return self.config.max_side
+
+    def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
+        """Features of one image; keypoints and scales in original-image pixels."""
+        return self.extract_batch([image], [name])[0]
+
+    @torch.inference_mode()
+    def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
+        """Features of several images; pyramid levels of equal size run as one batch."""
+        cfg = self.config
+        local_keys = {_key(s) for s in cfg.scales}
+        global_keys = {_key(s) for s in cfg.global_scales}
+        scales = sorted({_key(s) for s in cfg.scales + cfg.global_scales})
+
+        def model_fn(x: Tensor, level: PyramidLevel) -> dict[str, Tensor]:
+            s = _key(level.scale)
+            with inference_context(self.device):
+                out = self.model(x, with_global=s in global_keys, with_local=s in local_keys)
+            return {k: v for k, v in vars(out).items() if v is not None}
+
+        tensors = [image_to_tensor(im.pixels, self._prep, self.device) for im in images]
+        results = run_pyramid(tensors, scales, model_fn, cfg.batch_size)
+        return [self._assemble(im, nm, res) for im, nm, res in zip(images, names, results)]
+
+    def _assemble(self, image: LoadedImage, name: str, levels: list) -> ImageFeatures:
+        """One record; ``scales`` = patch side (16 level pixels) in original-image pixels."""
+        globals_ = [out["global_descriptor"] for _, out in levels if "global_descriptor" in out]
+        candidates = []
+        for level, out in levels:
+            if "attention" not in out:
+                continue
+            h, w = out["attention"].shape
+            candidates.append(LocalCandidates(
+                descriptors=out["local_descriptors"].reshape(h * w, -1), strengths=out["attention"].reshape(-1),
+                xy=patch_centers_xy((h, w), level.size), level=level,
+            ))
+        sel = select_top_features(candidates, self.config.max_keypoints, self.config.attention_threshold)
+        desc = sel.descriptors if len(sel.descriptors) else np.zeros((0, self.descriptor_dim), np.float32)
+        keypoints = sel.xy / np.float32(image.scale) + np.asarray(image.offset, np.float32)
+        return ImageFeatures(
+            name=name,
+            image_size=image.original_size,
+            descriptors=desc.astype(np.float32),
+            keypoints=keypoints.astype(np.float32),
+            scales=(sel.scales * np.float32(16.0 / image.scale)).astype(np.float32),
+            strengths=sel.strengths.astype(np.float32),
+            global_descriptor=fuse_global(torch.stack(globals_)) if globals_ else None,
+        )
