@@ -16,7 +16,7 @@ with the descriptors. Global descriptors are not: they live in the global index.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, overload
@@ -24,7 +24,7 @@ from typing import Literal, overload
 import numpy as np
 import numpy.typing as npt
 
-from glocal.io.feature_file import FeatureFileError, RecordFile
+from glocal.io.feature_file import FeatureFileError, ImageRecords, RecordFile
 from glocal.records import ImageFeatures
 
 __all__ = ["LocalStore", "LocalStoreStats", "LocalView", "Mode", "binarize", "encode_features"]
@@ -85,13 +85,16 @@ class LocalStoreStats:
         return asdict(self)
 
 
-class LocalStore:
+class LocalStore(ImageRecords):
     """Local features of a collection, one :class:`RecordFile` record per image.
 
     :param path: the store file (created when ``writable`` and missing).
     :param mode: ``"float16"`` or ``"binary"``; for an existing non-empty store, None reads it from the
         records and a different value is an error. A new store defaults to ``"float16"``.
     :param writable: allow :meth:`add`.
+
+    Items (``store[i]``, :meth:`get`, iteration) have float32 descriptors (float16 mode) or packed uint8
+    codes (binary).
     """
 
     def __init__(self, path: str | Path, mode: Mode | None = None, *, writable: bool = False) -> None:
@@ -110,20 +113,6 @@ class LocalStore:
             raise FeatureFileError(f"{self.path}: {problem}")
         self.mode: Mode = stored or mode or "float16"  # type: ignore[assignment]
         self.dim: int | None = int(self.records.records[0].attrs["dim"]) if len(self.records) else None
-
-    @property
-    def path(self) -> Path:
-        return self.records.path
-
-    @property
-    def names(self) -> list[str]:
-        return self.records.names
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.records
 
     def add(self, features: ImageFeatures | Sequence[ImageFeatures]) -> list[int]:
         """Append images (one fsync for all); returns their positions. Names must be new."""
@@ -167,14 +156,6 @@ class LocalStore:
             strengths=arrays["strengths"].astype(np.float32),
         )
 
-    def get(self, name: str) -> ImageFeatures:
-        """Features of the image ``name``: float32 descriptors (float16 mode) or packed uint8 codes (binary)."""
-        return self[self.records.index_of(name)]
-
-    def __iter__(self) -> Iterator[ImageFeatures]:
-        for i in range(len(self)):
-            yield self[i]
-
     def view(self, names: Sequence[str]) -> LocalView:
         """A lazy sequence of these images' features: each item is read when indexed (for
         ``glocal.rerank.shortlist.rerank(query, store.view(names), scores)``). Unknown names fail here."""
@@ -192,9 +173,6 @@ class LocalStore:
         total = self.path.stat().st_size
         return LocalStoreStats(self.mode, n, sum(counts), sum(counts) / max(n, 1), per_desc + 8 + 4 + 2,
                                total / max(n, 1), total)
-
-    def close(self) -> None:
-        self.records.close()
 
     def __enter__(self) -> LocalStore:
         return self

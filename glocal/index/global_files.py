@@ -5,11 +5,8 @@ holds the file-level pieces it is built from.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import re
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from glocal.io.atomic import FileLock, crc32_file, fsync_dir, read_versioned_json, write_json_atomic
 
 __all__ = [
     "DATA_FILE",
@@ -31,6 +30,7 @@ __all__ = [
     "remove_unnamed",
     "verify_files",
     "write_file",
+    "write_manifest",
 ]
 
 FORMAT = "glocal-global-index"
@@ -42,24 +42,6 @@ DATA_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.fais
 
 class GlobalIndexError(Exception):
     """A global index folder is missing, not ours, of a newer version, damaged, or misused."""
-
-
-def fsync_dir(root: Path) -> None:
-    """fsync the folder ``root`` itself, making a rename or new file in it durable."""
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def crc32_file(path: Path) -> int:
-    """CRC-32 (``zlib.crc32``) of the file's bytes, read 4 MiB at a time."""
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def write_file(path: Path, data: npt.NDArray | bytes) -> dict[str, int]:
@@ -83,15 +65,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.exists():
         raise GlobalIndexError(f"{root}: not a global index (no {MANIFEST})")
-    try:
-        m = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GlobalIndexError(f"{path}: not valid JSON ({e})") from None
-    if m.get("format") != FORMAT:
-        raise GlobalIndexError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
-    if int(m.get("version", 0)) > VERSION:
-        raise GlobalIndexError(f"{path}: version {m['version']} is newer than this glocal reads ({VERSION})")
-    return m
+    return read_versioned_json(path, FORMAT, VERSION, GlobalIndexError)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace ``root / MANIFEST`` (temporary file, fsync, ``os.replace``, fsync of the folder)."""
+    write_json_atomic(root / MANIFEST, manifest)
 
 
 def verify_files(root: Path, manifest: dict[str, Any], *, verify: bool = True) -> None:
@@ -117,11 +96,11 @@ def commit_lock(root: Path) -> Iterator[None]:
 
     :raises GlobalIndexError: another process holds the lock.
     """
-    with open(root / "LOCK", "a+") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GlobalIndexError(f"{root}: another process is committing to this index") from None
+    try:
+        lock = FileLock(root / "LOCK")
+    except BlockingIOError:
+        raise GlobalIndexError(f"{root}: another process is committing to this index") from None
+    with lock:
         yield
 
 

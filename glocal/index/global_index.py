@@ -25,9 +25,8 @@ The top-k scoring lives in :mod:`glocal.index.topk`, the file helpers in :mod:`g
 """
 from __future__ import annotations
 
-import json
 import math
-import os
+import os  # noqa: F401  (tests reach os.replace as ``global_index.os.replace`` to simulate a crash)
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,11 +41,11 @@ from glocal.index.global_files import (
     VERSION,
     GlobalIndexError,
     commit_lock,
-    fsync_dir,
     read_manifest,
     remove_unnamed,
     verify_files,
     write_file,
+    write_manifest,
 )
 from glocal.index.topk import CHUNK_BYTES, QUERY_BATCH, TopK, exact_top_k, limit_threads, score_chunks
 
@@ -447,13 +446,7 @@ class GlobalIndex:
         manifest = {"format": FORMAT, "version": VERSION, "generation": gen, "kind": self.kind, "dim": self.dim,
                     "storage": self.storage, "params": asdict(self.params) if self.params else None,
                     "rows": self.rows, "segments": segments, "tombstones": tomb, "faiss": faiss_file, "files": files}
-        tmp = root / (MANIFEST + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(manifest, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / MANIFEST)
-        fsync_dir(root)
+        write_manifest(root, manifest)
         # committed: memory-map the new vectors and forget files no manifest names
         if new_segment is not None:
             vec = np.load(root / new_segment["vectors"], mmap_mode="r") if self.kind == "exact" else None

@@ -7,11 +7,12 @@ manifest names is complete. Files no manifest names (left by a crash) are delete
 """
 from __future__ import annotations
 
-import fcntl
-import json
-import os
+import os  # noqa: F401  (tests reach os.replace as ``manifest.os.replace`` to simulate a crash)
 from pathlib import Path
 from typing import Any
+
+from glocal.io.atomic import FileLock, read_versioned_json, write_json_atomic
+from glocal.io.atomic import fsync_dir as fsync_dir
 
 FORMAT = "glocal-asmk-index"
 VERSION = 1
@@ -27,34 +28,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.exists():
         raise IndexFormatError(f"{root}: not an ASMK index (no {MANIFEST})")
-    try:
-        m = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexFormatError(f"{path}: not valid JSON ({e})") from None
-    if m.get("format") != FORMAT:
-        raise IndexFormatError(f"{path}: format is {m.get('format')!r}, expected {FORMAT!r}")
-    if int(m.get("version", 0)) > VERSION:
-        raise IndexFormatError(f"{path}: index version {m['version']} is newer than this glocal reads ({VERSION})")
-    return m
-
-
-def fsync_dir(root: Path) -> None:
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return read_versioned_json(path, FORMAT, VERSION, IndexFormatError, "index version")
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace the manifest (temporary file, fsync, ``os.replace``, fsync of the folder)."""
-    tmp = root / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(manifest, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / MANIFEST)
-    fsync_dir(root)
+    write_json_atomic(root / MANIFEST, manifest)
 
 
 def referenced_files(manifest: dict[str, Any]) -> set[str]:
@@ -80,14 +59,10 @@ class WriterLock:
     """Exclusive advisory lock (``flock``) on ``LOCK``: one writer per index folder at a time."""
 
     def __init__(self, root: Path) -> None:
-        self._fh = open(root / LOCK, "a+")
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock = FileLock(root / LOCK)
         except BlockingIOError:
-            self._fh.close()
             raise IndexFormatError(f"{root}: another process has this index open for writing") from None
 
     def release(self) -> None:
-        if not self._fh.closed:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
+        self._lock.release()

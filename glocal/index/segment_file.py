@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from glocal.io.atomic import crc32_file
+
 MAGIC = b"GLOCALSG"
 VERSION = 1
 _HEAD = struct.Struct("<8sII")
@@ -121,11 +123,7 @@ def _view(buf: mmap.mmap | None, spec: dict) -> np.ndarray:
 
 def file_crc32(path: str | Path, block: int = 1 << 24) -> int:
     """CRC32 of a whole file, read in blocks."""
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+    return crc32_file(path, block)
 
 
 class ArrayFile:

@@ -259,11 +259,15 @@ def features_from_record(name: str, attrs: dict, arrays: dict[str, np.ndarray]) 
     )
 
 
-class FeatureFile:
-    """A collection's :class:`ImageFeatures`, one record per image (see the module docstring)."""
+class ImageRecords:
+    """:class:`ImageFeatures` kept one :class:`RecordFile` record per image (record name = image name).
 
-    def __init__(self, path: str | Path, writable: bool = False) -> None:
-        self.records = RecordFile(path, writable=writable)
+    The lookup, iteration and closing shared by :class:`FeatureFile` and
+    :class:`glocal.extract.local_store.LocalStore`; a subclass sets ``self.records`` and decodes one
+    record in :meth:`__getitem__`.
+    """
+
+    records: RecordFile
 
     @property
     def path(self) -> Path:
@@ -280,17 +284,28 @@ class FeatureFile:
         return name in self.records
 
     def __getitem__(self, i: int) -> ImageFeatures:
-        return features_from_record(*self.records.read(i))
+        raise NotImplementedError
 
     def get(self, name: str) -> ImageFeatures:
+        """Features of the image ``name`` (as :meth:`__getitem__` decodes them)."""
         return self[self.records.index_of(name)]
 
     def __iter__(self) -> Iterator[ImageFeatures]:
         for i in range(len(self)):
             yield self[i]
 
-    def append(self, features: list[ImageFeatures]) -> list[int]:
-        return self.records.append_many([(f.name, *features_to_record(f)) for f in features])
-
     def close(self) -> None:
         self.records.close()
+
+
+class FeatureFile(ImageRecords):
+    """A collection's :class:`ImageFeatures`, one record per image (see the module docstring)."""
+
+    def __init__(self, path: str | Path, writable: bool = False) -> None:
+        self.records = RecordFile(path, writable=writable)
+
+    def __getitem__(self, i: int) -> ImageFeatures:
+        return features_from_record(*self.records.read(i))
+
+    def append(self, features: list[ImageFeatures]) -> list[int]:
+        return self.records.append_many([(f.name, *features_to_record(f)) for f in features])

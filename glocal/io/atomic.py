@@ -1,0 +1,94 @@
+"""Durable-file helpers shared by the index folders: fsync of a folder, atomic replacement of a JSON
+manifest, a versioned-manifest reader, an exclusive writer lock and the CRC-32 of a file.
+
+Both folder formats (:mod:`glocal.index.manifest` for ASMK, :mod:`glocal.index.global_files` for the
+global index) commit the same way: data files first, then the manifest through
+:func:`write_json_atomic`; each keeps its own format name, error type and messages.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FileLock", "crc32_file", "fsync_dir", "read_versioned_json", "write_json_atomic"]
+
+
+def fsync_dir(root: Path) -> None:
+    """fsync the folder ``root`` itself, making a rename or new file in it durable."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Atomically replace ``path`` by ``obj`` as JSON (indent 1): write ``<path>.tmp``, fsync it,
+    ``os.replace`` it over ``path``, fsync the folder. A crash leaves the old or the new file, and
+    possibly the temporary one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_versioned_json(path: Path, fmt: str, version: int, error: type[Exception],
+                        version_label: str = "version") -> dict[str, Any]:
+    """The JSON object in ``path`` (which must exist), after checking that its ``"format"`` is ``fmt`` and
+    its ``"version"`` is at most ``version``.
+
+    :param version_label: how the version is named in the "is newer" message.
+    :raises error: not JSON, another format, or a newer version.
+    """
+    try:
+        m = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if m.get("format") != fmt:
+        raise error(f"{path}: format is {m.get('format')!r}, expected {fmt!r}")
+    if int(m.get("version", 0)) > version:
+        raise error(f"{path}: {version_label} {m['version']} is newer than this glocal reads ({version})")
+    return m
+
+
+class FileLock:
+    """Exclusive, non-blocking advisory lock (``flock``) on ``path`` (created if missing), held until
+    :meth:`release` or the end of a ``with`` block.
+
+    :raises BlockingIOError: another process holds the lock (the file is closed again).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "a+")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def crc32_file(path: str | Path, block: int = 1 << 22) -> int:
+    """CRC-32 (``zlib.crc32``) of the file's bytes, read ``block`` bytes (default 4 MiB) at a time."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            crc = zlib.crc32(chunk, crc)
+    return crc
