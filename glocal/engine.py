@@ -57,6 +57,7 @@ class Engine:
         self.shortlist = shortlist
         self.writable = writable
         self.extractor = create_extractor(manifest["method"], **manifest["extractor"])
+        self.db_extractor = _database_extractor(self.extractor, manifest.get("regions"))
         self.features = FeatureFile(self.root / "features.glf", writable=writable)
         self.failures: list[ExtractionFailure] = []
         self.workers = 2  # threads for extraction and re-ranking
@@ -76,9 +77,17 @@ class Engine:
         codebook_size: int | None = None,
         workers: int = 2,
         seed: int = 0,
+        regions: str = "none",
+        region_detector: str | None = None,
+        aggregation: str | None = None,
         **extractor_conf: object,
     ) -> Engine:
         """Index ``paths`` into a new collection at ``out``.
+
+        :param regions: region source for database images: ``none``, ``rmac`` (R-MAC grid, levels 1-3) or
+            ``detector`` (landmark detector, weights ``region_detector``); ASMK methods only.
+        :param aggregation: ``asmk``, ``r-asmk`` (D2R eq. 8-9, default with regions) or ``regions``
+            (regional search, each region stored, scored by max, D2R eq. 3-4).
 
         For ASMK methods the codebook is trained on the database images themselves unless
         ``codebook_paths`` names other images (the papers' protocol: train on a different dataset than the
@@ -88,13 +97,19 @@ class Engine:
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out}: already exists and is not empty (use 'glocal index add' to extend it)")
         pipeline = pipeline_for(method)
+        if regions != "none" and pipeline["shortlist"] != "asmk":
+            raise ValueError(f"--regions applies to ASMK methods (sift, how, fire), not to {method!r}")
+        region_settings = {"source": regions, "detector": region_detector} if regions != "none" else None
+        if pipeline["shortlist"] == "asmk":
+            pipeline["asmk"]["aggregation"] = aggregation or ("r-asmk" if region_settings else "asmk")
         extractor = create_extractor(method, **extractor_conf)
         out.mkdir(parents=True, exist_ok=True)
         prog = as_progress(progress)
         features = FeatureFile(out / "features.glf", writable=True)
-        failures = _extract_into(features, extractor, paths, names, prog, "extracting database", workers)
+        db_extractor = _database_extractor(extractor, region_settings)
+        failures = _extract_into(features, db_extractor, paths, names, prog, "extracting database", workers)
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "method": method,
-                    "extractor": asdict(extractor.config)} | pipeline
+                    "extractor": asdict(extractor.config), "regions": region_settings} | pipeline
         if pipeline["shortlist"] == "asmk":
             asmk = manifest["asmk"]
             if codebook_size:
@@ -170,7 +185,7 @@ class Engine:
         """Extract and index more images. Names already in the collection are skipped (reported)."""
         self._require_writable()
         prog = as_progress(progress)
-        failures = _extract_into(self.features, self.extractor, paths, names, prog, "extracting", workers)
+        failures = _extract_into(self.features, self.db_extractor, paths, names, prog, "extracting", workers)
         self._progress = prog
         self._repair()
         return failures
@@ -203,7 +218,8 @@ class Engine:
         """Everything needed to reproduce a result obtained with this index."""
         m = self.manifest
         out = {"method": m["method"], "max_side": m["extractor"].get("max_side"), "extractor": m["extractor"],
-               "index": self.shortlist.settings, "rerank": m["rerank"], "images": len(self)}
+               "index": self.shortlist.settings, "rerank": m["rerank"], "regions": m.get("regions"),
+               "images": len(self)}
         checkpoint = m["extractor"].get("checkpoint")
         if checkpoint:
             out["checkpoint_sha256"] = _sha256(Path(checkpoint))
@@ -302,6 +318,16 @@ def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path
     if batch:
         features.append(batch)
     return failures
+
+
+def _database_extractor(extractor: object, regions: dict | None) -> object:
+    """The extractor for database images: with regions attached when the index uses them."""
+    if not regions:
+        return extractor
+    from glocal.extract.regions import RegionExtractor, region_source
+
+    overrides = {"checkpoint": regions["detector"]} if regions["source"] == "detector" and regions.get("detector") else {}
+    return RegionExtractor(extractor, region_source(regions["source"], **overrides))
 
 
 def _sha256(path: Path) -> str | None:

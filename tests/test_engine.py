@@ -94,3 +94,30 @@ def test_settings_record_what_produced_results(demo_index) -> None:
     assert s["rerank"]["top"] == 100 and s["index"]["kind"] == "asmk*"
     stats = demo_index.shortlist.stats()
     assert stats["images"] == len(demo_index) and stats["words_per_image"] > 100
+
+
+@pytest.mark.parametrize("aggregation", ["r-asmk", "regions"])
+def test_rmac_regions_feed_regional_asmk(demo_benchmark, tmp_path: Path, aggregation: str) -> None:
+    paths, names = demo_benchmark.db_paths[:24], demo_benchmark.db_names[:24]
+    eng = Engine.build(paths, names, tmp_path / "r.glx", progress=False, codebook_size=256, regions="rmac",
+                       aggregation=aggregation)
+    assert eng.settings["regions"]["source"] == "rmac"
+    assert eng.shortlist.settings["aggregation"] == aggregation
+    target = next(i for i, n in enumerate(names) if not n.startswith("distractor") and "tiny" not in n)
+    stored = eng.features[target]
+    assert stored.regions is not None and len(stored.regions) >= 4  # R-MAC grid, full image not stored
+    h, w = stored.image_size
+    assert (stored.regions[:, 2] <= w + 1e-3).all() and (stored.regions[:, 3] <= h + 1e-3).all()
+    # a query showing one quarter of a database image finds it in the shortlist's top 3 (regional search
+    # may put a small, sharply matching region of another image first), and first after verification
+    x2, y2 = w / 2, h / 2
+    hits = eng.search(paths[target], box=(0, 0, x2, y2), top=3, rerank_top=0)
+    assert names[target] in [h.name for h in hits]
+    assert eng.search(paths[target], box=(0, 0, x2, y2), top=1)[0].name == names[target]
+    eng.close()
+
+
+def test_regions_refused_for_global_methods(demo_benchmark, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ASMK methods"):
+        Engine.build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], tmp_path / "g.glx", method="dolg",
+                     progress=False, regions="rmac")

@@ -33,6 +33,10 @@ def build(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model weights (deep methods)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Resize images so the longer side is at most this."),
     settings: list[str] = typer.Option([], "--set", help="Extractor setting KEY=VALUE (VALUE as JSON, e.g. scales=[1.0]); repeatable."),
+    regions: str = typer.Option("none", "--regions", help="Database regions: none, rmac or detector (ASMK methods)."),
+    detector: Optional[Path] = typer.Option(None, "--detector", help="Landmark detector weights for --regions detector."),
+    aggregation: Optional[str] = typer.Option(
+        None, "--aggregation", help="asmk, r-asmk (default with regions) or regions (regional search, max pooling)."),
 ) -> None:
     """Extract features of every image and build a searchable index."""
     from glocal.engine import Engine
@@ -49,7 +53,9 @@ def build(
         conf["max_side"] = max_side
     try:
         engine = Engine.build(files, image_names(files, paths), out_path, method=method, codebook_paths=cb,
-                              progress=show_progress(), codebook_size=codebook_size, workers=workers, **conf)
+                              progress=show_progress(), codebook_size=codebook_size, workers=workers,
+                              regions=regions, region_detector=str(detector) if detector else None,
+                              aggregation=aggregation, **conf)
     except (FileExistsError, ValueError, TypeError) as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(EXIT_INPUT) from None

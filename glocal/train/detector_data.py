@@ -1,0 +1,306 @@
+"""Training data and loop for the landmark detector (Detect-to-Retrieve, Teichmann et al., CVPR 2019,
+section 3 "Google Landmark Boxes" and appendix B).
+
+Box files (one box per row; several rows with the same id give several boxes of one image):
+
+``pixels`` CSV: header ``id,x1,y1,x2,y2``
+    x1, y1, x2, y2 in pixels of the original image (x to the right, y down, corners included).
+``gld`` CSV: header ``id,box`` -- the Google Landmark Boxes release (``boxes_split1.csv``,
+``boxes_split2.csv``)
+    ``box`` is four numbers "ymin xmin ymax xmax" (spaces or commas), normalised to [0, 1] by the image
+    height and width (top, left, bottom, right).
+``gld`` CSV with separate columns: header ``id,ymin,xmin,ymax,xmax``
+    the same normalised values, one per column.
+JSON
+    ``{"layout": "pixels" | "gld", "boxes": [{"id": "...", "box": [4 numbers]}, ...]}`` (numbers in the
+    layout's order) or a bare list of such records, read as ``pixels``.
+
+Boxes are kept as x1, y1, x2, y2 with a flag saying whether they are normalised; the dataset turns them
+into pixels once an image's size is known.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from torch import Tensor
+
+LAYOUTS = ("pixels", "gld")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class BoxAnnotation:
+    """The boxes of one training image.
+
+    :param image_id: image identifier (GLD: 16 hex characters).
+    :param boxes: (K, 4) float32 x1, y1, x2, y2 (pixels, or [0, 1] when ``normalized``).
+    :param normalized: whether ``boxes`` are fractions of the image width / height.
+    """
+
+    image_id: str
+    boxes: npt.NDArray[np.float32]
+    normalized: bool
+
+    def pixel_boxes(self, width: int, height: int) -> npt.NDArray[np.float32]:
+        """The boxes in pixels of a ``width`` x ``height`` image."""
+        if not self.normalized:
+            return self.boxes.copy()
+        return (self.boxes * np.array([width, height, width, height], np.float32)).astype(np.float32)
+
+
+def _to_xyxy(values: Sequence[float], layout: str, where: str) -> list[float]:
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{where}: expected 4 finite box numbers, found {list(values)}")
+    if layout == "gld":
+        ymin, xmin, ymax, xmax = values
+        if min(values) < -1e-3 or max(values) > 1 + 1e-3:
+            raise ValueError(f"{where}: gld boxes are normalised to [0, 1], found {list(values)}")
+        x1, y1, x2, y2 = xmin, ymin, xmax, ymax
+    else:
+        x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"{where}: empty or inverted box (x1, y1, x2, y2) = {(x1, y1, x2, y2)}")
+    return [x1, y1, x2, y2]
+
+
+def _group(rows: list[tuple[str, list[float]]], normalized: bool) -> list[BoxAnnotation]:
+    boxes: dict[str, list[list[float]]] = {}
+    for image_id, box in rows:
+        boxes.setdefault(image_id, []).append(box)
+    return [BoxAnnotation(k, np.asarray(v, np.float32).reshape(-1, 4), normalized) for k, v in boxes.items()]
+
+
+def _numbers(text: str, where: str) -> list[float]:
+    try:
+        return [float(t) for t in text.replace(",", " ").split()]
+    except ValueError as exc:
+        raise ValueError(f"{where}: box {text!r} is not numeric") from exc
+
+
+def read_box_csv(path: str | Path) -> list[BoxAnnotation]:
+    """Boxes of a CSV in the ``pixels`` (``id,x1,y1,x2,y2``) or ``gld`` (``id,box`` or
+    ``id,ymin,xmin,ymax,xmax``) layout, chosen from the header (see the module docstring)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        if header[:1] != ["id"]:
+            raise ValueError(f"{path}: the first column must be 'id', found header {header}")
+        cols = set(header)
+        if {"x1", "y1", "x2", "y2"} <= cols:
+            layout, keys = "pixels", ("x1", "y1", "x2", "y2")
+        elif {"ymin", "xmin", "ymax", "xmax"} <= cols:
+            layout, keys = "gld", ("ymin", "xmin", "ymax", "xmax")
+        elif "box" in cols:
+            layout, keys = "gld", ("box",)
+        else:
+            raise ValueError(f"{path}: unknown box layout, header {header}; expected id,x1,y1,x2,y2 (pixels), "
+                             "id,box or id,ymin,xmin,ymax,xmax (normalised GLD)")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            where = f"{path} line {line}"
+            if keys == ("box",):
+                values = _numbers(row["box"] or "", where)
+            else:
+                values = _numbers(" ".join(row[k] or "" for k in keys), where)
+            rows.append((row["id"].strip(), _to_xyxy(values, layout, where)))
+    return _group(rows, normalized=layout == "gld")
+
+
+def read_box_json(path: str | Path) -> list[BoxAnnotation]:
+    """Boxes of a JSON file (see the module docstring)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    layout, records = "pixels", data
+    if isinstance(data, dict):
+        layout, records = data.get("layout", "pixels"), data.get("boxes")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{path}: unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a list of {{'id', 'box'}} records")
+    rows = []
+    for i, rec in enumerate(records):
+        where = f"{path} record {i}"
+        if not isinstance(rec, dict) or "id" not in rec or "box" not in rec:
+            raise ValueError(f"{where}: expected {{'id': ..., 'box': [4 numbers]}}, found {rec!r}")
+        rows.append((str(rec["id"]), _to_xyxy([float(v) for v in rec["box"]], layout, where)))
+    return _group(rows, normalized=layout == "gld")
+
+
+def read_boxes(path: str | Path) -> list[BoxAnnotation]:
+    """Boxes of a ``.csv`` or ``.json`` file."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return read_box_json(path)
+    if suffix == ".csv":
+        return read_box_csv(path)
+    raise ValueError(f"{path}: box files are .csv or .json, found {suffix!r}")
+
+
+def folder_loader(root: str | Path) -> Callable[[str], npt.NDArray[np.uint8]]:
+    """Image loader for ``root/<id>.jpg`` or the GLD tree ``root/a/b/c/<abc...>.jpg`` (RGB uint8)."""
+    root = Path(root)
+
+    def load(image_id: str) -> npt.NDArray[np.uint8]:
+        tried = []
+        for base in (root / image_id, root / image_id[:1] / image_id[1:2] / image_id[2:3] / image_id):
+            for suffix in ("", *IMAGE_SUFFIXES):
+                p = base.with_name(base.name + suffix)
+                tried.append(p)
+                if p.is_file():
+                    with Image.open(p) as img:
+                        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        raise FileNotFoundError(f"detector_data.py: no image for id {image_id!r} under {root} (tried {tried[0]}, ...)")
+
+    return load
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation: resize so the longer side is drawn from [min_side, max_side], then flip.
+
+    :param min_side: smallest longer side after resizing (pixels).
+    :param max_side: largest longer side after resizing (pixels).
+    :param flip_prob: probability of a horizontal flip (boxes flipped with the image).
+    """
+
+    min_side: int = 320
+    max_side: int = 640
+    flip_prob: float = 0.5
+
+
+def resize_with_boxes(pixels: npt.NDArray[np.uint8], boxes: npt.NDArray, longer_side: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """Resize so the longer side is ``longer_side`` and scale the pixel boxes by the same factors."""
+    h, w = pixels.shape[:2]
+    s = longer_side / max(h, w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    out = np.asarray(Image.fromarray(pixels).resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.uint8)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+    return out, b.astype(np.float32)
+
+
+def hflip_with_boxes(pixels: npt.NDArray[np.uint8], boxes: npt.NDArray) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """Mirror the image left-right; a box x1, x2 becomes W - x2, W - x1."""
+    w = pixels.shape[1]
+    b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    b[:, [0, 2]] = w - b[:, [2, 0]]
+    return np.ascontiguousarray(pixels[:, ::-1]), b
+
+
+class DetectorBoxDataset(torch.utils.data.Dataset):
+    """(image (3, H, W) float in [0, 1], target {"boxes": (K, 4), "labels": (K,) ones}) for torchvision.
+
+    Augmentation is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same seed and epoch
+    (:meth:`set_epoch`) give the same samples.
+    """
+
+    def __init__(self, annotations: Sequence[BoxAnnotation], load_image: Callable[[str], npt.NDArray[np.uint8]],
+                 augment: AugmentConfig | None = AugmentConfig(), seed: int = 0) -> None:
+        if not annotations:
+            raise ValueError("detector_data.py: a detector dataset needs at least one annotated image")
+        self.annotations = list(annotations)
+        self.load_image = load_image
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        ann = self.annotations[index]
+        pixels = np.asarray(self.load_image(ann.image_id), dtype=np.uint8)
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"detector_data.py: image {ann.image_id!r} must be (H, W, 3) RGB, got {pixels.shape}")
+        h, w = pixels.shape[:2]
+        boxes = ann.pixel_boxes(w, h)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            side = int(rng.integers(self.augment.min_side, self.augment.max_side + 1))
+            pixels, boxes = resize_with_boxes(pixels, boxes, side)
+            if rng.random() < self.augment.flip_prob:
+                pixels, boxes = hflip_with_boxes(pixels, boxes)
+        h, w = pixels.shape[:2]
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+        boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)]
+        image = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div_(255.0)
+        target = {"boxes": torch.from_numpy(boxes).reshape(-1, 4),
+                  "labels": torch.ones(len(boxes), dtype=torch.int64)}
+        return image, target
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """Keep images of different sizes as a list (torchvision detectors batch them themselves)."""
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def train_detector(model: torch.nn.Module, dataset: DetectorBoxDataset, steps: int, lr: float = 1e-3, seed: int = 0,
+                   batch_size: int = 4, optimizer: str = "adamw", weight_decay: float = 1e-4,
+                   max_grad_norm: float | None = 10.0,
+                   log: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``model`` (a :class:`glocal.models.detector.LandmarkDetector` or a torchvision detector) for
+    ``steps`` optimiser steps on ``dataset``; returns the total loss of every step.
+
+    The loss is the sum of the torchvision model's terms (SSD: box regression + classification with hard
+    negative mining; Faster R-CNN: RPN and box-head terms), as in appendix B of D2R. Samples are shuffled
+    with ``seed`` and reshuffled every epoch; the model is left in eval mode.
+
+    :param optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
+    """
+    if steps < 1:
+        raise ValueError(f"detector_data.py: steps must be >= 1, got {steps}")
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"detector_data.py: optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
+                                         drop_last=True, collate_fn=collate_detection, generator=generator)
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    model.train()
+    epoch = 0
+    try:
+        while len(losses) < steps:
+            dataset.set_epoch(epoch)
+            for images, targets in loader:
+                images = [im.to(device) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                loss_terms = model(images, targets)
+                loss = sum(loss_terms.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"detector_data.py: loss became {loss.item()} at step {len(losses)}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                opt.step()
+                losses.append(float(loss.detach()))
+                if log is not None:
+                    log(len(losses), losses[-1])
+                if len(losses) >= steps:
+                    break
+            epoch += 1
+    finally:
+        model.eval()
+    return losses
