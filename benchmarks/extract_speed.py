@@ -1,4 +1,4 @@
-"""Extraction latency of DELG / DOLG on square 1024 x 1024 images (the DELG appendix's Table 1 setting).
+"""Extraction latency of the deep methods on square 1024 x 1024 images (the DELG appendix's Table 1 setting).
 
 Times ``extractor.extract(image)`` end to end (normalisation, pyramid, network, keypoint selection,
 fusion) on a random 1024 x 1024 image, after ``--warmup`` untimed calls; prints the median and minimum
@@ -9,8 +9,12 @@ the local scales: the paper's "3 scales global & local" rows). ``--scales 7`` (D
 the official setting) and ``--scales 5`` (DOLG's official 5) are accepted too. Weights are random
 (timing does not depend on them); ``--attention-threshold 0`` makes DELG select the full 1,000 features.
 
-Usage: ``python benchmarks/extract_speed.py --method delg|delg-star|dolg [--scales 1|3|5|7]
-[--device cpu|cuda] [--repeats 3] [--warmup 1] [--threads N]``
+HOW / FIRe run their 7 scales (``--scales 7``) or scale 1; ViTGaL its global scale (``--scales 1``) or
+global + its 5 local scales (``--scales 5``); ``--method detector-ssdlite|detector-frcnn`` times the
+landmark detectors of Detect-to-Retrieve on the same image.
+
+Usage: ``python benchmarks/extract_speed.py --method delg|delg-star|dolg|how|fire|vitgal|detector-ssdlite|
+detector-frcnn [--scales 1|3|5|7] [--device cpu|cuda] [--repeats 3] [--warmup 1] [--threads N]``
 """
 from __future__ import annotations
 
@@ -36,9 +40,34 @@ from glocal.models import create_extractor  # noqa: E402
 SCALE_SETS = {1: (1.0,), 3: DELG_GLOBAL_SCALES, 5: DOLG_SCALES, 7: DELG_LOCAL_SCALES}
 
 
+class _DetectorAsExtractor:
+    """Times a landmark detector through the extractor interface (returns no features)."""
+
+    def __init__(self, arch: str, device: str) -> None:
+        from glocal.models.detector import DetectorConfig, LandmarkDetector
+
+        self.detector = LandmarkDetector(DetectorConfig(arch=arch, device=device))
+
+    def extract(self, image: LoadedImage, name: str) -> object:
+        self.detector.detect(image)
+
+        class _Empty:
+            num_features = 0
+
+        return _Empty()
+
+
 def build(method: str, n_scales: int, device: str, threshold: float) -> object:
     scales = SCALE_SETS[n_scales]
-    if method in ("delg", "delg-star"):
+    if method.startswith("detector-"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return _DetectorAsExtractor({"detector-ssdlite": "ssdlite", "detector-frcnn": "fasterrcnn"}[method], device)
+    if method == "vitgal":
+        conf = dict(scales=scales if n_scales > 1 else (1.0,), device=device)
+        if n_scales == 1:
+            conf["max_keypoints"] = 0
+    elif method in ("delg", "delg-star"):
         global_scales = scales if n_scales in (1, 3) else DELG_GLOBAL_SCALES
         conf = dict(scales=scales, global_scales=global_scales, attention_threshold=threshold, device=device)
     else:
@@ -67,7 +96,8 @@ def time_extractor(extractor: object, repeats: int, warmup: int, device: str, se
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--method", choices=("delg", "delg-star", "dolg"), required=True)
+    p.add_argument("--method", required=True, choices=(
+        "delg", "delg-star", "dolg", "how", "fire", "vitgal", "detector-ssdlite", "detector-frcnn"))
     p.add_argument("--scales", type=int, choices=sorted(SCALE_SETS), action="append",
                    help="number of pyramid scales; repeat for several rows (default: 1 and 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -83,7 +113,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {args.method} extraction latency, 1024 x 1024 image, device {args.device} ({device_name}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load {load:.1f}")
-    print(f"# {args.warmup} warm-up + {args.repeats} timed calls; random weights; ResNet-50")
+    print(f"# {args.warmup} warm-up + {args.repeats} timed calls; random weights")
     print("| method | scales | median ms | min ms | local features |")
     print("|---|---|---|---|---|")
     for n in args.scales or [1, 3]:
