@@ -22,32 +22,22 @@ of the 128-D descriptors: ``np.packbits(d > 0)`` -> (N, 16) uint8.
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+import numpy.typing as npt
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glocal.extract.pyramid import (
     DELG_GLOBAL_SCALES,
     DELG_LOCAL_SCALES,
-    LocalCandidates,
     PyramidLevel,
-    fuse_global,
-    image_to_tensor,
-    inference_context,
-    preprocessing_by_name,
-    run_pyramid,
-    select_top_features,
+    SelectedFeatures,
 )
 from glocal.extract.receptive_field import ReceptiveField, feature_centers_xy, receptive_field
-from glocal.io.images import LoadedImage
-from glocal.models.checkpoints import load_checkpoint
+from glocal.models.extractor_base import GlobalLocalExtractor, normalise_global_local_scales
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, ResNetBackbone
-from glocal.records import ImageFeatures
 
 
 @dataclass(frozen=True)
@@ -229,11 +219,7 @@ class DelgConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        object.__setattr__(self, "global_scales", tuple(float(s) for s in self.global_scales))
-        if not self.scales and not self.global_scales:
-            raise ValueError("delg.py: DelgConfig needs at least one local or global scale")
-        preprocessing_by_name(self.preprocessing)
+        normalise_global_local_scales(self, "delg.py: DelgConfig")
 
     @classmethod
     def tf_release(cls, checkpoint: str, gldv2_clean: bool = False, **overrides: object) -> DelgConfig:
@@ -251,89 +237,28 @@ class DelgConfig:
                                attention_batchnorm=self.attention_batchnorm)
 
 
-def _key(s: float) -> float:
-    return round(float(s), 4)
-
-
-class DelgExtractor:
+class DelgExtractor(GlobalLocalExtractor):
     """DELG (or DELG* with ``binarize``) global + local features of one image at a time, or a batch."""
+
+    label = "DELG"
+    config: DelgConfig
+    model: Delg
 
     def __init__(self, config: DelgConfig | None = None) -> None:
         self.config = config = config or DelgConfig()
         self.name = "delg-star" if config.binarize else "delg"
         self.descriptor_dim = 16 if config.binarize else 128
-        self.device = torch.device(config.device)
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            torch.manual_seed(config.seed)
-            warnings.simplefilter("ignore", UserWarning)  # the backbone's warning; ours follows, clearer
-            self.model = Delg(config.model_config())
-        if config.checkpoint:
-            load_checkpoint(self.model, config.checkpoint)
-        else:
-            which = (f"the heads use RANDOM weights (ImageNet backbone from {config.backbone_weights})"
-                     if config.backbone_weights else "backbone and heads use RANDOM weights")
-            warnings.warn(f"delg.py: no DELG checkpoint given: {which}; the features are meaningless",
-                          stacklevel=3)
-        self.model.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        self._prep = preprocessing_by_name(config.preprocessing)
+        self._setup(lambda: Delg(config.model_config()))
 
-    @property
-    def max_side(self) -> int:
-        return self.config.max_side
+    def _centres(self, level: PyramidLevel, h: int, w: int) -> tuple[npt.NDArray[np.float64], float]:
+        """Receptive-field centres of the res4 cells; the cell is the grid stride (16 or 32 level pixels), so
+        the record's ``scales`` are as for HOW / FIRe; DELF's own convention (1 / level scale) is them
+        divided by the stride."""
+        rf_y, rf_x = self.model.receptive_fields(level.size)
+        return feature_centers_xy(rf_y, rf_x, h, w), rf_y.stride
 
-    def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
-        """Features of one image; keypoints and scales in original-image pixels."""
-        return self.extract_batch([image], [name])[0]
-
-    @torch.inference_mode()
-    def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
-        """Features of several images; pyramid levels of equal size run as one batch."""
-        cfg = self.config
-        local_keys = {_key(s) for s in cfg.scales}
-        global_keys = {_key(s) for s in cfg.global_scales}
-        scales = sorted({_key(s) for s in cfg.scales + cfg.global_scales})
-
-        def model_fn(x: torch.Tensor, level: PyramidLevel) -> dict[str, torch.Tensor]:
-            s = _key(level.scale)
-            with inference_context(self.device):
-                out = self.model(x, with_global=s in global_keys, with_local=s in local_keys)
-            return {k: v for k, v in vars(out).items() if v is not None}
-
-        tensors = [image_to_tensor(im.pixels, self._prep, self.device) for im in images]
-        results = run_pyramid(tensors, scales, model_fn, cfg.batch_size)
-        return [self._assemble(im, nm, res) for im, nm, res in zip(images, names, results)]
-
-    def _assemble(self, image: LoadedImage, name: str, levels: list) -> ImageFeatures:
-        """One record: fused global descriptor, selected local features in original-image pixels.
-
-        ``scales`` = size of one local-feature cell (the grid stride, 16 or 32 level pixels) in original
-        pixels, as for HOW / FIRe; DELF's own convention (1 / level scale) is this divided by the stride.
-        """
-        globals_ = [out["global_descriptor"] for _, out in levels if "global_descriptor" in out]
-        candidates, stride = [], 1.0
-        for level, out in levels:
-            if "attention" not in out:
-                continue
-            h, w = out["attention"].shape
-            rf_y, rf_x = self.model.receptive_fields(level.size)
-            stride = rf_y.stride
-            candidates.append(LocalCandidates(
-                descriptors=out["local_descriptors"].reshape(h * w, -1), strengths=out["attention"].reshape(-1),
-                xy=feature_centers_xy(rf_y, rf_x, h, w), level=level,
-            ))
-        sel = select_top_features(candidates, self.config.max_keypoints, self.config.attention_threshold)
+    def _descriptors(self, sel: SelectedFeatures) -> np.ndarray:
         desc = np.packbits(sel.descriptors > 0, axis=1) if self.config.binarize else sel.descriptors
         if len(desc) == 0:
             desc = np.zeros((0, self.descriptor_dim), np.uint8 if self.config.binarize else np.float32)
-        keypoints = sel.xy / np.float32(image.scale) + np.asarray(image.offset, np.float32)
-        return ImageFeatures(
-            name=name,
-            image_size=image.original_size,
-            descriptors=desc,
-            keypoints=keypoints.astype(np.float32),
-            scales=(sel.scales * np.float32(stride / image.scale)).astype(np.float32),
-            strengths=sel.strengths,
-            global_descriptor=fuse_global(torch.stack(globals_)) if globals_ else None,
-        )
+        return desc

@@ -19,7 +19,6 @@ Ablations (Tables 3-6): ``fusion`` = orthogonal | concat (pool(f_l)) | hadamard 
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,17 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import (
-    DOLG_SCALES,
-    PyramidLevel,
-    fuse_global,
-    image_to_tensor,
-    inference_context,
-    preprocessing_by_name,
-    run_pyramid,
-)
+from glocal.extract.pyramid import DOLG_SCALES, PyramidLevel, fuse_global, inference_context, preprocessing_by_name
 from glocal.io.images import LoadedImage
-from glocal.models.checkpoints import load_checkpoint
+from glocal.models.extractor_base import ModelExtractor
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, MultiAtrous, ResNetBackbone, average_pool
 from glocal.records import ImageFeatures
 
@@ -211,49 +202,29 @@ class DolgConfig:
         )
 
 
-class DolgExtractor:
+class DolgExtractor(ModelExtractor):
     """DOLG global descriptors (512-D); the records carry no local features."""
 
     name = "dolg"
     descriptor_dim = 0
+    label = "DOLG"
+    config: DolgConfig
+    model: Dolg
 
     def __init__(self, config: DolgConfig | None = None) -> None:
         self.config = config = config or DolgConfig()
-        self.device = torch.device(config.device)
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            torch.manual_seed(config.seed)
-            warnings.simplefilter("ignore", UserWarning)  # the backbone's warning; ours follows, clearer
-            self.model = Dolg(config.model_config())
-        if config.checkpoint:
-            load_checkpoint(self.model, config.checkpoint)
-        else:
-            which = (f"the heads use RANDOM weights (ImageNet backbone from {config.backbone_weights})"
-                     if config.backbone_weights else "backbone and heads use RANDOM weights")
-            warnings.warn(f"dolg.py: no DOLG checkpoint given: {which}; the features are meaningless",
-                          stacklevel=3)
-        self.model.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        self._prep = preprocessing_by_name(config.preprocessing)
-
-    @property
-    def max_side(self) -> int | None:
-        return self.config.max_side
-
-    def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
-        """Global descriptor (1, 512) of one image and an empty set of local features."""
-        return self.extract_batch([image], [name])[0]
+        self._setup(lambda: Dolg(config.model_config()))
 
     @torch.inference_mode()
     def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
-        """Descriptors of several images; pyramid levels of equal size run as one batch."""
+        """Descriptors (1, 512) of several images, no local features; pyramid levels of equal size run as
+        one batch."""
 
         def model_fn(x: Tensor, level: PyramidLevel) -> dict[str, Tensor]:
             with inference_context(self.device):
                 return {"global_descriptor": self.model(x)}
 
-        tensors = [image_to_tensor(im.pixels, self._prep, self.device) for im in images]
-        results = run_pyramid(tensors, self.config.scales, model_fn, self.config.batch_size)
+        results = self._run_pyramid(images, self.config.scales, model_fn)
         feats = []
         for image, name, levels in zip(images, names, results):
             descriptor = fuse_global(torch.stack([out["global_descriptor"] for _, out in levels]))

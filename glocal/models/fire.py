@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glocal.extract.pyramid import PyramidLevel
 from glocal.io.images import LoadedImage
+from glocal.models.extractor_base import seeded_init
 from glocal.models.how import (
     PAPER_SCALES,
     PyramidExtractor,
@@ -149,8 +149,7 @@ class FireExtractor(PyramidExtractor):
         config = config or FireConfig()
         lit = LitConfig(num_templates=config.num_templates, iterations=config.iterations, input_dim=feature_dim,
                         dim=config.lit_dim)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+        with seeded_init(config.seed):
             net = FireNet(trunk if trunk is not None else build_trunk(config.depth, config.imagenet_weights), lit, config.output_dim)
         super().__init__(config, net)
         self._load({"depth": config.depth, "output_dim": config.output_dim, "num_templates": config.num_templates,

@@ -44,6 +44,7 @@ from glocal.extract.pyramid import (
 )
 from glocal.extract.receptive_field import feature_centers_xy, receptive_field
 from glocal.io.images import LoadedImage
+from glocal.models.extractor_base import seeded_init
 from glocal.models.how_fire_checkpoints import load_into, save_glocal_checkpoint
 from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone
 from glocal.models.layers.whitening import PCAWhitening, stack_feature_sample
@@ -298,8 +299,7 @@ class HowExtractor(PyramidExtractor):
     def __init__(self, config: HowConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
         """:param trunk: replaces the R50- trunk (tests, experiments); it must output ``feature_dim`` channels."""
         config = config or HowConfig()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+        with seeded_init(config.seed):
             net = HowNet(trunk if trunk is not None else build_trunk(config.depth, config.imagenet_weights), feature_dim=feature_dim,
                          output_dim=config.output_dim, smoothing_kernel=config.smoothing_kernel)
         super().__init__(config, net)

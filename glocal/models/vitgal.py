@@ -17,15 +17,14 @@ the median training score, unknown here, so 0 by default). Scores are the head-a
 the number of patches of the level (uniform attention = 1 at every scale), so levels compare. Keypoint =
 centre of the token's 16 x 16 patch (sec. 3.1); levels are zero-padded at the bottom / right to a
 multiple of 16, so a border patch's centre is the centre of its part inside the image.
+
+Checkpoints (ours and the ViTGaL release's): :mod:`glocal.models.vitgal_checkpoints`.
 """
 from __future__ import annotations
 
 import contextlib
-import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -33,31 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import (
-    DOLG_SCALES,
-    LocalCandidates,
-    PyramidLevel,
-    fuse_global,
-    image_to_tensor,
-    inference_context,
-    preprocessing_by_name,
-    run_pyramid,
-    select_top_features,
-)
-from glocal.io.images import LoadedImage
-from glocal.models.checkpoints import CheckpointMismatchError, LoadReport
+from glocal.extract.pyramid import DOLG_SCALES, PyramidLevel, SelectedFeatures
+from glocal.models.extractor_base import GlobalLocalExtractor, normalise_global_local_scales
 from glocal.models.layers.arcface import ArcFace
-from glocal.models.layers.class_attention import ClassAttentionBlock, ClassAttentionOutput, fuse_qkv
-from glocal.models.layers.xcit import (
-    Mlp,
-    Xcit,
-    XcitConfig,
-    init_transformer_weights,
-    load_xcit_weights,
-    read_state_dict,
-    xcit_preset,
-)
-from glocal.records import ImageFeatures
+from glocal.models.layers.class_attention import ClassAttentionBlock, ClassAttentionOutput
+from glocal.models.layers.xcit import Mlp, Xcit, XcitConfig, init_transformer_weights, load_xcit_weights, xcit_preset
+from glocal.models.vitgal_checkpoints import convert_vitgal_release as convert_vitgal_release  # re-exported
+from glocal.models.vitgal_checkpoints import load_vitgal_checkpoint
 
 VITGAL_LOCAL_SCALES: tuple[float, ...] = DOLG_SCALES  # 0.3535, 0.5, 0.7071, 1.0, 1.4142 (ViTGaL sec. 4.1)
 
@@ -254,73 +235,6 @@ class Vitgal(nn.Module):
                 "total": ce + self.config.reconstruction_loss_weight * mse}
 
 
-# -- checkpoints -----------------------------------------------------------------------------------------
-_RELEASE_RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
-    (r"^(?:retrieval_back_bone\.)?(patch_embed|blocks)\.", r"backbone.\1."),
-    (r"^(?:retrieval_back_bone\.)?pos_embeder\.", "backbone.pos_embed."),
-    (r"^(?:retrieval_back_bone\.)?local_atrous\.", "multi_atrous."),
-    (r"^retrieval_back_bone\.cls_token$", "cls_token"),
-    (r"^retrieval_back_bone\.cls_attn_blocks\.0\.", "class_attention."),
-    (r"^retrieval_back_bone\.norm\.", "norm."),
-    (r"^retrieval_back_bone\.head\.weight$", "arcface.weight"),
-    (r"^whitening_layer\.", "autoencoder.encoder."),
-    (r"^ae_decoder_layer\.", "autoencoder.decoder."),
-    (r"^cls_token$", "@cls_token"),
-    (r"^cls_attn_blocks\.0\.", "@class_attention."),
-    (r"^norm\.", "@norm."),
-    (r"^head\.", "@head."),
-]]
-
-
-def convert_vitgal_release(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Names of the ViTGaL release (``XCiTRetrievalv2``, or ``XCiTRetrievalLocalReductionAE`` with the
-    model under ``retrieval_back_bone.``) -> ours. In an autoencoder file the top-level ``cls_token``,
-    ``cls_attn_blocks.0``, ``norm``, ``head`` are the autoencoder's; in a ViTGaL file the model's."""
-    is_ae = any(k.startswith("retrieval_back_bone.") for k in tensors)
-    out: dict[str, Tensor] = {}
-    for name, value in fuse_qkv(tensors).items():
-        new = name
-        for pattern, repl in _RELEASE_RULES:
-            if pattern.match(name):
-                new = pattern.sub(repl, name, count=1)
-                break
-        if new.startswith("@"):
-            new = new[1:]
-            if is_ae:
-                new = "autoencoder." + new.replace("head.", "classifier.")
-            elif new.startswith("head."):
-                new = "arcface." + new.removeprefix("head.")
-        out[new] = value
-    return out
-
-
-def load_vitgal_checkpoint(model: Vitgal, path: str | Path) -> LoadReport:
-    """Load our ViTGaL checkpoint (``save_checkpoint`` / bare state dict) or the ViTGaL release's.
-
-    Classifier heads absent from an inference model are ignored; anything else must fit exactly.
-    :raises CheckpointMismatchError: missing / unexpected / mis-shaped parameters, naming the file.
-    """
-    tensors = read_state_dict(path)
-    release = any(k.startswith(("local_atrous.", "retrieval_back_bone.", "pos_embeder.")) for k in tensors)
-    source = "vitgal-release" if release else "glocal"
-    mapped = convert_vitgal_release(tensors) if release else fuse_qkv(tensors)
-    own = model.state_dict()
-    heads = ("arcface.", "autoencoder.classifier.")
-    ignored = sorted(k for k in mapped if k not in own and k.startswith(heads))
-    mapped = {k: v for k, v in mapped.items() if k not in ignored}
-    missing = sorted(k for k in own if k not in mapped and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in mapped if k not in own)
-    misshaped = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                       for k, v in mapped.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
-    if missing or unexpected or misshaped:
-        hint = ""
-        if missing and all(k.startswith("autoencoder.") for k in missing):
-            hint = "the file has no autoencoder: train one (Vitgal.autoencoder_losses) or load both parts"
-        raise CheckpointMismatchError(path, source, missing, unexpected, misshaped, hint)
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=False)
-    return LoadReport(str(path), source, len(mapped), tuple(ignored))
-
-
 # -- extractor -------------------------------------------------------------------------------------------
 def patch_centers_xy(grid: tuple[int, int], size: tuple[int, int], patch: int = 16) -> npt.NDArray[np.float64]:
     """(h * w, 2) (x, y) centres, row-major, of the patches of a (height, width) = ``size`` image
@@ -364,11 +278,7 @@ class VitgalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        object.__setattr__(self, "global_scales", tuple(float(s) for s in self.global_scales))
-        if not self.scales and not self.global_scales:
-            raise ValueError("vitgal.py: VitgalConfig needs at least one local or global scale")
-        preprocessing_by_name(self.preprocessing)
+        normalise_global_local_scales(self, "vitgal.py: VitgalConfig")
 
     def model_config(self) -> VitgalModelConfig:
         overrides = {k: v for k, v in (("embed_dim", self.embed_dim), ("depth", self.depth),
@@ -377,82 +287,33 @@ class VitgalConfig:
         return VitgalModelConfig(variant=self.variant, xcit=xcit, local_dim=self.local_dim)
 
 
-def _key(s: float) -> float:
-    return round(float(s), 4)
-
-
-class VitgalExtractor:
+class VitgalExtractor(GlobalLocalExtractor):
     """ViTGaL global + local features of one image (or a batch of images)."""
 
     name = "vitgal"
+    label = "ViTGaL"
+    config: VitgalConfig
+    model: Vitgal
 
     def __init__(self, config: VitgalConfig | None = None) -> None:
         self.config = config = config or VitgalConfig()
         self.descriptor_dim = config.local_dim
-        self.device = torch.device(config.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model = Vitgal(config.model_config())
-        if config.checkpoint:
-            load_vitgal_checkpoint(self.model, config.checkpoint)
-        else:
-            if config.backbone_weights:
-                load_xcit_weights(self.model.backbone, config.backbone_weights)
-            which = (f"only the XCiT trunk is pretrained ({config.backbone_weights}); multi-atrous, class "
-                     "attention and autoencoder use RANDOM weights" if config.backbone_weights
-                     else "the whole network uses RANDOM weights")
-            warnings.warn(f"vitgal.py: no ViTGaL checkpoint given: {which}; the features are meaningless",
-                          stacklevel=3)
-        self.model.eval().to(self.device)
-        self._prep = preprocessing_by_name(config.preprocessing)
+        self._setup(lambda: Vitgal(config.model_config()), quiet_build=False, channels_last=False)
 
-    @property
-    def max_side(self) -> int:
-        return self.config.max_side
+    def _load_checkpoint(self, path: str) -> None:
+        load_vitgal_checkpoint(self.model, path)
 
-    def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
-        """Features of one image; keypoints and scales in original-image pixels."""
-        return self.extract_batch([image], [name])[0]
+    def _random_init(self) -> str:
+        if self.config.backbone_weights:
+            load_xcit_weights(self.model.backbone, self.config.backbone_weights)
+            return (f"only the XCiT trunk is pretrained ({self.config.backbone_weights}); multi-atrous, class "
+                    "attention and autoencoder use RANDOM weights")
+        return "the whole network uses RANDOM weights"
 
-    @torch.inference_mode()
-    def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
-        """Features of several images; pyramid levels of equal size run as one batch."""
-        cfg = self.config
-        local_keys = {_key(s) for s in cfg.scales}
-        global_keys = {_key(s) for s in cfg.global_scales}
-        scales = sorted({_key(s) for s in cfg.scales + cfg.global_scales})
+    def _centres(self, level: PyramidLevel, h: int, w: int) -> tuple[npt.NDArray[np.float64], float]:
+        """Patch centres; the cell is the 16-pixel patch."""
+        return patch_centers_xy((h, w), level.size), 16.0
 
-        def model_fn(x: Tensor, level: PyramidLevel) -> dict[str, Tensor]:
-            s = _key(level.scale)
-            with inference_context(self.device):
-                out = self.model(x, with_global=s in global_keys, with_local=s in local_keys)
-            return {k: v for k, v in vars(out).items() if v is not None}
-
-        tensors = [image_to_tensor(im.pixels, self._prep, self.device) for im in images]
-        results = run_pyramid(tensors, scales, model_fn, cfg.batch_size)
-        return [self._assemble(im, nm, res) for im, nm, res in zip(images, names, results)]
-
-    def _assemble(self, image: LoadedImage, name: str, levels: list) -> ImageFeatures:
-        """One record; ``scales`` = patch side (16 level pixels) in original-image pixels."""
-        globals_ = [out["global_descriptor"] for _, out in levels if "global_descriptor" in out]
-        candidates = []
-        for level, out in levels:
-            if "attention" not in out:
-                continue
-            h, w = out["attention"].shape
-            candidates.append(LocalCandidates(
-                descriptors=out["local_descriptors"].reshape(h * w, -1), strengths=out["attention"].reshape(-1),
-                xy=patch_centers_xy((h, w), level.size), level=level,
-            ))
-        sel = select_top_features(candidates, self.config.max_keypoints, self.config.attention_threshold)
+    def _descriptors(self, sel: SelectedFeatures) -> np.ndarray:
         desc = sel.descriptors if len(sel.descriptors) else np.zeros((0, self.descriptor_dim), np.float32)
-        keypoints = sel.xy / np.float32(image.scale) + np.asarray(image.offset, np.float32)
-        return ImageFeatures(
-            name=name,
-            image_size=image.original_size,
-            descriptors=desc.astype(np.float32),
-            keypoints=keypoints.astype(np.float32),
-            scales=(sel.scales * np.float32(16.0 / image.scale)).astype(np.float32),
-            strengths=sel.strengths.astype(np.float32),
-            global_descriptor=fuse_global(torch.stack(globals_)) if globals_ else None,
-        )
+        return desc.astype(np.float32)

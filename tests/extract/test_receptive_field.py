@@ -18,16 +18,15 @@ import torch
 from torch import nn
 
 from glocal.extract.receptive_field import ReceptiveFieldError, feature_centers_xy, receptive_field
+from glocal.models.extractor_base import torch_threads
 from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone, SamePad2d
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread: on a shared 2-core machine two OpenMP threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def _twin(module: nn.Module) -> nn.Module:

@@ -3,7 +3,6 @@ parameters; files that do not fit give an error listing what is wrong, with the 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +23,7 @@ NUM_CLASSES = 5
 _RESNET50 = ((3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048))  # (blocks, bottleneck, out)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return fn(*args, **kwargs)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tf_delg_variables(seed: int = 0) -> dict[str, np.ndarray]:
@@ -91,18 +79,18 @@ def tf_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, n
     return _save_tf(variables, tmp_path_factory.mktemp("tf") / "r50delg.npz"), variables
 
 
-def _tf_delg(num_classes: int = NUM_CLASSES, style: str = "tf") -> Delg:
+def _tf_delg(quiet, num_classes: int = NUM_CLASSES, style: str = "tf") -> Delg:
     cfg = DelgModelConfig(backbone_style=style, block3_strides=True, num_classes=num_classes)
-    return _quiet(Delg, cfg)
+    return quiet(Delg, cfg)
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32))
 
 
-def test_tf_delg_values_land_in_the_right_parameters(tf_file) -> None:
+def test_tf_delg_values_land_in_the_right_parameters(tf_file, quiet) -> None:
     path, v = tf_file
-    model = _tf_delg()
+    model = _tf_delg(quiet)
     report = load_checkpoint(model, path)
     expected = [k for k in model.state_dict() if not k.endswith("num_batches_tracked") and k != "gem.p"]
     assert report.source == "tf-delg" and report.loaded == len(expected) == 335
@@ -126,14 +114,14 @@ def test_tf_delg_values_land_in_the_right_parameters(tf_file) -> None:
     assert out.attention.shape == (1, 3, 3)  # block3_strides: local grid at stride 32
 
 
-def test_tf_delg_into_an_inference_model_ignores_classifiers(tf_file) -> None:
+def test_tf_delg_into_an_inference_model_ignores_classifiers(tf_file, quiet) -> None:
     path, _ = tf_file
-    report = load_checkpoint(_tf_delg(num_classes=0), path)
+    report = load_checkpoint(_tf_delg(quiet, num_classes=0), path)
     assert any(n.endswith("cosine_weights/.ATTRIBUTES/VARIABLE_VALUE") for n in report.ignored)
     assert any("attn_classification" in n for n in report.ignored)
 
 
-def test_bad_tf_checkpoint_lists_missing_unexpected_misshaped(tf_file, tmp_path: Path) -> None:
+def test_bad_tf_checkpoint_lists_missing_unexpected_misshaped(tf_file, tmp_path: Path, quiet) -> None:
     _, v = tf_file
     bad = dict(v)
     del bad["backbone/l3b/bn2b/moving_mean"]
@@ -141,14 +129,14 @@ def test_bad_tf_checkpoint_lists_missing_unexpected_misshaped(tf_file, tmp_path:
     bad["autoencoder/conv1/kernel"] = np.zeros((1, 1, 1024, 64), np.float16)
     path = _save_tf(bad, tmp_path / "broken_delg.npz")
     with pytest.raises(CheckpointMismatchError) as err:
-        load_checkpoint(_tf_delg(), path)
+        load_checkpoint(_tf_delg(quiet), path)
     e = err.value
     assert "broken_delg.npz" in str(e)
     assert e.missing == ["backbone.layer2.1.bn2.running_mean"]
     assert e.unexpected == ["_model/backbone/l4g/conv2a/kernel/.ATTRIBUTES/VARIABLE_VALUE"]
     assert len(e.misshaped) == 1 and "autoencoder.encoder.weight" in e.misshaped[0] and "(64, 1024, 1, 1)" in e.misshaped[0]
     with pytest.raises(CheckpointMismatchError, match="backbone_style='tf'"):
-        load_checkpoint(_tf_delg(style="torchvision"), tf_file[0])
+        load_checkpoint(_tf_delg(quiet, style="torchvision"), tf_file[0])
 
 
 @pytest.mark.parametrize("raw,canonical", [
@@ -212,12 +200,12 @@ def dolg_port_state(with_aspp: bool, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("with_aspp", [False, True])
-def test_dolg_port_values_land_in_the_right_parameters(tmp_path: Path, with_aspp: bool) -> None:
+def test_dolg_port_values_land_in_the_right_parameters(tmp_path: Path, with_aspp: bool, quiet) -> None:
     state = dolg_port_state(with_aspp)
     path = tmp_path / "r50_dolg_512.pyth"
     torch.save({"epoch": 99, "model_state": state, "optimizer_state": {"state": {}, "param_groups": []}}, path)
     cfg = DolgModelConfig(multi_atrous=with_aspp, atrous_pointwise_branch=with_aspp, num_classes=NUM_CLASSES)
-    model = _quiet(Dolg, cfg)
+    model = quiet(Dolg, cfg)
     report = load_checkpoint(model, path)
     assert report.source == "dolg-port" and report.ignored == ("desc_cls.t",)
     bb = model.backbone
@@ -237,18 +225,18 @@ def test_dolg_port_values_land_in_the_right_parameters(tmp_path: Path, with_aspp
         assert torch.equal(model.multi_atrous.image_pool.bias, state["localmodel.aspp.im_pool.1.bias"])
     else:
         with pytest.raises(CheckpointMismatchError, match=r"r50_dolg_512\.pyth.*multi_atrous=False"):
-            load_checkpoint(_quiet(Dolg, DolgModelConfig()), path)
+            load_checkpoint(quiet(Dolg, DolgModelConfig()), path)
 
 
-def test_glocal_round_trip_and_family_check(tmp_path: Path) -> None:
+def test_glocal_round_trip_and_family_check(tmp_path: Path, quiet) -> None:
     torch.manual_seed(0)
-    a = _quiet(Delg, DelgModelConfig(num_classes=3))
+    a = quiet(Delg, DelgModelConfig(num_classes=3))
     save_checkpoint(a, tmp_path / "delg.pt")
     torch.manual_seed(1)
-    b = _quiet(Delg, DelgModelConfig(num_classes=3))
+    b = quiet(Delg, DelgModelConfig(num_classes=3))
     assert load_checkpoint(b, tmp_path / "delg.pt").source == "glocal"
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    save_checkpoint(_quiet(Dolg, DolgModelConfig()), tmp_path / "dolg.pt")
+    save_checkpoint(quiet(Dolg, DolgModelConfig()), tmp_path / "dolg.pt")
     with pytest.raises(CheckpointError, match=r"dolg\.pt.*glocal/dolg/1.*delg"):
         load_checkpoint(b, tmp_path / "dolg.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):

@@ -1,7 +1,6 @@
 """DELG: shapes and norms, the stop-gradient rule, training on synthetic data, the extractor."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -12,26 +11,13 @@ from glocal.io.images import LoadedImage
 from glocal.models import create_extractor
 from glocal.models.delg import Delg, DelgConfig, DelgExtractor, DelgModelConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return fn(*args, **kwargs)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
-def model() -> Delg:
+def model(quiet) -> Delg:
     torch.manual_seed(0)
-    return _quiet(Delg, DelgModelConfig(num_classes=4))
+    return quiet(Delg, DelgModelConfig(num_classes=4))
 
 
 def _synthetic(n: int, classes: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,13 +60,13 @@ def test_local_losses_do_not_reach_the_backbone(model: Delg) -> None:
     assert all(p.grad is None or not p.grad.any() for p in model.autoencoder.parameters())
 
 
-def test_training_lowers_every_loss() -> None:
+def test_training_lowers_every_loss(quiet) -> None:
     """End-to-end Adam steps on synthetic data (4 classes, 8 images of 64 x 64) lower the three losses.
 
     Only 15 steps (not hundreds): a real ResNet-50 step takes ~0.8 s on one busy CPU core.
     """
     torch.manual_seed(0)
-    net = _quiet(Delg, DelgModelConfig(num_classes=4)).train()
+    net = quiet(Delg, DelgModelConfig(num_classes=4)).train()
     x, labels = _synthetic(8, 4, 64, seed=2)
     backbone = [p for n, p in net.named_parameters() if n.startswith("backbone.")]
     heads = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
@@ -103,9 +89,9 @@ def _image(h: int, w: int, scale: float = 0.5, offset: tuple[float, float] = (10
 
 
 @pytest.fixture(scope="module")
-def extractor() -> DelgExtractor:
+def extractor(quiet) -> DelgExtractor:
     conf = dict(scales=(0.7071, 1.0), global_scales=(1.0,), attention_threshold=0.0, max_keypoints=40)
-    return _quiet(create_extractor, "delg", **conf)
+    return quiet(create_extractor, "delg", **conf)
 
 
 def test_extractor_features_in_original_pixels(extractor: DelgExtractor) -> None:
@@ -128,7 +114,7 @@ def test_extractor_features_in_original_pixels(extractor: DelgExtractor) -> None
     assert (feats.keypoints[:, 0] < 10 + 224).all() and (feats.keypoints[:, 1] < 20 + 160).all()
 
 
-def test_extractor_batch_threshold_and_rebuild(extractor: DelgExtractor) -> None:
+def test_extractor_batch_threshold_and_rebuild(extractor: DelgExtractor, quiet) -> None:
     images = [_image(64, 64), _image(64, 64, offset=(0.0, 0.0)), _image(48, 80)]
     batch = extractor.extract_batch(images, ["a", "b", "c"])
     single = extractor.extract(images[2], "c")
@@ -138,13 +124,13 @@ def test_extractor_batch_threshold_and_rebuild(extractor: DelgExtractor) -> None
     strict.__dict__.update(extractor.__dict__)
     strict.config = DelgConfig(**(asdict(extractor.config) | {"attention_threshold": 1e9}))
     assert strict.extract(images[0], "a").num_features == 0
-    rebuilt = _quiet(create_extractor, "delg", **asdict(extractor.config))
+    rebuilt = quiet(create_extractor, "delg", **asdict(extractor.config))
     assert rebuilt.config == extractor.config
     assert np.allclose(rebuilt.extract(images[0], "a").global_descriptor, batch[0].global_descriptor, atol=1e-5)
 
 
-def test_delg_star_packs_sign_bits(extractor: DelgExtractor) -> None:
-    star = _quiet(create_extractor, "delg-star", **asdict(extractor.config))
+def test_delg_star_packs_sign_bits(extractor: DelgExtractor, quiet) -> None:
+    star = quiet(create_extractor, "delg-star", **asdict(extractor.config))
     assert star.name == "delg-star" and star.config.binarize
     image = _image(64, 96)
     full, packed = extractor.extract(image, "a"), star.extract(image, "a")

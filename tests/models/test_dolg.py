@@ -1,7 +1,6 @@
 """DOLG: shapes and norms, orthogonality of the fused local part, ablation switches, training, extractor."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -12,26 +11,13 @@ from glocal.io.images import LoadedImage
 from glocal.models import create_extractor
 from glocal.models.dolg import Dolg, DolgConfig, DolgModelConfig, orthogonal_component
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return fn(*args, **kwargs)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
-def model() -> Dolg:
+def model(quiet) -> Dolg:
     torch.manual_seed(0)
-    return _quiet(Dolg, DolgModelConfig(num_classes=3)).eval()
+    return quiet(Dolg, DolgModelConfig(num_classes=3)).eval()
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 128), (160, 112)])
@@ -62,11 +48,11 @@ def test_fused_local_part_is_orthogonal_to_global(model: Dolg) -> None:
 @pytest.mark.parametrize("fusion,global_pooling,fusion_pooling,atrous", [
     ("concat", "avg", "gem", True), ("hadamard", "gem", "avg", False), ("orthogonal", "gem", "gem", False),
 ])
-def test_ablation_switches(fusion: str, global_pooling: str, fusion_pooling: str, atrous: bool) -> None:
+def test_ablation_switches(fusion: str, global_pooling: str, fusion_pooling: str, atrous: bool, quiet) -> None:
     torch.manual_seed(0)
     cfg = DolgModelConfig(fusion=fusion, global_pooling=global_pooling, fusion_pooling=fusion_pooling,
                           multi_atrous=atrous)
-    net = _quiet(Dolg, cfg).eval()
+    net = quiet(Dolg, cfg).eval()
     with torch.no_grad():
         parts = net.fusion_parts(torch.randn(1, 3, 64, 64))
     expected = {"concat": parts["f_l"], "hadamard": parts["f_l"] * parts["f_g"][:, :, None, None]}.get(fusion)
@@ -78,10 +64,10 @@ def test_ablation_switches(fusion: str, global_pooling: str, fusion_pooling: str
         DolgModelConfig(fusion="sum")
 
 
-def test_training_lowers_the_arcface_loss() -> None:
+def test_training_lowers_the_arcface_loss(quiet) -> None:
     """8 end-to-end Adam steps (3 classes, 6 images of 64 x 64); few because ResNet-50 is slow on CPU."""
     torch.manual_seed(0)
-    net = _quiet(Dolg, DolgModelConfig(num_classes=3)).train()
+    net = quiet(Dolg, DolgModelConfig(num_classes=3)).train()
     g = torch.Generator().manual_seed(3)
     labels = torch.arange(6) % 3
     x = torch.randn(3, 3, 1, 1, generator=g)[labels] + 0.3 * torch.randn(6, 3, 64, 64, generator=g)
@@ -96,8 +82,8 @@ def test_training_lowers_the_arcface_loss() -> None:
     assert np.mean(history[-2:]) < 0.7 * history[0], history
 
 
-def test_extractor_global_only_and_rebuild() -> None:
-    ex = _quiet(create_extractor, "dolg", scales=(0.7071, 1.0))
+def test_extractor_global_only_and_rebuild(quiet) -> None:
+    ex = quiet(create_extractor, "dolg", scales=(0.7071, 1.0))
     pixels = np.random.default_rng(0).integers(0, 256, (72, 100, 3), dtype=np.uint8)
     image = LoadedImage(pixels, (144, 200), 0.5)
     feats = ex.extract(image, "x")
@@ -111,7 +97,7 @@ def test_extractor_global_only_and_rebuild() -> None:
         per_scale = torch.cat([ex.model(small), ex.model(x)])
     fused = per_scale.sum(0) / per_scale.sum(0).norm()
     assert np.allclose(feats.global_descriptor[0], fused.numpy(), atol=1e-5)
-    rebuilt = _quiet(create_extractor, "dolg", **asdict(ex.config))
+    rebuilt = quiet(create_extractor, "dolg", **asdict(ex.config))
     assert rebuilt.config == ex.config
     assert np.allclose(rebuilt.extract(image, "x").global_descriptor, feats.global_descriptor, atol=1e-5)
 

@@ -28,12 +28,7 @@ TINY = VitgalModelConfig(xcit=XcitConfig(embed_dim=48, depth=1, num_heads=4), lo
 TINY_EXTRACTOR = dict(embed_dim=48, depth=1, num_heads=4, local_dim=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _model(seed: int = 0, config: VitgalModelConfig = TINY) -> Vitgal:

@@ -13,12 +13,7 @@ from glocal.models.layers.xcit import XCA, FourierPositionalEncoding, Xcit, Xcit
 TINY = XcitConfig(embed_dim=48, depth=2, num_heads=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
