@@ -259,7 +259,7 @@ class Engine:
         if n_verify > 0 and hits and query.num_features > 0:
             head, tail = hits[:n_verify], hits[n_verify:]
             verified = rerank(
-                query, _LazyFeatures(self.features, [h.index for h in head]),
+                query, self.features.view([h.index for h in head]),
                 np.array([h.shortlist_score for h in head], np.float32),
                 matcher=MatcherOptions(**settings.get("matcher", {})),
                 verifier=VerifierOptions(**settings.get("verifier", {})),
@@ -273,20 +273,6 @@ class Engine:
     def close(self) -> None:
         self.features.close()
         self.shortlist.close()
-
-
-class _LazyFeatures(Sequence[ImageFeatures]):
-    """Features of database positions, read from the feature file only when indexed (thread-safe reads)."""
-
-    def __init__(self, features: FeatureFile, positions: list[int]) -> None:
-        self._features = features
-        self._positions = positions
-
-    def __len__(self) -> int:
-        return len(self._positions)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self._features[self._positions[i]]
 
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],

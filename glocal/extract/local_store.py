@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from glocal.io.feature_file import FeatureFileError, ImageRecords, RecordFile
+from glocal.io.feature_file import FeatureFileError, ImageRecords, RecordFile, RecordView
 from glocal.records import ImageFeatures
 
 __all__ = ["LocalStore", "LocalStoreStats", "LocalView", "Mode", "binarize", "encode_features"]
@@ -181,27 +181,5 @@ class LocalStore(ImageRecords):
         self.close()
 
 
-class LocalView(Sequence[ImageFeatures]):
-    """Read-only lazy sequence of stored images: ``view[k]`` reads one record (thread-safe ``pread``)."""
-
-    def __init__(self, store: LocalStore, positions: list[int]) -> None:
-        self._store = store
-        self._positions = positions
-
-    def __len__(self) -> int:
-        return len(self._positions)
-
-    @overload
-    def __getitem__(self, k: int) -> ImageFeatures: ...
-
-    @overload
-    def __getitem__(self, k: slice) -> LocalView: ...
-
-    def __getitem__(self, k: int | slice) -> ImageFeatures | LocalView:
-        if isinstance(k, slice):
-            return LocalView(self._store, self._positions[k])
-        return self._store[self._positions[k]]
-
-    @property
-    def names(self) -> list[str]:
-        return [self._store.records.records[p].name for p in self._positions]
+#: Lazy view of stored images (kept under this name for callers of the local store).
+LocalView = RecordView

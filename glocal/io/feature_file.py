@@ -24,10 +24,10 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -294,8 +294,39 @@ class ImageRecords:
         for i in range(len(self)):
             yield self[i]
 
+    def view(self, positions: Sequence[int]) -> RecordView:
+        """A lazy sequence of the images at ``positions``: each item is read when indexed (for
+        ``glocal.rerank.shortlist.rerank(query, records.view(positions), scores)``)."""
+        return RecordView(self, list(positions))
+
     def close(self) -> None:
         self.records.close()
+
+
+class RecordView(Sequence[ImageFeatures]):
+    """Read-only lazy sequence of stored images: ``view[k]`` reads one record (thread-safe ``pread``)."""
+
+    def __init__(self, store: ImageRecords, positions: list[int]) -> None:
+        self._store = store
+        self._positions = positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    @overload
+    def __getitem__(self, k: int) -> ImageFeatures: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> RecordView: ...
+
+    def __getitem__(self, k: int | slice) -> ImageFeatures | RecordView:
+        if isinstance(k, slice):
+            return RecordView(self._store, self._positions[k])
+        return self._store[self._positions[k]]
+
+    @property
+    def names(self) -> list[str]:
+        return [self._store.records.records[p].name for p in self._positions]
 
 
 class FeatureFile(ImageRecords):
