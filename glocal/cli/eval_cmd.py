@@ -243,6 +243,12 @@ def eval_command(
             advance = as_progress(progress)("searching queries", ds.n_queries)
             ranks, failures = rank_dataset(ds, search, mapping, advance)
             settings: dict[str, Any] = dict(engine.settings)
+            db_regions: list[Any] | None = None
+            if report is not None and settings.get("regions"):
+                db_regions = [None] * ds.n_database
+                for pos, di in enumerate(mapping):
+                    if di >= 0:
+                        db_regions[di] = engine.features[pos].regions
         finally:
             close = getattr(engine, "close", None)
             if callable(close):
@@ -266,7 +272,8 @@ def eval_command(
         results_json(json_out, setups, settings, query_names=ds.query_names)
         err.print(f"scores written to {json_out}", highlight=False)
     if report is not None:
-        page = write_dataset_report(report, ds, ranks, settings=settings, max_queries=report_queries)
+        page = write_dataset_report(report, ds, ranks, settings=settings, max_queries=report_queries,
+                                    db_regions=db_regions)
         err.print(f"report written to {page}", highlight=False)
     if failures:
         raise typer.Exit(EXIT_PARTIAL)

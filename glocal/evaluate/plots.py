@@ -114,13 +114,22 @@ def plot_pr_curves(
     return draw_pr_curves(curves, out_path, title, size, colors=colors)
 
 
-def _thumbnail(path: Path, side: int, box: tuple[float, float, float, float] | None = None) -> Image.Image:
-    """The image (cropped to ``box``) fitted into side x side, or a grey tile saying it is unreadable."""
+def _thumbnail(path: Path, side: int, box: tuple[float, float, float, float] | None = None,
+               regions: npt.NDArray | None = None) -> Image.Image:
+    """The image (cropped to ``box``) fitted into side x side, or a grey tile saying it is unreadable.
+
+    ``regions`` (R, 4) boxes in original pixels (Detect-to-Retrieve regions) are outlined in yellow.
+    """
     try:
         # a crop is read at the usual working size so a small box still fills the tile
         loaded = load_image(path, max_side=side if box is None else 1024, box=box)
         img = Image.fromarray(loaded.pixels)
         img.thumbnail((side, side))
+        if regions is not None and len(regions) and box is None:
+            f = img.width / loaded.original_size[1]
+            pen = ImageDraw.Draw(img)
+            for x1, y1, x2, y2 in np.asarray(regions, np.float64):
+                pen.rectangle([x1 * f, y1 * f, x2 * f, y2 * f], outline=(255, 210, 0), width=1)
         return img
     except ImageReadError:
         tile = Image.new("RGB", (side, side), (200, 200, 200))
@@ -139,11 +148,13 @@ def query_grid(
     top: int = 10,
     thumb: int = 128,
     caption: str = "",
+    db_regions: Sequence[npt.NDArray | None] | None = None,
 ) -> Path:
     """One row: the query (cropped to ``box``) then its ``top`` results, each bordered by its label.
 
     :param ranking: database indices, best first (negative entries are padding).
     :param ok: positive database indices; ``junk``: ignored ones (grey); everything else is red.
+    :param db_regions: per database image, its indexed regions (drawn in yellow), or None.
     """
     row = rank_rows([np.asarray(ranking).reshape(-1)])[0][:top]
     ok_set = {int(v) for v in np.asarray(ok).reshape(-1)}
@@ -170,7 +181,8 @@ def query_grid(
         draw.text((pad + 1.5 * (cell + pad), pad + label_h + cell / 2), "no results", fill=(0, 0, 0), font=small)
     for r, idx in enumerate(row, start=1):
         color = POSITIVE if int(idx) in ok_set else IGNORED if int(idx) in junk_set else NEGATIVE
-        place(r, _thumbnail(Path(db_paths[int(idx)]), thumb), color, f"#{r}")
+        regions = db_regions[int(idx)] if db_regions is not None else None
+        place(r, _thumbnail(Path(db_paths[int(idx)]), thumb, regions=regions), color, f"#{r}")
     if caption:
         draw.text((pad, height - pad - label_h / 2), caption, fill=(0, 0, 0), font=small, anchor="lm")
     out = Path(out_path)

@@ -81,6 +81,7 @@ def write_report(
     top: int = 10,
     max_queries: int | None = None,
     inline_images: bool = False,
+    db_regions: Sequence[Any] | None = None,
 ) -> Path:
     """Write the HTML report and its figures; returns the path of ``index.html``.
 
@@ -118,7 +119,7 @@ def write_report(
         q = per_setup[setup][i]
         box = query_boxes[i] if query_boxes is not None else None
         png = query_grid(query_paths[i], db_paths, rows[i], q["ok"], q["junk"], out / "queries" / f"{i:03d}.png",
-                         box=box, top=top)
+                         box=box, top=top, db_regions=db_regions)
         aps = ", ".join(f"{s} AP {_pct(float(r.aps[i]))}" for s, r in results.items())
         sections.append(
             f"<div class='query'><h3>{i + 1}. {html.escape(names[i])}</h3><p>{html.escape(aps)}</p>"
@@ -148,11 +149,13 @@ def write_dataset_report(
     top: int = 10,
     max_queries: int | None = None,
     inline_images: bool = False,
+    db_regions: Sequence[Any] | None = None,
 ) -> Path:
-    """:func:`write_report` for a :class:`RetrievalDataset` (queries cropped as the dataset says)."""
+    """:func:`write_report` for a :class:`RetrievalDataset` (queries cropped as the dataset says);
+    ``db_regions``: per database image its indexed regions (drawn on the thumbnails), or None."""
     return write_report(
         out_dir, dataset.query_paths, dataset.db_paths, ranks, dataset.gnd,
         query_names=dataset.query_names, query_boxes=dataset.query_boxes, settings=settings,
         title=f"{dataset.name}: retrieval evaluation", top=top, max_queries=max_queries,
-        inline_images=inline_images,
+        inline_images=inline_images, db_regions=db_regions,
     )

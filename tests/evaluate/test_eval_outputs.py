@@ -114,3 +114,20 @@ def test_html_report_inline(tmp_path: Path) -> None:
         db.append(p)
     page = write_report(tmp_path / "r", db[:2], db, RANKS, GND, inline_images=True, max_queries=1).read_text()
     assert page.count("src='data:image/png;base64,") == 2
+
+
+def test_query_grid_outlines_database_regions(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from glocal.evaluate.plots import query_grid
+
+    grey = np.full((200, 300, 3), 90, np.uint8)
+    q, d = tmp_path / "q.png", tmp_path / "d.png"
+    Image.fromarray(grey).save(q)
+    Image.fromarray(grey).save(d)
+    plain = np.asarray(Image.open(query_grid(q, [d], [0], [0], [], tmp_path / "plain.png")))
+    boxed = np.asarray(Image.open(query_grid(q, [d], [0], [0], [], tmp_path / "boxed.png",
+                                             db_regions=[np.array([[30, 40, 150, 160]], np.float32)])))
+    yellow = (boxed[..., 0] > 200) & (boxed[..., 1] > 180) & (boxed[..., 2] < 60)
+    assert not ((plain[..., 0] > 200) & (plain[..., 1] > 180) & (plain[..., 2] < 60)).any()
+    assert yellow.sum() > 100  # the region's outline, drawn on the result thumbnail only
