@@ -185,6 +185,12 @@ def eval_command(
     qe: Annotated[
         int | None, typer.Option("--qe", help="alpha-QE with N vectors, query included (global methods)."),
     ] = None,
+    regions: Annotated[
+        str, typer.Option("--regions", help="Database regions for a built index: none, rmac or detector."),
+    ] = "none",
+    aggregation: Annotated[
+        str | None, typer.Option("--aggregation", help="asmk, r-asmk (default with regions) or regions."),
+    ] = None,
 ) -> None:
     """Evaluate retrieval on ROxford5k / RParis6k (revisited protocol) or your own annotated photos."""
     from glocal.engine import Engine
@@ -213,6 +219,10 @@ def eval_command(
                 conf = parse_settings(settings_kv or [])
                 if checkpoint is not None:
                     conf["checkpoint"] = str(checkpoint)
+                if regions != "none":
+                    conf["regions"] = regions
+                if aggregation is not None:
+                    conf["aggregation"] = aggregation
                 engine = Engine.build(ds.db_paths, ds.db_names, save_index or Path(tmp) / "index", method=method,
                                       codebook_paths=cb_paths, progress=progress, **conf)
         except (OSError, _index_error()) as exc:
