@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 #: Exit codes scripts can rely on.
 EXIT_OK = 0
@@ -63,7 +64,7 @@ def image_names(paths: list[Path], inputs: list[Path]) -> list[str]:
 
 def report_failures(failures: list, what: str = "skipped") -> None:
     for f in failures:
-        err.print(f"[yellow]{what}[/yellow] {f.path}: {f.reason}", highlight=False)
+        err.print(f"[yellow]{what}[/yellow] {escape(f.path)}: {escape(f.reason)}", highlight=False)
 
 
 def show_progress() -> bool:

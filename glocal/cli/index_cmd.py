@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from glocal.cli.common import (
     EXIT_INPUT,
@@ -56,8 +57,8 @@ def build(
                               progress=show_progress(), codebook_size=codebook_size, workers=workers,
                               regions=regions, region_detector=str(detector) if detector else None,
                               aggregation=aggregation, **conf)
-    except (FileExistsError, ValueError, TypeError) as exc:
-        err.print(f"[red]error[/red]: {exc}")
+    except (FileExistsError, ValueError, TypeError, ImportError) as exc:
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None
     engine.close()
     report_failures(engine.failures)
@@ -138,5 +139,5 @@ def _open(index: Path, writable: bool = False):
     try:
         return Engine.open(index, progress=show_progress(), writable=writable)
     except (IndexError_, FeatureFileError, IndexFormatError, OSError) as exc:
-        err.print(f"[red]error[/red]: {exc}")
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from glocal.cli.common import EXIT_INPUT, err, out, parse_box
@@ -29,7 +30,7 @@ def search(
     try:
         hits = engine.search(query, box=box, top=top, rerank_top=rerank_top, query_expansion=qe)
     except (ImageReadError, ValueError) as exc:
-        err.print(f"[red]error[/red]: {exc}")
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None
     finally:
         engine.close()

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import typer
 from PIL import Image
+from rich.markup import escape
 
 from glocal.cli.common import EXIT_INPUT, err
 from glocal.cli.common import out as console
@@ -101,7 +102,7 @@ def attention_command(
     try:
         loaded = load_image(image, max_side=max_side)
     except ImageReadError as exc:
-        err.print(f"[red]error[/red]: {exc}")
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None
     ckpt = str(checkpoint) if checkpoint is not None else None
     try:
@@ -116,7 +117,7 @@ def attention_command(
 
                 how = HowExtractor(HowConfig(checkpoint=ckpt, max_side=max_side, seed=seed))
     except (CheckpointError, ValueError) as exc:
-        err.print(f"[red]error[/red]: {exc}")
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None
     for w in caught:
         err.print(f"[yellow]warning[/yellow]: {w.message}", highlight=False)

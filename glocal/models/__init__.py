@@ -8,6 +8,19 @@ from glocal.models.sift import RootSiftExtractor, SiftConfig
 AVAILABLE_METHODS = ("sift", "delg", "delg-star", "dolg", "how", "fire", "vitgal")
 
 
+class MissingDependencyError(ImportError):
+    """A method needs an optional dependency (PyTorch for the deep models) that is not installed."""
+
+
+def _require_torch(method: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            f"method {method!r} needs PyTorch, which is not installed: pip install 'glocal[deep]'"
+        ) from None
+
+
 def create_extractor(method: str, **conf: Any) -> Any:
     """Create the extractor of ``method`` with its default configuration overridden by ``conf``.
 
@@ -17,6 +30,8 @@ def create_extractor(method: str, **conf: Any) -> Any:
     """
     if method == "sift":
         return RootSiftExtractor(SiftConfig(**conf))
+    if method in AVAILABLE_METHODS:
+        _require_torch(method)
     if method in ("delg", "delg-star"):
         from glocal.models.delg import DelgConfig, DelgExtractor
 

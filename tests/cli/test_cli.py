@@ -100,3 +100,13 @@ def test_whiten_learns_and_saves_a_model(demo_benchmark, tmp_path: Path) -> None
         assert any("whiten" in k for k in flat)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_deep_method_without_torch_says_what_to_install(monkeypatch, tmp_path: Path, photo_path: Path) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes "import torch" fail as on a lean install
+    res = runner.invoke(app, ["index", "build", str(photo_path), "--out", str(tmp_path / "d.glx"), "--method", "delg"])
+    assert res.exit_code == 3
+    assert "needs PyTorch" in res.output and "glocal[deep]" in res.output.replace("\n", "")
+    assert not (tmp_path / "d.glx").exists()
