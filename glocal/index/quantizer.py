@@ -97,7 +97,7 @@ class CoarseQuantizer:
                 s -= half_norms[lo:hi]
                 if k == 1:
                     j = np.argmax(s, axis=1)
-                    vals[a:b, 0] = s.max(axis=1)
+                    vals[a:b, 0] = np.take_along_axis(s, j[:, None], axis=1)[:, 0]
                     pos[a:b, 0] = j + lo
                     continue
                 kk = min(k, hi - lo)
