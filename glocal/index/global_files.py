@@ -1,7 +1,12 @@
 """Files of a global index folder: the manifest, data-file checksums, durable writes and the commit lock.
 
-The folder layout and the commit protocol are described in :mod:`glocal.index.global_index`; this module
-holds the file-level pieces it is built from.
+Folder layout. ``MANIFEST.json`` (format, version, generation, kind, dim, storage, parameters, segments,
+tombstones, faiss file, and bytes + crc32 of every data file); ``seg-<gen>.ids.npy`` and (exact)
+``seg-<gen>.vec.npy``: rows committed by commit <gen>; ``tomb-<gen>.npy``: sorted removed rows;
+``ivfpq-<gen>.faiss``: the serialised faiss index. :meth:`GlobalIndex.save` writes new data files under
+new names and fsyncs them, then writes the manifest to a temporary file, fsyncs it, swaps it in with
+``os.replace`` and fsyncs the folder: a crash before the swap leaves the previous manifest and its
+untouched files, so opening gives the last committed state. The next commit deletes unnamed files.
 """
 from __future__ import annotations
 
