@@ -237,23 +237,28 @@ class Engine:
         top: int = 100,
         rerank_top: int | None = None,
         query_expansion: int | None = None,
+        database_augmentation: int | None = None,
     ) -> list[SearchHit]:
         """Search the collection with an image file (optionally cropped to ``box`` = x1, y1, x2, y2).
 
         :param rerank_top: number of shortlisted images verified with RANSAC (default from the index,
             100 for sift and DELG); 0 disables re-ranking.
         :param query_expansion: alpha-QE with this many vectors, the query included (global methods only).
+        :param database_augmentation: alpha-DBA of the database with this many vectors each, itself included
+            (global methods only; computed at the first search of an opened index).
         :raises glocal.io.ImageReadError: the query image cannot be read.
         """
         return self.search_features(self.query_features(query_path, box), top=top, rerank_top=rerank_top,
-                                    query_expansion=query_expansion)
+                                    query_expansion=query_expansion, database_augmentation=database_augmentation)
 
     def search_features(self, query: ImageFeatures, top: int = 100, rerank_top: int | None = None,
-                        query_expansion: int | None = None) -> list[SearchHit]:
+                        query_expansion: int | None = None, database_augmentation: int | None = None
+                        ) -> list[SearchHit]:
         """Search with already extracted query features."""
         settings = self.manifest["rerank"]
         n_verify = settings["top"] if rerank_top is None else rerank_top
-        idx, scores = self.shortlist.search(query, top=max(top, n_verify), query_expansion=query_expansion)
+        idx, scores = self.shortlist.search(query, top=max(top, n_verify), query_expansion=query_expansion,
+                                            database_augmentation=database_augmentation)
         names = self.features.names
         hits = [SearchHit(int(i), names[i], float(s), float(s)) for i, s in zip(idx, scores)]
         if n_verify > 0 and hits and query.num_features > 0:

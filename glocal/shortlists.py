@@ -22,8 +22,9 @@ from glocal.index.inverted_file import InvertedFile
 from glocal.index.layout import IndexSettings
 from glocal.index.quantizer import fast_quantizer
 from glocal.index.stats import index_stats
+from glocal.index.topk import exact_top_k
 from glocal.records import ImageFeatures
-from glocal.rerank.query_expansion import expand_with_index
+from glocal.rerank.query_expansion import alpha_dba, alpha_qe, expand_with_index
 
 
 class Shortlist(Protocol):
@@ -38,8 +39,8 @@ class Shortlist(Protocol):
 
     def stats(self) -> dict: ...
 
-    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None,
+               database_augmentation: int | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 
     @property
     def settings(self) -> dict: ...
@@ -93,10 +94,12 @@ class AsmkShortlist:
     def remove(self, positions: Sequence[int]) -> None:
         self.index.remove(positions)
 
-    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None,
+               database_augmentation: int | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         if query_expansion and query_expansion > 1:
             raise ValueError("query expansion (alpha-QE) applies to global descriptors, not to ASMK")
+        if database_augmentation and database_augmentation > 1:
+            raise ValueError("database-side augmentation (alpha-DBA) applies to global descriptors, not to ASMK")
         return self.index.search(self.index.aggregate_query(query.descriptors), top=top)
 
     def stats(self) -> dict:
@@ -122,6 +125,7 @@ class GlobalShortlist:
         self.root = Path(root)
         self._settings = settings
         self.index = index
+        self._dba: dict = {}
 
     @classmethod
     def create(cls, root: Path, settings: dict) -> GlobalShortlist:
@@ -153,19 +157,45 @@ class GlobalShortlist:
             self.index.add(vectors, ids)
         self.index.save(self.root / "global")
 
-    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Top images by inner product; with ``query_expansion`` = n > 1 the query is first replaced by
-        its alpha-QE with the n - 1 best database vectors (alpha from the settings, default 3)."""
+    def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None,
+               database_augmentation: int | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top images by inner product.
+
+        With ``query_expansion`` = n > 1 the query is first replaced by its alpha-QE with the n - 1 best
+        database vectors; with ``database_augmentation`` = k > 1 every database vector is replaced by its
+        alpha-DBA with its k - 1 best neighbours (computed once per open index and kept in memory; QE then
+        runs against the augmented vectors). alpha from the settings, default 3 for both.
+        """
         if self.index is None or self.count == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = self._vector(query)[None]
         n = self._settings.get("qe", 1) if query_expansion is None else query_expansion
+        k = self._settings.get("dba", 1) if database_augmentation is None else database_augmentation
+        if k > 1:
+            ids, vectors = self._augmented(k)
+            if n > 1:
+                q = alpha_qe(q, vectors, n=n, alpha=self._settings.get("qe_alpha", 3.0))
+            rows, scores = exact_top_k(q, vectors, min(top, len(ids)))
+            keep = rows[0] >= 0
+            return ids[rows[0][keep]], scores[0][keep]
         if n > 1:
             q = expand_with_index(self.index, q, n=n, alpha=self._settings.get("qe_alpha", 3.0))
         ids, scores = self.index.search(q, top=min(top, self.count))
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
+
+    def _augmented(self, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(live ids, their alpha-DBA vectors) for ``k``, cached until the index changes."""
+        assert self.index is not None
+        if self.index.kind != "exact":
+            raise ValueError("database-side augmentation (alpha-DBA) needs the stored vectors of an exact "
+                             f"global index; this one is {self.index.kind!r}")
+        key = (k, float(self._settings.get("dba_alpha", 3.0)), self.index.rows, len(self.index))
+        if self._dba.get("key") != key:
+            ids = self.index.ids
+            vectors = alpha_dba(self.index.vectors(ids), k=k, alpha=key[1])
+            self._dba = {"key": key, "ids": ids, "vectors": vectors}
+        return self._dba["ids"], self._dba["vectors"]
 
     def __len__(self) -> int:
         return 0 if self.index is None else len(self.index)

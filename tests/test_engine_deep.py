@@ -49,7 +49,11 @@ def test_deep_method_builds_reopens_and_searches(method: str, demo_benchmark, tm
         # alpha-QE with the query and its best neighbour (itself here) keeps the copy first
         expanded = again.search(paths[3], top=8, rerank_top=0, query_expansion=2)
         assert expanded[0].name == names[3] and len(expanded) == 8
+        augmented = again.search(paths[3], top=8, rerank_top=0, database_augmentation=2)
+        assert augmented[0].name == names[3] and len(augmented) == 8
     else:
         with pytest.raises(ValueError, match="global descriptors"):
             again.search(paths[3], query_expansion=2)
+        with pytest.raises(ValueError, match="global descriptors"):
+            again.search(paths[3], database_augmentation=2)
     again.close()

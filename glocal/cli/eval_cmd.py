@@ -185,6 +185,9 @@ def eval_command(
     qe: Annotated[
         int | None, typer.Option("--qe", help="alpha-QE with N vectors, query included (global methods)."),
     ] = None,
+    dba: Annotated[
+        int | None, typer.Option("--dba", help="alpha-DBA of the database with N vectors each (global methods)."),
+    ] = None,
     regions: Annotated[
         str, typer.Option("--regions", help="Database regions for a built index: none, rmac or detector."),
     ] = "none",
@@ -248,6 +251,8 @@ def eval_command(
                     options["rerank_top"] = rerank_top
                 if qe is not None:
                     options["query_expansion"] = qe
+                if dba is not None:
+                    options["database_augmentation"] = dba
                 return engine.search(path, box=box, top=ranking_length, **options)
 
             advance = as_progress(progress)("searching queries", ds.n_queries)
@@ -273,7 +278,7 @@ def eval_command(
         "n_queries": ds.n_queries, "index_path": str(index) if index is not None else None,
         "rerank_on": bool((rerank_top if rerank_top is not None else index_top) or 0),
         "rerank_top": rerank_top if rerank_top is not None else index_top,
-        "query_expansion": qe,
+        "query_expansion": qe, "database_augmentation": dba,
     })
     settings.setdefault("method", method)
     setups = evaluate_setups(ranks, ds.gnd)

@@ -21,6 +21,8 @@ def search(
     rerank_top: Optional[int] = typer.Option(None, "--rerank", help="Shortlist size to verify (0 = no re-ranking)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON (with inlier matches)."),
     qe: Optional[int] = typer.Option(None, "--qe", help="alpha-QE with N vectors, query included (global methods)."),
+    dba: Optional[int] = typer.Option(None, "--dba", help="alpha-DBA of the database with N vectors each, "
+                                      "itself included (global methods)."),
 ) -> None:
     """Search an index with a query image; prints the best matches."""
     from glocal.io.images import ImageReadError
@@ -28,7 +30,8 @@ def search(
     box = parse_box(bbox)
     engine = _open(index)
     try:
-        hits = engine.search(query, box=box, top=top, rerank_top=rerank_top, query_expansion=qe)
+        hits = engine.search(query, box=box, top=top, rerank_top=rerank_top, query_expansion=qe,
+                             database_augmentation=dba)
     except (ImageReadError, ValueError) as exc:
         err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None

@@ -46,6 +46,8 @@ def test_build_search_info_add(small_collection: Path, demo_benchmark, tmp_path:
 
     res = runner.invoke(app, ["search", str(idx), str(query), "--bbox", "10,10,200,200"])
     assert res.exit_code == 0 and query.name in res.output
+    res = runner.invoke(app, ["search", str(idx), str(query), "--dba", "3"])  # sift ranks with ASMK, not vectors
+    assert res.exit_code == 3 and "alpha-DBA" in res.output
 
     res = runner.invoke(app, ["index", "info", str(idx), "--json"])
     info = json.loads(res.output)

@@ -1,0 +1,74 @@
+"""The global first stage with alpha-QE / alpha-DBA options, against the formulas applied directly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glocal.index.topk import exact_top_k
+from glocal.records import ImageFeatures
+from glocal.rerank.query_expansion import alpha_dba, alpha_qe
+from glocal.shortlists import GlobalShortlist
+
+
+def _features(vectors: np.ndarray) -> list[ImageFeatures]:
+    empty = np.zeros((0, 2), np.float32)
+    return [ImageFeatures(f"im{i}", (10, 10), np.zeros((0, 8), np.float32), empty, np.zeros(0, np.float32),
+                          np.zeros(0, np.float32), v[None].astype(np.float32)) for i, v in enumerate(vectors)]
+
+
+@pytest.fixture()
+def clustered() -> np.ndarray:
+    """60 unit vectors in 6 tight-ish clusters of 10 (so neighbours are meaningful)."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(6, 16))
+    x = np.repeat(centres, 10, axis=0) + 0.6 * rng.normal(size=(60, 16))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_dba_search_equals_direct_formula(clustered: np.ndarray, tmp_path: Path) -> None:
+    shortlist = GlobalShortlist.create(tmp_path, {"kind": "exact"})
+    feats = _features(clustered)
+    shortlist.add(feats)
+    augmented = alpha_dba(clustered, k=3, alpha=3.0)
+    for qi in (0, 17, 42):
+        ids, scores = shortlist.search(feats[qi], top=10, database_augmentation=3)
+        want_rows, want_scores = exact_top_k(clustered[qi][None], augmented, 10)
+        np.testing.assert_array_equal(ids, want_rows[0])
+        np.testing.assert_allclose(scores, want_scores[0], rtol=1e-5, atol=1e-6)
+        _, plain_scores = shortlist.search(feats[qi], top=10)
+        assert not np.allclose(scores, plain_scores)  # DBA changes the scores
+    # QE on top of DBA expands against the augmented vectors
+    ids, scores = shortlist.search(feats[5], top=10, query_expansion=2, database_augmentation=3)
+    q = alpha_qe(clustered[5][None], augmented, n=2, alpha=3.0)
+    want_rows, want_scores = exact_top_k(q, augmented, 10)
+    np.testing.assert_array_equal(ids, want_rows[0])
+    np.testing.assert_allclose(scores, want_scores[0], rtol=1e-5, atol=1e-6)
+
+
+def test_dba_follows_removals(clustered: np.ndarray, tmp_path: Path) -> None:
+    shortlist = GlobalShortlist.create(tmp_path, {"kind": "exact"})
+    feats = _features(clustered)
+    shortlist.add(feats)
+    first, _ = shortlist.search(feats[7], top=5, database_augmentation=2)
+    assert first[0] == 7
+    shortlist.remove([7])
+    after, _ = shortlist.search(feats[7], top=5, database_augmentation=2)
+    assert 7 not in after.tolist()
+    live = np.delete(np.arange(60), 7)
+    augmented = alpha_dba(clustered[live], k=2, alpha=3.0)
+    want_rows, _ = exact_top_k(clustered[7][None], augmented, 5)
+    np.testing.assert_array_equal(after, live[want_rows[0]])
+    # reopened from disk: same answer
+    again = GlobalShortlist.open(tmp_path, {"kind": "exact"})
+    np.testing.assert_array_equal(again.search(feats[7], top=5, database_augmentation=2)[0], after)
+
+
+def test_dba_k1_is_plain_search(clustered: np.ndarray, tmp_path: Path) -> None:
+    shortlist = GlobalShortlist.create(tmp_path, {"kind": "exact"})
+    feats = _features(clustered)
+    shortlist.add(feats)
+    a = shortlist.search(feats[3], top=8, database_augmentation=1)
+    b = shortlist.search(feats[3], top=8)
+    np.testing.assert_array_equal(a[0], b[0])
