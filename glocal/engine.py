@@ -182,10 +182,12 @@ class Engine:
     # -- growing ---------------------------------------------------------------------------------
     def add(self, paths: Sequence[Path], names: Sequence[str], progress: bool | Progress = True,
             workers: int = 2) -> list[ExtractionFailure]:
-        """Extract and index more images. Names already in the collection are skipped (reported)."""
+        """Extract and index more images. Names already searchable are skipped (reported); a removed name can
+        be added again (a new image under the old name)."""
         self._require_writable()
         prog = as_progress(progress)
-        failures = _extract_into(self.features, self.db_extractor, paths, names, prog, "extracting", workers)
+        failures = _extract_into(self.features, self.db_extractor, paths, names, prog, "extracting", workers,
+                                 taken=set(self.live_names().values()))
         self._progress = prog
         self._repair()
         return failures
@@ -203,13 +205,19 @@ class Engine:
         """Searchable images (removed ones excluded)."""
         return len(self.shortlist)
 
+    def live_names(self) -> dict[int, str]:
+        """Position -> name of every searchable image (removed ones excluded)."""
+        dead = self.shortlist.removed()
+        return {i: n for i, n in enumerate(self.names) if i >= len(dead) or not dead[i]}
+
     def remove(self, names: Sequence[str]) -> list[str]:
         """Remove images by name from search results (committed at once); returns the names not found.
 
-        Their features stay in ``features.glf`` (positions are ids); the name cannot be added again.
+        Their features stay in ``features.glf`` (positions are ids) and are never returned again; the name
+        can be added again with :meth:`add`.
         """
         self._require_writable()
-        known = {n: i for i, n in enumerate(self.names)}
+        known = {n: i for i, n in self.live_names().items()}
         self.shortlist.remove([known[n] for n in names if n in known])
         return [n for n in names if n not in known]
 
@@ -281,14 +289,16 @@ class Engine:
 
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],
-                  progress: Progress, description: str, workers: int) -> list[ExtractionFailure]:
+                  progress: Progress, description: str, workers: int, taken: set[str] | None = None
+                  ) -> list[ExtractionFailure]:
     """Extract images into a feature file in committed batches; returns the failures.
 
-    Names already in the file (or repeated in ``names``) are skipped and reported, not extracted twice.
+    Names in ``taken`` (default: every name in the file) or repeated in ``names`` are skipped and reported,
+    not extracted twice.
     """
     failures: list[ExtractionFailure] = []
     fresh_paths, fresh_names = [], []
-    seen = set(features.names)
+    seen = set(features.names) if taken is None else set(taken)
     for p, n in zip(paths, names):
         if n in seen:
             failures.append(ExtractionFailure(str(p), n, "already in the index (skipped)"))
@@ -304,10 +314,10 @@ def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path
             continue
         batch.append(item)
         if len(batch) >= _BATCH:
-            features.append(batch)
+            features.append(batch, shadow=taken is not None)
             batch = []
     if batch:
-        features.append(batch)
+        features.append(batch, shadow=taken is not None)
     return failures
 
 

@@ -37,6 +37,8 @@ class Shortlist(Protocol):
 
     def remove(self, positions: Sequence[int]) -> None: ...
 
+    def removed(self) -> npt.NDArray[np.bool_]: ...
+
     def stats(self) -> dict: ...
 
     def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None,
@@ -93,6 +95,10 @@ class AsmkShortlist:
 
     def remove(self, positions: Sequence[int]) -> None:
         self.index.remove(positions)
+
+    def removed(self) -> npt.NDArray[np.bool_]:
+        """(count,) True at the positions of removed images."""
+        return self.index.removed
 
     def search(self, query: ImageFeatures, top: int, query_expansion: int | None = None,
                database_augmentation: int | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -199,6 +205,13 @@ class GlobalShortlist:
 
     def __len__(self) -> int:
         return 0 if self.index is None else len(self.index)
+
+    def removed(self) -> npt.NDArray[np.bool_]:
+        """(count,) True at the positions of removed images."""
+        dead = np.ones(self.count, bool)
+        if self.index is not None:
+            dead[self.index.ids] = False
+        return dead
 
     def remove(self, positions: Sequence[int]) -> None:
         if self.index is not None:

@@ -121,3 +121,27 @@ def test_regions_refused_for_global_methods(demo_benchmark, tmp_path: Path) -> N
     with pytest.raises(ValueError, match="ASMK methods"):
         Engine.build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], tmp_path / "g.glx", method="dolg",
                      progress=False, regions="rmac")
+
+
+def test_removed_name_can_be_added_again(demo_benchmark, tmp_path: Path) -> None:
+    """remove + add under the same name (a replaced photo): the new image is searchable, the old never returns."""
+    paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
+    eng = Engine.build(paths[:20], names[:20], tmp_path / "r.glx", progress=False, codebook_size=256)
+    assert eng.remove([names[5]]) == []
+    assert len(eng) == 19 and names[5] not in eng.live_names().values()
+    assert all(h.name != names[5] for h in eng.search(paths[5], top=20))
+    # the name is free again: a different photo goes in under it
+    assert eng.add([paths[30]], [names[5]], progress=False) == []
+    assert len(eng) == 20
+    live = eng.live_names()
+    assert list(live.values()).count(names[5]) == 1 and 20 in live  # the new position
+    hits = eng.search(paths[30], top=3)
+    assert hits[0].index == 20 and hits[0].name == names[5]
+    # still refused while it is live; removing it again removes the new one
+    assert [f.reason for f in eng.add([paths[31]], [names[5]], progress=False)] == ["already in the index (skipped)"]
+    eng.close()
+    again = Engine.open(tmp_path / "r.glx", writable=True)
+    assert again.search(paths[30], top=1)[0].index == 20
+    assert again.remove([names[5]]) == [] and len(again) == 19
+    assert again.remove([names[5]]) == [names[5]]  # nothing live by that name any more
+    again.close()

@@ -90,7 +90,8 @@ def remove(
     index: Path = typer.Argument(..., help="Existing index folder."),
     names: list[str] = typer.Argument(..., help="Image names as 'glocal search' prints them."),
 ) -> None:
-    """Remove images from an index (they are no longer returned; space is reclaimed by compaction)."""
+    """Remove images from an index: never returned again, their entries stay on disk (tombstoned); a removed
+    name can be added again with 'glocal index add'."""
     engine = _open(index, writable=True)
     missing = engine.remove(names)
     for n in missing:

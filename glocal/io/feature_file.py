@@ -193,13 +193,18 @@ class RecordFile:
         """Append one record and make it durable (fsync). Returns its index."""
         return self.append_many([(name, arrays, attrs)])[0]
 
-    def append_many(self, items: list[tuple[str, Mapping[str, np.ndarray], Mapping[str, Any] | None]]) -> list[int]:
-        """Append several records with one fsync. A crash leaves a prefix of them, never a broken file."""
+    def append_many(self, items: list[tuple[str, Mapping[str, np.ndarray], Mapping[str, Any] | None]],
+                    *, shadow: bool = False) -> list[int]:
+        """Append several records with one fsync. A crash leaves a prefix of them, never a broken file.
+
+        :param shadow: allow a name already in the file: the new record shadows the old one for
+            :meth:`index_of` (both stay readable by position). Names must still differ within ``items``.
+        """
         if not self.writable:
             raise FeatureFileError(f"{self.path}: opened read-only")
         blobs: list[tuple[str, bytes]] = []
         for name, arrays, attrs in items:
-            if name in self._by_name or any(name == n for n, _ in blobs):
+            if (name in self._by_name and not shadow) or any(name == n for n, _ in blobs):
                 raise FeatureFileError(f"{self.path}: a record named {name!r} already exists")
             blobs.append((name, encode_record(name, arrays, attrs)))
         with open(self.path, "r+b") as f:
@@ -338,5 +343,6 @@ class FeatureFile(ImageRecords):
     def __getitem__(self, i: int) -> ImageFeatures:
         return features_from_record(*self.records.read(i))
 
-    def append(self, features: list[ImageFeatures]) -> list[int]:
-        return self.records.append_many([(f.name, *features_to_record(f)) for f in features])
+    def append(self, features: list[ImageFeatures], *, shadow: bool = False) -> list[int]:
+        """Append records (one fsync); ``shadow``: see :meth:`RecordFile.append_many`."""
+        return self.records.append_many([(f.name, *features_to_record(f)) for f in features], shadow=shadow)
