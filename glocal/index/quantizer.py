@@ -54,74 +54,87 @@ class CoarseQuantizer:
     def with_nprobe(self, nprobe: int) -> CoarseQuantizer:
         return replace(self, nprobe=int(nprobe))
 
-    def _prepared(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Cell-sorted centroids and half squared norms (computed once, kept)."""
+    def _prepared(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(d + 1, K) cell-sorted words with their bias row, and the coarse half squared norms (kept).
+
+        Scores are ``x . w - |w|^2 / 2`` (the same argmax as the smallest ``|x - w|``); the bias rides in the
+        matrix product as an extra row, against a constant 1 appended to each descriptor.
+        """
         if "sorted" not in self._cache:
-            c = np.ascontiguousarray(self.codebook.centroids[self.order])
-            self._cache["sorted"] = (c, 0.5 * np.einsum("ij,ij->i", c, c),
-                                     0.5 * np.einsum("ij,ij->i", self.coarse, self.coarse))
+            c = np.asarray(self.codebook.centroids, np.float32)[self.order]
+            words = np.empty((c.shape[1] + 1, len(c)), np.float32)
+            words[:-1] = c.T
+            words[-1] = -0.5 * np.einsum("ij,ij->i", c, c)
+            self._cache["sorted"] = (words, 0.5 * np.einsum("ij,ij->i", self.coarse, self.coarse))
         return self._cache["sorted"]
 
     def assign(self, descriptors: npt.NDArray, k: int = 1) -> npt.NDArray[np.int64]:
         """Indices (N, k) of (approximately) the k nearest words of each descriptor, nearest first."""
-        x = np.ascontiguousarray(descriptors, dtype=np.float32)
-        n = len(x)
+        x = np.asarray(descriptors, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"descriptors must be (N, d), got shape {x.shape}")
+        n, d = x.shape
         if n == 0:
             return np.zeros((0, k), np.int64)
-        words_sorted, half_norms, coarse_half = self._prepared()
+        words, coarse_half = self._prepared()
         p = min(self.nprobe, self.cells)
-        s1 = x @ self.coarse.T - coarse_half
-        probe = np.argpartition(-s1, p - 1, axis=1)[:, :p] if p < self.cells else np.tile(np.arange(p), (n, 1))
-        cell_of_pair = probe.reshape(-1)
+        xa = np.empty((n, d + 1), np.float32)  # descriptors with the constant 1 of the bias row
+        xa[:, :d] = x
+        xa[:, d] = 1.0
+        s1 = x @ self.coarse.T
+        s1 -= coarse_half
+        probe = np.argpartition(s1, self.cells - p, axis=1)[:, self.cells - p:] if p < self.cells \
+            else np.tile(np.arange(p), (n, 1))
+        # (descriptor, probed cell) pairs grouped by cell; cell ids fit int16/int32 for a fast radix sort
+        cell_of_pair = probe.reshape(-1).astype(np.int16 if self.cells <= 32767 else np.int32)
         pair_order = np.argsort(cell_of_pair, kind="stable")
-        query_of_pair = (pair_order // p).astype(np.int64)
+        desc_of_pair = pair_order // p
         counts = np.bincount(cell_of_pair, minlength=self.cells)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        # per pair (sorted by cell): the k best (value, sorted-word position) inside that cell
-        vals = np.full((n * p, k), -np.inf, np.float32)
-        pos = np.zeros((n * p, k), np.int64)
-        xp = x[query_of_pair]  # descriptors in pair order: every cell's block is contiguous
-        busy = np.flatnonzero(counts)
-
-        def run(cells: npt.NDArray[np.int64]) -> None:
-            with blas_threads(1):
-                run_cells(cells)
+        vals = np.full((n * p, k), -np.inf, np.float32)  # per pair (in cell order): best values in the cell
+        pos = np.zeros((n * p, k), np.int64)  # ... and their positions among the cell-sorted words
+        bounds = self.bounds
 
         def run_cells(cells: npt.NDArray[np.int64]) -> None:
-            for g in cells:
-                a, b = starts[g], starts[g + 1]
-                lo, hi = self.bounds[g], self.bounds[g + 1]
-                if hi == lo:
-                    continue
-                s = xp[a:b] @ words_sorted[lo:hi].T
-                s -= half_norms[lo:hi]
-                if k == 1:
-                    j = np.argmax(s, axis=1)
-                    vals[a:b, 0] = np.take_along_axis(s, j[:, None], axis=1)[:, 0]
-                    pos[a:b, 0] = j + lo
-                    continue
-                kk = min(k, hi - lo)
-                j = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < hi - lo else np.tile(np.arange(kk), (b - a, 1))
-                vals[a:b, :kk] = np.take_along_axis(s, j, axis=1)
-                pos[a:b, :kk] = j + lo
+            with blas_threads(1):
+                for g in cells:
+                    a, b = starts[g], starts[g + 1]
+                    lo, hi = bounds[g], bounds[g + 1]
+                    if hi == lo:
+                        continue
+                    s = np.take(xa, desc_of_pair[a:b], axis=0) @ words[:, lo:hi]
+                    if k == 1:
+                        j = s.argmax(axis=1)
+                        vals[a:b, 0] = s[np.arange(b - a), j]
+                        pos[a:b, 0] = j + lo
+                        continue
+                    m = min(k, hi - lo)
+                    j = np.argpartition(s, hi - lo - m, axis=1)[:, hi - lo - m:] if m < hi - lo \
+                        else np.tile(np.arange(m), (b - a, 1))
+                    vals[a:b, :m] = np.take_along_axis(s, j, axis=1)
+                    pos[a:b, :m] = j + lo
 
+        busy = np.flatnonzero(counts)
+        busy = busy[np.argsort(-counts[busy], kind="stable")]  # largest first, dealt round-robin: balanced
         if self.threads > 1 and len(busy) > 1:
             with ThreadPoolExecutor(self.threads) as pool:
-                list(pool.map(run, [busy[t :: self.threads] for t in range(self.threads)]))
+                list(pool.map(run_cells, [busy[t :: self.threads] for t in range(self.threads)]))
         else:
-            run(busy)
+            run_cells(busy)
         # back to descriptor order: (n, p * k) candidates each
-        inv = np.empty_like(pair_order)
-        inv[pair_order] = np.arange(len(pair_order))
-        vals = vals[inv].reshape(n, p * k)
-        pos = pos[inv].reshape(n, p * k)
+        by_desc_vals = np.empty_like(vals)
+        by_desc_vals[pair_order] = vals
+        by_desc_pos = np.empty_like(pos)
+        by_desc_pos[pair_order] = pos
+        cand_vals = by_desc_vals.reshape(n, p * k)
+        cand_pos = by_desc_pos.reshape(n, p * k)
         if k == 1:
-            best = np.argmax(vals, axis=1)[:, None]
+            best = np.argmax(cand_vals, axis=1)[:, None]
         else:
-            part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
-            best = np.take_along_axis(part, np.argsort(-np.take_along_axis(vals, part, axis=1), axis=1,
+            part = np.argpartition(-cand_vals, k - 1, axis=1)[:, :k]
+            best = np.take_along_axis(part, np.argsort(-np.take_along_axis(cand_vals, part, axis=1), axis=1,
                                                        kind="stable"), axis=1)
-        return self.order[np.take_along_axis(pos, best, axis=1)]
+        return self.order[np.take_along_axis(cand_pos, best, axis=1)]
 
 
 def build_coarse_quantizer(
