@@ -65,8 +65,10 @@ class AsmkShortlist:
     def create(cls, root: Path, settings: dict, codebook: Codebook, held_out: npt.NDArray | None = None,
                seed: int = 0) -> AsmkShortlist:
         """A new, empty index. Codebooks of 16k words or more get the fast two-level quantizer, calibrated
-        to agree with exact assignment on 99 % of ``held_out`` descriptors."""
-        quantizer = fast_quantizer(codebook, held_out, seed=seed) if codebook.size >= 16384 else None
+        to agree with exact assignment on 99 % of ``held_out`` descriptors, for the database's and the
+        query's number of assignments."""
+        quantizer = fast_quantizer(codebook, held_out, seed=seed, k=settings["db_assignments"],
+                                   query_k=settings["query_assignments"]) if codebook.size >= 16384 else None
         index_settings = IndexSettings(
             binary=settings["binary"], aggregation=settings.get("aggregation", "asmk"), alpha=settings["alpha"],
             tau=settings["tau"], db_assignments=settings["db_assignments"],

@@ -79,7 +79,8 @@ class InvertedFile:
             meta: dict = {"info": codebook.info}
             if quantizer is not None:
                 arrays |= {"coarse": quantizer.coarse, "order": quantizer.order, "bounds": quantizer.bounds}
-                meta["quantizer"] = {"nprobe": quantizer.nprobe, "threads": quantizer.threads, "info": quantizer.info}
+                meta["quantizer"] = {"nprobe": quantizer.nprobe, "nprobe_multi": quantizer.nprobe_multi,
+                                     "threads": quantizer.threads, "info": quantizer.info}
             crc = write_arrays(root / "codebook.gls", arrays, meta)
             manifest = {
                 "format": mf.FORMAT, "version": mf.VERSION, "settings": asdict(settings),
@@ -111,7 +112,8 @@ class InvertedFile:
                 q = f.meta["quantizer"]
                 self.quantizer = CoarseQuantizer(self.codebook, np.array(f["coarse"]), np.array(f["order"]),
                                                  np.array(f["bounds"]), nprobe=int(q["nprobe"]),
-                                                 threads=int(q["threads"]), info=q["info"])
+                                                 threads=int(q["threads"]), info=q["info"],
+                                                 nprobe_multi=q.get("nprobe_multi"))
         finally:
             f.close()
 

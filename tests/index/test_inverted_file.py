@@ -190,3 +190,18 @@ def test_index_stats(tmp_path, codebook):
     mem = AsmkIndex(codebook, binary=True)
     mem.add(images)
     assert index_stats(mem).words_per_image == pytest.approx(np.mean([len(i) for i in images]))
+
+
+def test_fast_quantizer_is_stored_with_the_codebook(tmp_path, codebook):
+    from glocal.index.quantizer import build_coarse_quantizer
+
+    q = build_coarse_quantizer(codebook, cells=8, nprobe=2, seed=0)
+    q = type(q)(q.codebook, q.coarse, q.order, q.bounds, nprobe=2, threads=1, nprobe_multi=5, info={"x": 1})
+    with InvertedFile.create(tmp_path / "ivf", codebook, quantizer=q) as idx:
+        idx.add(random_images(3, 1))
+    with InvertedFile.open(tmp_path / "ivf") as idx:
+        back = idx.quantizer
+        assert back is not None and (back.nprobe, back.nprobe_multi, back.threads) == (2, 5, 1)
+        np.testing.assert_array_equal(back.order, q.order)
+        x = np.random.default_rng(3).standard_normal((50, D)).astype(np.float32)
+        np.testing.assert_array_equal(back.assign(x, 3), q.assign(x, 3))

@@ -26,11 +26,25 @@ def codebook():
     return cb
 
 
+@pytest.fixture(scope="module")
+def calibrated(codebook):
+    """Calibrated for k = 1 (database side) and k = 5 (query side)."""
+    return fast_quantizer(codebook, clustered(3000, 1), target=0.99, k=1, query_k=5, seed=0, cells=32)
+
+
+def test_database_and_query_sides_are_calibrated_apart(calibrated):
+    q = calibrated
+    assert q.info["calibrated"] and q.info["reached"] and q.info["query"]["reached"]
+    assert q.info["k"] == 1 and q.info["query"]["k"] == 5
+    # each side did not fall back to probing everything; multiple assignment needs at least as many cells
+    assert q.nprobe < q.cells and q.nprobe_multi is not None and q.nprobe <= q.nprobe_multi < q.cells
+    assert q.probes(1) == q.nprobe and q.probes(5) == q.nprobe_multi
+    assert q.with_nprobe(3).probes(5) == 3
+
+
 @pytest.mark.parametrize("k", [1, 5])
-def test_calibrated_quantizer_agrees_with_exact(codebook, k):
-    q = fast_quantizer(codebook, clustered(3000, 1), target=0.99, k=k, seed=0, cells=32)
-    assert q.info["calibrated"] and q.info["reached"]
-    assert q.nprobe < q.cells  # it did not fall back to probing everything
+def test_calibrated_quantizer_agrees_with_exact(calibrated, codebook, k):
+    q = calibrated
     test = clustered(3000, 2)
     got, exact = q.assign(test, k), codebook.assign(test, k)
     assert got.shape == (3000, k)
