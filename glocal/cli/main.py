@@ -60,6 +60,10 @@ def _register_optional() -> None:
         app.add_typer(datasets, name="datasets")
     except ImportError:  # pragma: no cover
         pass
+    # imports FastAPI / uvicorn only when run; without the [serve] extras it exits with EXIT_INPUT and a hint
+    from glocal.cli.serve_cmd import serve_command
+
+    app.command("serve")(serve_command)
     from glocal.cli.visualize_cmd import attention_command
     from glocal.cli.whiten_cmd import whiten_command
 
