@@ -14,8 +14,10 @@ import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_SIDE = 1024
-#: Images with more pixels than this are refused as decompression bombs (about 16k x 16k).
-MAX_PIXELS = 268_435_456 // 1  # 2**28 pixels
+#: Images with more pixels than this are refused as decompression bombs (about 13.4k x 13.4k): Pillow's own
+#: hard limit, twice ``PIL.Image.MAX_IMAGE_PIXELS`` (its warning threshold, 89.5 M pixels, is not an error
+#: here: a 100 M-pixel panorama loads). A larger ``max_pixels`` needs ``PIL.Image.MAX_IMAGE_PIXELS`` raised.
+MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
@@ -109,7 +111,7 @@ def load_image(
         raise ImageReadError(path, "is a directory, not an image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is max_pixels
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > max_pixels:
@@ -122,7 +124,7 @@ def load_image(
                 rgb = _to_rgb(img)
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, "not an image file (format not recognised)") from exc

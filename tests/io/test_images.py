@@ -103,6 +103,18 @@ def test_decompression_bomb_refused(tmp_path: Path) -> None:
         load_image(q, max_pixels=5000)
 
 
+def test_pillow_bomb_warning_is_not_a_refusal(tmp_path: Path, monkeypatch) -> None:
+    """Between Pillow's warning threshold and its hard limit, ``max_pixels`` decides (no silent lower cap)."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 6000)  # warning above 6,000 pixels, error above 12,000
+    q = tmp_path / "medium.png"
+    Image.fromarray(_gradient(100, 100)).save(q)  # 10,000 pixels
+    assert load_image(q, max_pixels=20_000).pixels.shape == (100, 100, 3)
+    with pytest.raises(ImageReadError, match="over the limit"):
+        load_image(q, max_pixels=9_000)
+
+
 @pytest.mark.parametrize("case", ["text", "truncated", "empty", "missing", "directory"])
 def test_bad_files_named_in_error(tmp_path: Path, photo_path: Path, case: str) -> None:
     p = tmp_path / f"bad_{case}.jpg"
