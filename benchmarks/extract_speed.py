@@ -9,12 +9,17 @@ the local scales: the paper's "3 scales global & local" rows). ``--scales 7`` (D
 the official setting) and ``--scales 5`` (DOLG's official 5) are accepted too. Weights are random
 (timing does not depend on them); ``--attention-threshold 0`` makes DELG select the full 1,000 features.
 
+``--runtime onnx`` runs the DELG / DOLG / ViTGaL network with ONNX Runtime on the CPU
+(:mod:`glocal.models.onnx_runtime`); repeat ``--runtime`` to compare both. The ONNX export (or loading the
+cached graph) happens on an extra first call, excluded from the timings and shown as "setup s".
+
 HOW / FIRe run their 7 scales (``--scales 7``) or scale 1; ViTGaL its global scale (``--scales 1``) or
 global + its 5 local scales (``--scales 5``); ``--method detector-ssdlite|detector-frcnn`` times the
 landmark detectors of Detect-to-Retrieve on the same image.
 
 Usage: ``python benchmarks/extract_speed.py --method delg|delg-star|dolg|how|fire|vitgal|detector-ssdlite|
-detector-frcnn [--scales 1|3|5|7] [--device cpu|cuda] [--repeats 3] [--warmup 1] [--threads N]``
+detector-frcnn [--scales 1|3|5|7] [--runtime torch|onnx] [--device cpu|cuda] [--repeats 3] [--warmup 1]
+[--threads N]``
 """
 from __future__ import annotations
 
@@ -57,7 +62,10 @@ class _DetectorAsExtractor:
         return _Empty()
 
 
-def build(method: str, n_scales: int, device: str, threshold: float) -> object:
+ONNX_METHODS = ("delg", "delg-star", "dolg", "vitgal")
+
+
+def build(method: str, n_scales: int, device: str, threshold: float, runtime: str = "torch") -> object:
     scales = SCALE_SETS[n_scales]
     if method.startswith("detector-"):
         with warnings.catch_warnings():
@@ -72,15 +80,25 @@ def build(method: str, n_scales: int, device: str, threshold: float) -> object:
         conf = dict(scales=scales, global_scales=global_scales, attention_threshold=threshold, device=device)
     else:
         conf = dict(scales=scales, device=device)
+    if runtime != "torch":
+        conf["runtime"] = runtime
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return create_extractor(method, **conf)
 
 
-def time_extractor(extractor: object, repeats: int, warmup: int, device: str, seed: int) -> tuple[list[float], int]:
-    """Per-call milliseconds of the timed calls, and the number of local features of the last call."""
+def time_extractor(extractor: object, repeats: int, warmup: int, device: str, seed: int
+                   ) -> tuple[list[float], int, float]:
+    """Per-call milliseconds of the timed calls, the number of local features of the last call, and the
+    seconds of an untimed first call made before the warm-up ones when the extractor runs ONNX (export or
+    cache load; NaN otherwise)."""
     pixels = np.random.default_rng(seed).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
     image = LoadedImage(pixels, (1024, 1024), 1.0)
+    setup = float("nan")
+    if getattr(extractor, "_onnx", None) is not None:
+        t = time.perf_counter()
+        extractor.extract(image, "setup")
+        setup = time.perf_counter() - t
     times, n_local = [], 0
     for i in range(warmup + repeats):
         if device.startswith("cuda"):
@@ -91,7 +109,7 @@ def time_extractor(extractor: object, repeats: int, warmup: int, device: str, se
             torch.cuda.synchronize()
         if i >= warmup:
             times.append((time.perf_counter() - t) * 1000)
-    return times, n_local
+    return times, n_local, setup
 
 
 def main() -> None:
@@ -100,6 +118,9 @@ def main() -> None:
         "delg", "delg-star", "dolg", "how", "fire", "vitgal", "detector-ssdlite", "detector-frcnn"))
     p.add_argument("--scales", type=int, choices=sorted(SCALE_SETS), action="append",
                    help="number of pyramid scales; repeat for several rows (default: 1 and 3)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), action="append",
+                   help="network runtime (onnx: ONNX Runtime, CPU; delg, delg-star, dolg, vitgal); repeat for "
+                        "several rows (default: torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -107,6 +128,9 @@ def main() -> None:
     p.add_argument("--attention-threshold", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    runtimes = args.runtime or ["torch"]
+    if "onnx" in runtimes and args.method not in ONNX_METHODS:
+        p.error(f"--runtime onnx supports {', '.join(ONNX_METHODS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
@@ -114,12 +138,17 @@ def main() -> None:
     print(f"# {args.method} extraction latency, 1024 x 1024 image, device {args.device} ({device_name}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load {load:.1f}")
     print(f"# {args.warmup} warm-up + {args.repeats} timed calls; random weights")
-    print("| method | scales | median ms | min ms | local features |")
-    print("|---|---|---|---|---|")
+    if "onnx" in runtimes:
+        print("# onnx: ONNX export / cached-graph load excluded from the timings (an extra first call, 'setup s')")
+    print("| method | runtime | scales | median ms | min ms | local features | setup s |")
+    print("|---|---|---|---|---|---|---|")
     for n in args.scales or [1, 3]:
-        extractor = build(args.method, n, args.device, args.attention_threshold)
-        times, n_local = time_extractor(extractor, args.repeats, args.warmup, args.device, args.seed)
-        print(f"| {args.method} | {n} | {statistics.median(times):.0f} | {min(times):.0f} | {n_local} |", flush=True)
+        for runtime in runtimes:
+            extractor = build(args.method, n, args.device, args.attention_threshold, runtime)
+            times, n_local, setup = time_extractor(extractor, args.repeats, args.warmup, args.device, args.seed)
+            setup_s = "" if setup != setup else f"{setup:.1f}"
+            print(f"| {args.method} | {runtime} | {n} | {statistics.median(times):.0f} | {min(times):.0f} | {n_local} "
+                  f"| {setup_s} |", flush=True)
 
 
 if __name__ == "__main__":

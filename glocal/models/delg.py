@@ -38,6 +38,7 @@ from glocal.extract.pyramid import (
 from glocal.extract.receptive_field import ReceptiveField, feature_centers_xy, receptive_field
 from glocal.models.extractor_base import GlobalLocalExtractor, normalise_global_local_scales
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, ResNetBackbone
+from glocal.models.onnx_runtime import check_runtime
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class DelgConfig:
     :param binarize: DELG*: descriptors packed to (N, 16) uint8 sign bits.
     :param device: ``"cpu"`` or ``"cuda[:i]"`` (fp16 autocast and channels_last on CUDA).
     :param seed: seed of the random initialisation (when no checkpoint).
+    :param runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, :mod:`glocal.models.onnx_runtime`).
     """
 
     depth: int = 50
@@ -217,9 +219,11 @@ class DelgConfig:
     device: str = "cpu"
     batch_size: int = 4
     seed: int = 0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         normalise_global_local_scales(self, "delg.py: DelgConfig")
+        check_runtime(self, "delg.py: DelgConfig")
 
     @classmethod
     def tf_release(cls, checkpoint: str, gldv2_clean: bool = False, **overrides: object) -> DelgConfig:

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import DOLG_SCALES, PyramidLevel, fuse_global, inference_context, preprocessing_by_name
+from glocal.extract.pyramid import DOLG_SCALES, PyramidLevel, fuse_global, preprocessing_by_name
 from glocal.io.images import LoadedImage
 from glocal.models.extractor_base import ModelExtractor
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, MultiAtrous, ResNetBackbone, average_pool
+from glocal.models.onnx_runtime import check_runtime
 from glocal.records import ImageFeatures
 
 FUSIONS = ("orthogonal", "concat", "hadamard")
@@ -163,6 +164,7 @@ class DolgConfig:
     :param scales: pyramid scales (DOLG's 5 by default).
     :param device: ``"cpu"`` or ``"cuda[:i]"`` (fp16 autocast and channels_last on CUDA).
     :param seed: seed of the random initialisation (when no checkpoint).
+    :param runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, :mod:`glocal.models.onnx_runtime`).
     """
 
     depth: int = 50
@@ -180,12 +182,14 @@ class DolgConfig:
     device: str = "cpu"
     batch_size: int = 4
     seed: int = 0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if not self.scales:
             raise ValueError("dolg.py: DolgConfig needs at least one scale")
         preprocessing_by_name(self.preprocessing)
+        check_runtime(self, "dolg.py: DolgConfig")
 
     @classmethod
     def pytorch_port(cls, checkpoint: str, **overrides: object) -> DolgConfig:
@@ -215,14 +219,17 @@ class DolgExtractor(ModelExtractor):
         self.config = config = config or DolgConfig()
         self._setup(lambda: Dolg(config.model_config()))
 
+    @staticmethod
+    def _outputs(model: nn.Module, x: Tensor, flags: tuple[bool, ...]) -> dict[str, Tensor]:
+        return {"global_descriptor": model(x)}
+
     @torch.inference_mode()
     def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
         """Descriptors (1, 512) of several images, no local features; pyramid levels of equal size run as
         one batch."""
 
         def model_fn(x: Tensor, level: PyramidLevel) -> dict[str, Tensor]:
-            with inference_context(self.device):
-                return {"global_descriptor": self.model(x)}
+            return self._run_model(x)
 
         results = self._run_pyramid(images, self.config.scales, model_fn)
         feats = []

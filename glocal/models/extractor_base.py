@@ -3,8 +3,10 @@
 :class:`ModelExtractor` is the common part of the DELG, DOLG and ViTGaL extractors: the device, the network
 built with the config's seed (torch's global generator untouched), its checkpoint or a loud warning about
 random weights, eval mode on the device, the preprocessing, and loaded images -> pyramid levels ->
-``model_fn``. :class:`GlobalLocalExtractor` adds the global + local extraction of DELG and ViTGaL (local
-features on ``config.scales``, global on ``config.global_scales``, one record per image).
+``model_fn``, the network run by torch or, with ``config.runtime == "onnx"``, by ONNX Runtime
+(:meth:`ModelExtractor._run_model`, :mod:`glocal.models.onnx_runtime`). :class:`GlobalLocalExtractor` adds
+the global + local extraction of DELG and ViTGaL (local features on ``config.scales``, global on
+``config.global_scales``, one record per image).
 :func:`seeded_init` also builds the HOW / FIRe networks; :func:`torch_threads` pins torch's thread count.
 """
 from __future__ import annotations
@@ -108,6 +110,24 @@ class ModelExtractor:
         if channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         self._prep = preprocessing_by_name(cfg.preprocessing)
+        self._onnx = None
+        if getattr(cfg, "runtime", "torch") == "onnx":
+            from glocal.models.onnx_runtime import OnnxModel
+
+            self._onnx = OnnxModel(self.model, type(self)._outputs)
+
+    @staticmethod
+    def _outputs(model: nn.Module, x: Tensor, flags: tuple[bool, ...]) -> dict[str, Tensor]:
+        """The torch path: ``model``'s outputs on a batch, for the output combination ``flags`` (what
+        :mod:`glocal.models.onnx_runtime` exports)."""
+        raise NotImplementedError
+
+    def _run_model(self, x: Tensor, flags: tuple[bool, ...] = ()) -> dict[str, Tensor]:
+        """:meth:`_outputs` of ``self.model`` on a batch, by ONNX Runtime when ``config.runtime == "onnx"``."""
+        if self._onnx is not None:
+            return self._onnx(x, flags)
+        with inference_context(self.device):
+            return self._outputs(self.model, x, flags)
 
     def _load_checkpoint(self, path: str) -> None:
         load_checkpoint(self.model, path)
@@ -153,12 +173,16 @@ class GlobalLocalExtractor(ModelExtractor):
 
         def model_fn(x: Tensor, level: PyramidLevel) -> dict[str, Tensor]:
             s = scale_key(level.scale)
-            with inference_context(self.device):
-                out = self.model(x, with_global=s in global_keys, with_local=s in local_keys)
-            return {k: v for k, v in vars(out).items() if v is not None}
+            return self._run_model(x, (s in global_keys, s in local_keys))
 
         results = self._run_pyramid(images, scales, model_fn)
         return [self._assemble(im, nm, res) for im, nm, res in zip(images, names, results)]
+
+    @staticmethod
+    def _outputs(model: nn.Module, x: Tensor, flags: tuple[bool, ...]) -> dict[str, Tensor]:
+        """``flags = (with_global, with_local)``; the keys of the outputs that were asked."""
+        out = model(x, with_global=flags[0], with_local=flags[1])
+        return {k: v for k, v in vars(out).items() if v is not None}
 
     def _centres(self, level: PyramidLevel, h: int, w: int) -> tuple[npt.NDArray[np.float64], float]:
         """((h * w, 2) (x, y) centres of the level's local features in level pixels, row-major; the side of

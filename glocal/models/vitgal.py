@@ -37,6 +37,7 @@ from glocal.models.extractor_base import GlobalLocalExtractor, normalise_global_
 from glocal.models.layers.arcface import ArcFace
 from glocal.models.layers.class_attention import ClassAttentionBlock, ClassAttentionOutput
 from glocal.models.layers.xcit import Mlp, Xcit, XcitConfig, init_transformer_weights, load_xcit_weights, xcit_preset
+from glocal.models.onnx_runtime import check_runtime
 from glocal.models.vitgal_checkpoints import convert_vitgal_release as convert_vitgal_release  # re-exported
 from glocal.models.vitgal_checkpoints import load_vitgal_checkpoint
 
@@ -122,7 +123,7 @@ class VitgalAutoencoder(nn.Module):
         """local S (B, N, C) -> (L = E(S) (B, N, d), S' = D(L) (B, N, C), class attention on S')."""
         code = self.encoder(local)
         recon = self.decoder(code)
-        out = self.class_attention(torch.cat((self.cls_token.expand(len(recon), -1, -1), recon), dim=1))
+        out = self.class_attention(torch.cat((self.cls_token.expand(recon.shape[0], -1, -1), recon), dim=1))
         return code, recon, ClassAttentionOutput(self.norm(out.tokens), out.attention)
 
 
@@ -178,7 +179,7 @@ class Vitgal(nn.Module):
         """ViTGaL forward (Fig. 2) of a (B, 3, H, W) batch."""
         tokens, (h, w) = self.backbone(x)
         tokens = self.multi_atrous(tokens, h, w)
-        out = self.class_attention(torch.cat((self.cls_token.expand(len(tokens), -1, -1), tokens), dim=1))
+        out = self.class_attention(torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1))
         z = self.norm(out.tokens)
         return VitgalFeatures(z[:, 0], z[:, 1:], out.attention, (h, w))
 
@@ -189,7 +190,7 @@ class Vitgal(nn.Module):
         if with_global:
             out.global_descriptor = F.normalize(feats.cls.float(), dim=1)
         if with_local:
-            (h, w), b = feats.grid, len(x)
+            (h, w), b = feats.grid, x.shape[0]
             code, _, ae = self.autoencoder(feats.local)
             out.attention = (ae.scores() * (h * w)).float().reshape(b, h, w)
             out.local_descriptors = F.normalize(code.float(), dim=-1).reshape(b, h, w, -1)
@@ -258,6 +259,7 @@ class VitgalConfig:
     :param variant: ``"s12"`` or ``"s24"``; ``embed_dim`` / ``depth`` / ``num_heads`` override it.
     :param scales: local-feature scales; ``global_scales``: global (1 scale, sec. 4.1).
     :param attention_threshold: keep local features scoring >= this (see the module notes).
+    :param runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, :mod:`glocal.models.onnx_runtime`).
     """
 
     checkpoint: str | None = None
@@ -276,9 +278,11 @@ class VitgalConfig:
     device: str = "cpu"
     batch_size: int = 4
     seed: int = 0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         normalise_global_local_scales(self, "vitgal.py: VitgalConfig")
+        check_runtime(self, "vitgal.py: VitgalConfig")
 
     def model_config(self) -> VitgalModelConfig:
         overrides = {k: v for k, v in (("embed_dim", self.embed_dim), ("depth", self.depth),

@@ -182,7 +182,8 @@ class LPI(nn.Module):
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         b, n, c = x.shape
-        y = x.transpose(1, 2).reshape(b, c, h, w)
+        # contiguous: torch.export cannot prove the size guards of a convolution on the strided view
+        y = x.transpose(1, 2).reshape(b, c, h, w).contiguous()
         y = self.conv2(self.bn(self.act(self.conv1(y))))
         return y.reshape(b, c, n).transpose(1, 2)
 
@@ -248,17 +249,19 @@ class Xcit(nn.Module):
 
     @staticmethod
     def grid_size(height: int, width: int, patch: int = 16) -> tuple[int, int]:
-        """Token grid of an input: (ceil(H / 16), ceil(W / 16))."""
-        return -(-int(height) // patch), -(-int(width) // patch)
+        """Token grid of an input: (ceil(H / 16), ceil(W / 16)). Written for ``torch.export`` (the ONNX path,
+        :mod:`glocal.models.onnx_runtime`): no ``int()``, so symbolic sizes stay symbolic, and no floor
+        division of a negative number (the ONNX exporter lowers it as a truncating division)."""
+        return (height + patch - 1) // patch, (width + patch - 1) // patch
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """(B, 3, H, W) -> (tokens (B, h * w, C) row-major, (h, w)); see the module notes on padding."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"xcit.py: expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
         h, w = self.grid_size(x.shape[-2], x.shape[-1], self.config.patch_size)
-        pad_h, pad_w = h * 16 - x.shape[-2], w * 16 - x.shape[-1]
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # padded unconditionally (a zero pad is a cheap copy): a branch on the size would be frozen into an
+        # exported graph
+        x = F.pad(x, (0, w * 16 - x.shape[-1], 0, h * 16 - x.shape[-2]))
         fmap = self.patch_embed(x)
         fmap = fmap + self.pos_embed(fmap.shape[0], h, w).to(fmap.dtype)
         tokens = fmap.flatten(2).transpose(1, 2)
