@@ -19,8 +19,8 @@ steps, whether it fell, and the seconds per step:
   :func:`glocal.train.detector_data.train_detector` on bright rectangles over dark noise (its total loss).
 
 Data are learnable: a class is a fixed random pattern (a colour and a texture), every sample adds fresh
-noise (64 x 64 images, 4 classes, batches of 8); a FIRe positive is a shifted, noisy copy of the query's
-class pattern, its negatives other classes. A loss "fell" when its last-10 mean is below its first-10
+noise (64 x 64 images, 4 classes, batches of 8); FIRe draws 2 tuples per step from 8 classes, the
+positive a shifted, noisy copy of the query's class pattern, the negatives 2 other classes. A loss "fell" when its last-10 mean is below its first-10
 mean. Exit status 1 when some loss did not fall.
 
 Usage: ``python benchmarks/train_synthetic.py [--steps N] [--models delg dolg fire vitgal detector]
@@ -46,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from glocal.train.detector_data import AugmentConfig, BoxAnnotation, DetectorBoxDataset, train_detector  # noqa: E402
 
 WINDOW = 10  # steps averaged at the start and at the end
 MODELS = ("delg", "dolg", "fire", "vitgal", "detector")
@@ -129,7 +131,7 @@ class PatternData:
         labels = torch.arange(n) % self.classes
         return self.images(labels), labels.to(self.device)
 
-    def tuple_(self, negatives: int = 2) -> Tensor:
+    def fire_tuple(self, negatives: int = 2) -> Tensor:
         """(2 + negatives, 3, H, W): query, positive (shifted by up to 4 px, new noise), negatives."""
         order = torch.randperm(self.classes, generator=self.gen)
         query, positive = self.images(order[:1].repeat(2)).unbind(0)
@@ -184,7 +186,7 @@ def run_fire(steps: int, device: str, seed: int, tuples_per_step: int = 2) -> li
         net = FireNet().to(device).train()
     data = PatternData(NUM_CLASSES * 2, IMAGE_SIZE, seed + 3, device)
     with torch.no_grad():  # o(.) is fitted once on the initial Super-features, then stays frozen
-        sample = [net.super_features(data.tuple_()).raw.flatten(0, 1) for _ in range(2)]
+        sample = [net.super_features(data.fire_tuple()).raw.flatten(0, 1) for _ in range(2)]
         net.whiten.fit(torch.cat(sample))
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
@@ -192,7 +194,7 @@ def run_fire(steps: int, device: str, seed: int, tuples_per_step: int = 2) -> li
         opt.zero_grad(set_to_none=True)
         totals = {"L_super": 0.0, "L_attn": 0.0, "pairs": 0.0}
         for _ in range(tuples_per_step):
-            out = net.super_features(data.tuple_())
+            out = net.super_features(data.fire_tuple())
             losses = fire_tuple_loss(out.descriptors, out.attention)
             losses.total.backward()
             totals["L_super"] += losses.super_loss.item()
@@ -227,10 +229,8 @@ def run_vitgal(steps: int, device: str, seed: int) -> list[LossCurve]:
     return curves + [LossCurve(c.model, f"autoencoder {c.loss}", c.values, c.seconds_per_step) for c in ae_curves]
 
 
-def rectangles(n: int, seed: int) -> tuple[dict[str, np.ndarray], list]:
+def rectangles(n: int, seed: int) -> tuple[dict[str, np.ndarray], list[BoxAnnotation]]:
     """``n`` 96 x 128 images: one bright rectangle (the "landmark") on dark noise, and its box."""
-    from glocal.train.detector_data import BoxAnnotation
-
     rng = np.random.default_rng(seed)
     images, boxes = {}, []
     for i in range(n):
@@ -245,7 +245,6 @@ def rectangles(n: int, seed: int) -> tuple[dict[str, np.ndarray], list]:
 
 def run_detector(steps: int, device: str, seed: int) -> list[LossCurve]:
     from glocal.models.detector import DetectorConfig, LandmarkDetector
-    from glocal.train.detector_data import AugmentConfig, DetectorBoxDataset, train_detector
 
     images, boxes = rectangles(16, seed + 5)
     dataset = DetectorBoxDataset(boxes, images.__getitem__, AugmentConfig(96, 128, 0.5), seed=seed)
