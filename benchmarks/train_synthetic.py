@@ -277,7 +277,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="steps per model (default: DEFAULT_STEPS)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 was faster than 2 here, even idle)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.steps is not None and args.steps < 2 * WINDOW:
