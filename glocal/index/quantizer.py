@@ -63,19 +63,26 @@ class CoarseQuantizer:
         p = self.nprobe if k == 1 or self.nprobe_multi is None else self.nprobe_multi
         return min(p, self.cells)
 
-    def _prepared(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(d + 1, K) cell-sorted words with their bias row, and the coarse half squared norms (kept).
+    def _prepared(self) -> tuple[list[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+        """Per cell, its words as one contiguous (d + 1, n_g) block with a bias row; and the coarse half
+        squared norms (computed once, kept).
 
         Scores are ``x . w - |w|^2 / 2`` (the same argmax as the smallest ``|x - w|``); the bias rides in the
-        matrix product as an extra row, against a constant 1 appended to each descriptor.
+        matrix product as an extra row, against a constant 1 appended to each descriptor. Contiguous
+        blocks matter: products over column slices of one big array did not run in parallel here.
         """
-        if "sorted" not in self._cache:
+        if "blocks" not in self._cache:
             c = np.asarray(self.codebook.centroids, np.float32)[self.order]
-            words = np.empty((c.shape[1] + 1, len(c)), np.float32)
-            words[:-1] = c.T
-            words[-1] = -0.5 * np.einsum("ij,ij->i", c, c)
-            self._cache["sorted"] = (words, 0.5 * np.einsum("ij,ij->i", self.coarse, self.coarse))
-        return self._cache["sorted"]
+            bias = -0.5 * np.einsum("ij,ij->i", c, c)
+            blocks = []
+            for g in range(self.cells):
+                lo, hi = self.bounds[g], self.bounds[g + 1]
+                block = np.empty((c.shape[1] + 1, hi - lo), np.float32)
+                block[:-1] = c[lo:hi].T
+                block[-1] = bias[lo:hi]
+                blocks.append(block)
+            self._cache["blocks"] = (blocks, 0.5 * np.einsum("ij,ij->i", self.coarse, self.coarse))
+        return self._cache["blocks"]
 
     def assign(self, descriptors: npt.NDArray, k: int = 1) -> npt.NDArray[np.int64]:
         """Indices (N, k) of (approximately) the k nearest words of each descriptor, nearest first."""
@@ -85,7 +92,7 @@ class CoarseQuantizer:
         n, d = x.shape
         if n == 0:
             return np.zeros((0, k), np.int64)
-        words, coarse_half = self._prepared()
+        blocks, coarse_half = self._prepared()
         p = self.probes(k)
         xa = np.empty((n, d + 1), np.float32)  # descriptors with the constant 1 of the bias row
         xa[:, :d] = x
@@ -111,7 +118,7 @@ class CoarseQuantizer:
                     lo, hi = bounds[g], bounds[g + 1]
                     if hi == lo:
                         continue
-                    s = np.take(xa, desc_of_pair[a:b], axis=0) @ words[:, lo:hi]
+                    s = np.take(xa, desc_of_pair[a:b], axis=0) @ blocks[g]
                     if k == 1:
                         j = s.argmax(axis=1)
                         vals[a:b, 0] = s[np.arange(b - a), j]
