@@ -97,10 +97,31 @@ class CoarseQuantizer:
         xa = np.empty((n, d + 1), np.float32)  # descriptors with the constant 1 of the bias row
         xa[:, :d] = x
         xa[:, d] = 1.0
-        s1 = x @ self.coarse.T
-        s1 -= coarse_half
-        probe = np.argpartition(s1, self.cells - p, axis=1)[:, self.cells - p:] if p < self.cells \
-            else np.tile(np.arange(p), (n, 1))
+        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 and n >= 64 else None
+        try:
+            return self._assign(x, xa, k, p, blocks, coarse_half, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _assign(self, x: npt.NDArray[np.float32], xa: npt.NDArray[np.float32], k: int, p: int,
+                blocks: list[npt.NDArray[np.float32]], coarse_half: npt.NDArray[np.float32],
+                pool: ThreadPoolExecutor | None) -> npt.NDArray[np.int64]:
+        n = len(x)
+        probe = np.empty((n, p), np.int64) if p < self.cells else np.tile(np.arange(p), (n, 1))
+
+        def probe_rows(rows: slice) -> None:  # nearest p coarse cells of a block of descriptors
+            with blas_threads(1):
+                s1 = x[rows] @ self.coarse.T
+                s1 -= coarse_half
+                probe[rows] = np.argpartition(s1, self.cells - p, axis=1)[:, self.cells - p:]
+
+        if p < self.cells:
+            if pool is None:
+                probe_rows(slice(0, n))
+            else:
+                step = -(-n // self.threads)
+                list(pool.map(probe_rows, [slice(t, t + step) for t in range(0, n, step)]))
         # (descriptor, probed cell) pairs grouped by cell; cell ids fit int16/int32 for a fast radix sort
         cell_of_pair = probe.reshape(-1).astype(np.int16 if self.cells <= 32767 else np.int32)
         pair_order = np.argsort(cell_of_pair, kind="stable")
@@ -132,9 +153,8 @@ class CoarseQuantizer:
 
         busy = np.flatnonzero(counts)
         busy = busy[np.argsort(-counts[busy], kind="stable")]  # largest first, dealt round-robin: balanced
-        if self.threads > 1 and len(busy) > 1:
-            with ThreadPoolExecutor(self.threads) as pool:
-                list(pool.map(run_cells, [busy[t :: self.threads] for t in range(self.threads)]))
+        if pool is not None and len(busy) > 1:
+            list(pool.map(run_cells, [busy[t :: self.threads] for t in range(self.threads)]))
         else:
             run_cells(busy)
         # back to descriptor order: (n, p * k) candidates each
