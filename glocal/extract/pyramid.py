@@ -143,6 +143,7 @@ def run_pyramid(
     scales: Sequence[float],
     model_fn: Callable[[Tensor, PyramidLevel], dict[str, Tensor]],
     max_batch: int = 4,
+    channels_last: bool | None = None,
 ) -> list[list[tuple[PyramidLevel, dict[str, Tensor]]]]:
     """Run ``model_fn`` over every pyramid level of every image, batching levels of equal size.
 
@@ -151,11 +152,13 @@ def run_pyramid(
     :param model_fn: ``(batch, level) -> {name: (B, ...) tensor}``; ``level`` is the batch's first level
         (all levels of a batch share their size and scale index).
     :param max_batch: largest batch.
+    :param channels_last: batches in channels_last memory format (default: on CUDA only).
     :returns: ``out[image][level] = (PyramidLevel, {name: tensor without batch dim, on CPU, float32})``.
     """
     levels = plan_pyramid([tuple(t.shape[-2:]) for t in images], scales)
     results: list[list[tuple[PyramidLevel, dict[str, Tensor]]] | list] = [[None] * len(scales) for _ in images]
-    channels_last = any(t.is_cuda for t in images)
+    if channels_last is None:
+        channels_last = any(t.is_cuda for t in images)
     for batch in batch_by_size(levels, max_batch):
         x = torch.cat([resize(images[lv.image], lv.size) for lv in batch])
         if channels_last:

@@ -107,7 +107,10 @@ class ModelExtractor:
             warnings.warn(f"{self.label.lower()}.py: no {self.label} checkpoint given: {which}; the features are "
                           "meaningless", stacklevel=4)
         self.model.eval().to(self.device)
-        if channels_last and self.device.type == "cuda":
+        # channels_last: on CUDA, and for PyTorch on CPU too (oneDNN convolutions; ResNet-50 at 1024 px took
+        # 1.0 s instead of 1.5 s here); the ONNX path exports the model as built
+        self._channels_last = channels_last and (self.device.type == "cuda" or getattr(cfg, "runtime", "torch") == "torch")
+        if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._prep = preprocessing_by_name(cfg.preprocessing)
         self._onnx = None
@@ -153,7 +156,7 @@ class ModelExtractor:
                      ) -> list[list[tuple[PyramidLevel, dict[str, Tensor]]]]:
         """``model_fn`` over every pyramid level of every image (levels of equal size as one batch)."""
         tensors = [image_to_tensor(im.pixels, self._prep, self.device) for im in images]
-        return run_pyramid(tensors, scales, model_fn, self.config.batch_size)
+        return run_pyramid(tensors, scales, model_fn, self.config.batch_size, channels_last=self._channels_last)
 
 
 class GlobalLocalExtractor(ModelExtractor):

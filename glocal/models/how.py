@@ -140,7 +140,8 @@ class PyramidExtractor:
     def __init__(self, config: Any, net: nn.Module) -> None:
         self.config = config
         self.device = torch.device(config.device)
-        self.net = net.to(self.device).eval()
+        # channels_last convolutions (oneDNN on CPU, tensor cores on CUDA): faster, same results
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.preprocessing = preprocessing_by_name(config.preprocessing)
         self._centres: dict[tuple[int, int, int, int], Tensor] = {}
         self._stride = 16.0
@@ -192,7 +193,7 @@ class PyramidExtractor:
         with torch.inference_mode():
             tensor = image_to_tensor(_writable(image.pixels), self.preprocessing, self.device)
             return run_pyramid([tensor], scales, lambda x, lv: self._level_outputs(x, lv, raw),
-                               max_batch=self.config.max_batch)[0]
+                               max_batch=self.config.max_batch, channels_last=True)[0]
 
     def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
         """The ``max_keypoints`` strongest features over ``config.scales``; keypoints and scales in
