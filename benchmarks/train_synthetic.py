@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from glocal.train.detector_data import AugmentConfig, BoxAnnotation, DetectorBoxDataset, train_detector  # noqa: E402
+from glocal.train.detector_data import AugmentConfig, DetectorBoxDataset, synthetic_box_images, train_detector  # noqa: E402
 
 WINDOW = 10  # steps averaged at the start and at the end
 MODELS = ("delg", "dolg", "fire", "vitgal", "detector")
@@ -229,24 +229,10 @@ def run_vitgal(steps: int, device: str, seed: int) -> list[LossCurve]:
     return curves + [LossCurve(c.model, f"autoencoder {c.loss}", c.values, c.seconds_per_step) for c in ae_curves]
 
 
-def rectangles(n: int, seed: int) -> tuple[dict[str, np.ndarray], list[BoxAnnotation]]:
-    """``n`` 96 x 128 images: one bright rectangle (the "landmark") on dark noise, and its box."""
-    rng = np.random.default_rng(seed)
-    images, boxes = {}, []
-    for i in range(n):
-        pixels = rng.integers(0, 80, (96, 128, 3), dtype=np.uint8)
-        x1, y1 = int(rng.integers(5, 50)), int(rng.integers(5, 40))
-        x2, y2 = x1 + int(rng.integers(30, 70)), y1 + int(rng.integers(30, 50))
-        pixels[y1:y2, x1:x2] = 230
-        images[f"im{i}"] = pixels
-        boxes.append(BoxAnnotation(f"im{i}", np.array([[x1, y1, x2, y2]], np.float32), normalized=False))
-    return images, boxes
-
-
 def run_detector(steps: int, device: str, seed: int) -> list[LossCurve]:
     from glocal.models.detector import DetectorConfig, LandmarkDetector
 
-    images, boxes = rectangles(16, seed + 5)
+    images, boxes = synthetic_box_images(16, seed + 5)
     dataset = DetectorBoxDataset(boxes, images.__getitem__, AugmentConfig(96, 128, 0.5), seed=seed)
     torch.manual_seed(seed)
     with quiet():

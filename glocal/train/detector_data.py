@@ -200,6 +200,22 @@ def hflip_with_boxes(pixels: npt.NDArray[np.uint8], boxes: npt.NDArray) -> tuple
     return np.ascontiguousarray(pixels[:, ::-1]), b
 
 
+def synthetic_box_images(n: int, seed: int = 0) -> tuple[dict[str, npt.NDArray[np.uint8]], list[BoxAnnotation]]:
+    """``n`` 96 x 128 images, each one bright rectangle (the "landmark") on dark noise, with its box: a
+    seeded, learnable toy set for smoke-training a detector (tests, ``benchmarks/train_synthetic.py``)."""
+    rng = np.random.default_rng(seed)
+    images: dict[str, npt.NDArray[np.uint8]] = {}
+    boxes: list[BoxAnnotation] = []
+    for i in range(n):
+        pixels = rng.integers(0, 80, (96, 128, 3), dtype=np.uint8)
+        x1, y1 = int(rng.integers(5, 50)), int(rng.integers(5, 40))
+        x2, y2 = x1 + int(rng.integers(30, 70)), y1 + int(rng.integers(30, 50))
+        pixels[y1:y2, x1:x2] = 230
+        images[f"im{i}"] = pixels
+        boxes.append(BoxAnnotation(f"im{i}", np.array([[x1, y1, x2, y2]], np.float32), normalized=False))
+    return images, boxes
+
+
 class DetectorBoxDataset(torch.utils.data.Dataset):
     """(image (3, H, W) float in [0, 1], target {"boxes": (K, 4), "labels": (K,) ones}) for torchvision.
 

@@ -22,12 +22,12 @@ from glocal.models.detector import (
 )
 from glocal.train.detector_data import (
     AugmentConfig,
-    BoxAnnotation,
     DetectorBoxDataset,
     collate_detection,
     hflip_with_boxes,
     read_boxes,
     resize_with_boxes,
+    synthetic_box_images,
     train_detector,
 )
 
@@ -209,22 +209,8 @@ def test_resize_and_flip_move_the_boxes_with_the_pixels():
     assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (55, 75, 10, 20)
 
 
-def synthetic_boxes(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], list[BoxAnnotation]]:
-    """Bright rectangles on dark noise, with their boxes."""
-    rng = np.random.default_rng(seed)
-    images, anns = {}, []
-    for i in range(n):
-        px = rng.integers(0, 80, (96, 128, 3), dtype=np.uint8)
-        x1, y1 = int(rng.integers(5, 50)), int(rng.integers(5, 40))
-        x2, y2 = x1 + int(rng.integers(30, 70)), y1 + int(rng.integers(30, 50))
-        px[y1:y2, x1:x2] = 230
-        images[f"im{i}"] = px
-        anns.append(BoxAnnotation(f"im{i}", np.array([[x1, y1, x2, y2]], np.float32), normalized=False))
-    return images, anns
-
-
 def test_dataset_is_reproducible_and_collates():
-    images, anns = synthetic_boxes(3)
+    images, anns = synthetic_box_images(3)
     ds = DetectorBoxDataset(anns, images.__getitem__, AugmentConfig(64, 128, 0.5), seed=3)
     a, b = ds[1], ds[1]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
@@ -236,7 +222,7 @@ def test_dataset_is_reproducible_and_collates():
 
 
 def test_training_lowers_the_loss():
-    images, anns = synthetic_boxes(4)
+    images, anns = synthetic_box_images(4)
     ds = DetectorBoxDataset(anns, images.__getitem__, AugmentConfig(96, 128, 0.5), seed=0)
     det = make_detector(input_size=128)
     losses = train_detector(det, ds, steps=12, lr=1e-3, seed=0, batch_size=2)
