@@ -29,6 +29,7 @@ import numpy as np
 from glocal.extract.batch import ExtractionFailure, extract_many, extract_one
 from glocal.index.codebook import train_codebook
 from glocal.io.feature_file import FeatureFile
+from glocal.io.sources import SourceLog
 from glocal.models import create_extractor
 from glocal.pipelines import pipeline_for
 from glocal.progress import Progress, as_progress, no_progress
@@ -59,6 +60,7 @@ class Engine:
         self.extractor = create_extractor(manifest["method"], **manifest["extractor"])
         self.db_extractor = _database_extractor(self.extractor, manifest.get("regions"))
         self.features = FeatureFile(self.root / "features.glf", writable=writable)
+        self.sources = SourceLog(self.root)  # name -> image file, for drawing matches
         self.failures: list[ExtractionFailure] = []
         self.workers = 2  # threads for extraction and re-ranking
         self._progress = progress or no_progress
@@ -107,7 +109,8 @@ class Engine:
         prog = as_progress(progress)
         features = FeatureFile(out / "features.glf", writable=True)
         db_extractor = _database_extractor(extractor, region_settings)
-        failures = _extract_into(features, db_extractor, paths, names, prog, "extracting database", workers)
+        failures = _extract_into(features, db_extractor, paths, names, prog, "extracting database", workers,
+                                 sources=SourceLog(out))
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "method": method,
                     "extractor": asdict(extractor.config), "regions": region_settings} | pipeline
         if pipeline["shortlist"] == "asmk":
@@ -187,7 +190,7 @@ class Engine:
         self._require_writable()
         prog = as_progress(progress)
         failures = _extract_into(self.features, self.db_extractor, paths, names, prog, "extracting", workers,
-                                 taken=set(self.live_names().values()))
+                                 taken=set(self.live_names().values()), sources=self.sources)
         self._progress = prog
         self._repair()
         return failures
@@ -289,12 +292,12 @@ class Engine:
 
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],
-                  progress: Progress, description: str, workers: int, taken: set[str] | None = None
-                  ) -> list[ExtractionFailure]:
+                  progress: Progress, description: str, workers: int, taken: set[str] | None = None,
+                  sources: SourceLog | None = None) -> list[ExtractionFailure]:
     """Extract images into a feature file in committed batches; returns the failures.
 
     Names in ``taken`` (default: every name in the file) or repeated in ``names`` are skipped and reported,
-    not extracted twice.
+    not extracted twice. ``sources`` records each committed image's file.
     """
     failures: list[ExtractionFailure] = []
     fresh_paths, fresh_names = [], []
@@ -307,6 +310,7 @@ def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path
             fresh_paths.append(p)
             fresh_names.append(n)
     batch: list[ImageFeatures] = []
+    path_of = dict(zip(fresh_names, fresh_paths))
     advance = progress(description, len(fresh_paths))
     for item in extract_many(extractor, fresh_paths, fresh_names, workers=workers, on_done=advance):
         if isinstance(item, ExtractionFailure):
@@ -314,11 +318,18 @@ def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path
             continue
         batch.append(item)
         if len(batch) >= _BATCH:
-            features.append(batch, shadow=taken is not None)
+            _commit_batch(features, batch, taken is not None, sources, path_of)
             batch = []
     if batch:
-        features.append(batch, shadow=taken is not None)
+        _commit_batch(features, batch, taken is not None, sources, path_of)
     return failures
+
+
+def _commit_batch(features: FeatureFile, batch: list[ImageFeatures], shadow: bool, sources: SourceLog | None,
+                  path_of: dict[str, Path]) -> None:
+    features.append(batch, shadow=shadow)
+    if sources is not None:
+        sources.append((f.name, path_of[f.name]) for f in batch)
 
 
 def _database_extractor(extractor: object, regions: dict | None) -> object:

@@ -23,6 +23,9 @@ def search(
     qe: Optional[int] = typer.Option(None, "--qe", help="alpha-QE with N vectors, query included (global methods)."),
     dba: Optional[int] = typer.Option(None, "--dba", help="alpha-DBA of the database with N vectors each, "
                                       "itself included (global methods)."),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Folder for pictures of the query beside each "
+                                        "verified result, with the inlier matches (PNG)."),
+    draw_top: int = typer.Option(5, "--draw-top", min=1, help="Results drawn with --draw."),
 ) -> None:
     """Search an index with a query image; prints the best matches."""
     from glocal.io.images import ImageReadError
@@ -37,6 +40,8 @@ def search(
         raise typer.Exit(EXIT_INPUT) from None
     finally:
         engine.close()
+    if draw is not None:
+        _draw_matches(engine.sources, query, box, hits[:draw_top], draw)
     if as_json:
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return
@@ -46,3 +51,30 @@ def search(
     for r, h in enumerate(hits, 1):
         table.add_row(str(r), h.name, str(h.inliers), f"{h.shortlist_score:.4f}")
     out.print(table)
+
+
+def _draw_matches(sources, query: Path, box, hits, folder: Path) -> None:
+    """One PNG per verified hit: the query (box in yellow) beside the result, inlier matches in green."""
+    from glocal.evaluate.match_drawing import draw_matches, save_rgb
+    from glocal.io.images import ImageReadError
+
+    drawn = 0
+    for rank, hit in enumerate(hits, 1):
+        if hit.matches is None or len(hit.matches) == 0:
+            err.print(f"[yellow]not drawn[/yellow]: {escape(hit.name)} (no verified matches; re-ranking off or "
+                      "no inliers)", highlight=False)
+            continue
+        source = sources.lookup(hit.name)
+        if source is None or not source.is_file():
+            err.print(f"[yellow]not drawn[/yellow]: {escape(hit.name)} (its image file is not where it was indexed"
+                      f"{f': {escape(str(source))}' if source else ''})", highlight=False)
+            continue
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in hit.name)[-80:]
+        target = folder / f"{rank:02d}_{stem}.png"
+        try:
+            save_rgb(target, draw_matches(query, source, hit.matches, box=box))
+        except (ImageReadError, OSError) as exc:
+            err.print(f"[yellow]not drawn[/yellow]: {escape(hit.name)} ({escape(str(exc))})", highlight=False)
+            continue
+        drawn += 1
+    err.print(f"{drawn} match pictures written to {folder}", highlight=False)

@@ -46,6 +46,15 @@ def test_build_search_info_add(small_collection: Path, demo_benchmark, tmp_path:
 
     res = runner.invoke(app, ["search", str(idx), str(query), "--bbox", "10,10,200,200"])
     assert res.exit_code == 0 and query.name in res.output
+    pictures = tmp_path / "pictures"
+    res = runner.invoke(app, ["search", str(idx), str(query), "--top", "5", "--draw", str(pictures), "--draw-top", "2"])
+    assert res.exit_code == 0, res.output
+    drawn = sorted(pictures.glob("*.png"))
+    assert [p.name[:3] for p in drawn] == ["01_", "02_"] and query.stem in drawn[0].name
+    from PIL import Image
+
+    with Image.open(drawn[0]) as im:  # query and result side by side, 320 px high
+        assert im.size[1] == 320 and im.size[0] > 320
     res = runner.invoke(app, ["search", str(idx), str(query), "--dba", "3"])  # sift ranks with ASMK, not vectors
     assert res.exit_code == 3 and "alpha-DBA" in res.output
 
