@@ -8,6 +8,25 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+#: up to this many nearest words, k passes of argmax beat argpartition + sort (4096 words, k = 5:
+#: 8.7 vs 33.5 ms for 2,000 descriptors here)
+_REPEATED_ARGMAX_K = 8
+
+
+def top_k_by_repeated_argmax(scores: npt.NDArray[np.float32], k: int
+                             ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(N, k) column indices of each row's k largest scores, largest first, the first index on ties, and
+    those scores. Overwrites the chosen entries of ``scores`` with -inf; ``k`` <= the number of columns."""
+    rows = np.arange(len(scores))
+    idx = np.empty((len(scores), k), np.int64)
+    val = np.empty((len(scores), k), np.float32)
+    for i in range(k):
+        j = np.argmax(scores, axis=1)
+        idx[:, i] = j
+        val[:, i] = scores[rows, j]
+        scores[rows, j] = -np.inf
+    return idx, val
+
 
 @dataclass(frozen=True)
 class Codebook:
@@ -35,6 +54,8 @@ class Codebook:
         The default chunk keeps the (chunk, K) score block near 128 MB (512 rows for 65,536 words).
         """
         x = np.asarray(descriptors, dtype=np.float32)
+        if not 1 <= k <= self.size:
+            raise ValueError(f"k must be between 1 and the codebook size {self.size}, got {k}")
         if chunk is None:
             chunk = max(64, (1 << 25) // max(self.size, 1))
         n = len(x)
@@ -45,6 +66,8 @@ class Codebook:
             sim = x[s : s + chunk] @ c.T - half_norms
             if k == 1:
                 out[s : s + chunk, 0] = np.argmax(sim, axis=1)
+            elif k <= _REPEATED_ARGMAX_K:
+                out[s : s + chunk] = top_k_by_repeated_argmax(sim, k)[0]
             else:
                 part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
                 order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")

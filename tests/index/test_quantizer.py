@@ -81,3 +81,24 @@ def test_small_codebooks_and_empty_input():
     x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     np.testing.assert_array_equal(q.assign(x, 3), cb.assign(x, 3))
     assert q.assign(np.zeros((0, 8), np.float32), 2).shape == (0, 2)
+
+
+def test_exact_multiple_assignment_is_the_k_nearest_in_order():
+    """Codebook.assign for k > 1 (repeated argmax) against a full sort of the distances; ties -> first index."""
+    from glocal.index.codebook import top_k_by_repeated_argmax
+
+    rng = np.random.default_rng(7)
+    words = rng.standard_normal((300, 16)).astype(np.float32)
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    cb = Codebook(words, {})
+    d = ((x[:, None, :] - words[None]) ** 2).sum(-1)
+    for k in (2, 5, 8, 12):  # 12 goes through argpartition
+        got = cb.assign(x, k)
+        np.testing.assert_array_equal(np.sort(d[np.arange(200)[:, None], got], axis=1), np.sort(d, axis=1)[:, :k])
+        assert np.all(np.diff(d[np.arange(200)[:, None], got], axis=1) >= 0)
+    scores = np.array([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    idx, val = top_k_by_repeated_argmax(scores, 3)
+    np.testing.assert_array_equal(idx, [[1, 2, 3], [0, 1, 2]])
+    np.testing.assert_array_equal(val, [[3, 3, 2], [0, 0, 0]])
+    with pytest.raises(ValueError, match="codebook size"):
+        cb.assign(x, 301)
