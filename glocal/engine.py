@@ -111,6 +111,11 @@ class Engine:
         db_extractor = _database_extractor(extractor, region_settings)
         failures = _extract_into(features, db_extractor, paths, names, prog, "extracting database", workers,
                                  sources=SourceLog(out))
+        if len(features) == 0:
+            features.close()
+            shown = "; ".join(f"{f.path}: {f.reason}" for f in failures[:3])
+            raise ValueError(f"nothing to index: all {len(failures)} images failed ({shown}"
+                             f"{'; ...' if len(failures) > 3 else ''})")
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "method": method,
                     "extractor": asdict(extractor.config), "regions": region_settings} | pipeline
         if pipeline["shortlist"] == "asmk":

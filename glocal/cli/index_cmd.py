@@ -42,11 +42,16 @@ def build(
     """Extract features of every image and build a searchable index."""
     from glocal.engine import Engine
 
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):
+        err.print(f"[red]error[/red]: no such file or folder: {escape(', '.join(map(str, missing)))}")
+        raise typer.Exit(EXIT_INPUT)
     files = list_images(paths)
     if not files:
         err.print(f"no images found in {', '.join(map(str, paths))}")
         raise typer.Exit(EXIT_INPUT)
     cb = list_images([codebook_images]) if codebook_images else None
+    created = not out_path.exists()
     conf = parse_settings(settings)
     if checkpoint is not None:
         conf["checkpoint"] = str(checkpoint)
@@ -59,12 +64,25 @@ def build(
                               aggregation=aggregation, **conf)
     except (FileExistsError, ValueError, TypeError, ImportError) as exc:
         err.print(f"[red]error[/red]: {escape(str(exc))}")
+        _remove_partial(out_path, created)
         raise typer.Exit(EXIT_INPUT) from None
     engine.close()
     report_failures(engine.failures)
+    if len(engine) == 0:
+        err.print("[red]error[/red]: nothing was indexed (every image failed, see above)")
+        _remove_partial(out_path, created)
+        raise typer.Exit(EXIT_INPUT)
     out.print(f"indexed {len(engine)} images into {out_path} ({len(engine.failures)} skipped)")
     if engine.failures:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _remove_partial(out_path: Path, created: bool) -> None:
+    """Delete an index folder this command created but could not finish (never a pre-existing folder)."""
+    import shutil
+
+    if created:
+        shutil.rmtree(out_path, ignore_errors=True)
 
 
 @app.command("add")

@@ -83,7 +83,15 @@ def test_errors_have_reliable_exit_codes(tmp_path: Path, photo_path: Path) -> No
     res = runner.invoke(app, ["search", str(tmp_path), str(photo_path), "--bbox", "1,2,3"])
     assert res.exit_code == 2
     res = runner.invoke(app, ["index", "build", str(tmp_path / "empty"), "--out", str(tmp_path / "x.glx")])
-    assert res.exit_code == 3
+    assert res.exit_code == 3 and "no such file or folder" in res.output
+    assert not (tmp_path / "x.glx").exists()  # nothing half-built left behind
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("not a picture")
+    (bad / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    res = runner.invoke(app, ["index", "build", str(bad), "--out", str(tmp_path / "y.glx")])
+    assert res.exit_code == 3 and "nothing to index" in res.output and "a.jpg" in res.output
+    assert not (tmp_path / "y.glx").exists()
 
 
 def test_whiten_learns_and_saves_a_model(demo_benchmark, tmp_path: Path) -> None:
