@@ -70,7 +70,10 @@ def image_to_tensor(pixels: npt.NDArray[np.uint8], prep: Preprocessing, device: 
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 normalised tensor on ``device``."""
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"pyramid.py: expected (H, W, 3) pixels, got shape {pixels.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+    arr = np.ascontiguousarray(pixels)
+    if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch.from_numpy warns on those
+        arr = arr.copy()
+    x = torch.from_numpy(arr).to(device)
     x = x.permute(2, 0, 1).unsqueeze(0).float()
     if prep.bgr:
         x = x.flip(1)

@@ -191,7 +191,7 @@ class PyramidExtractor:
                    ) -> list[tuple[PyramidLevel, dict[str, Tensor]]]:
         """Run every pyramid level of ``image``; outputs on CPU, one entry per scale."""
         with torch.inference_mode():
-            tensor = image_to_tensor(_writable(image.pixels), self.preprocessing, self.device)
+            tensor = image_to_tensor(image.pixels, self.preprocessing, self.device)
             return run_pyramid([tensor], scales, lambda x, lv: self._level_outputs(x, lv, raw),
                                max_batch=self.config.max_batch, channels_last=True)[0]
 
@@ -227,11 +227,6 @@ class PyramidExtractor:
         """Write the network in the glocal format (with the fitted whitening)."""
         config = {k: v for k, v in asdict(self.config).items() if k != "checkpoint"}
         return save_glocal_checkpoint(path, self.net, self.method, config)
-
-
-def _writable(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """PIL-backed arrays are read-only; torch.from_numpy warns on those, so copy them (cheap)."""
-    return pixels if pixels.flags.writeable else pixels.copy()
 
 
 def descriptor_outputs(whitened: Tensor, strengths: Tensor, normalise: bool) -> dict[str, Tensor]:
@@ -310,7 +305,7 @@ class HowExtractor(PyramidExtractor):
     def strength_map(self, image: LoadedImage, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """(h, w) map of the strengths ||u_l|| of one pyramid level (what ranks HOW's features)."""
         with torch.inference_mode():
-            x = image_to_tensor(_writable(image.pixels), self.preprocessing, self.device)
+            x = image_to_tensor(image.pixels, self.preprocessing, self.device)
             x = resize(x, level_size(x.shape[-2], x.shape[-1], scale))
             local = self.net.local_features(x)
         return local.strengths[0].reshape(local.size).float().cpu().numpy()
