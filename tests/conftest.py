@@ -1,6 +1,10 @@
 """Shared fixtures: a generated landmark benchmark and its index, built once per test session."""
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,3 +36,63 @@ def photo_path(tmp_path: Path) -> Path:
     p = tmp_path / "astronaut.jpg"
     Image.fromarray(data.astronaut()).save(p, quality=92)
     return p
+
+
+# -- a local HTTP server for download tests (dataset and weight downloads) -----------------------------
+@dataclass
+class FileServer:
+    """Serves ``files`` by path; ``cut[path] = n`` sends only n bytes of the next full response."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    cut: dict[str, int] = field(default_factory=dict)
+    ignore_range: bool = False
+    ranges: list[str | None] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    state = FileServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            data = state.files.get(self.path)
+            state.ranges.append(self.headers.get("Range"))
+            if data is None:
+                self.send_error(404, "not found")
+                return
+            start = 0
+            header = self.headers.get("Range")
+            if header and not state.ignore_range:
+                start = int(header.removeprefix("bytes=").split("-")[0])
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            n = state.cut.pop(self.path, None)
+            self.wfile.write(body if n is None else body[:n])
+            self.wfile.flush()
+            if n is not None:
+                self.close_connection = True
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

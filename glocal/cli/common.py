@@ -70,3 +70,20 @@ def report_failures(failures: list, what: str = "skipped") -> None:
 def show_progress() -> bool:
     """Progress bars unless stderr is not a terminal and GLOCAL_PROGRESS is not set."""
     return os.environ.get("GLOCAL_PROGRESS", "1") != "0"
+
+
+def checkpoint_file(value: str | Path | None, method: str) -> str | None:
+    """``--checkpoint``: a file path, or a published name (:data:`glocal.weights.REGISTRY`) downloaded into
+    the cache on first use; exits with :data:`EXIT_INPUT` and the reason when neither works."""
+    import typer
+    from rich.markup import escape
+
+    from glocal.weights import WeightsError, resolve_checkpoint
+
+    if value is None:
+        return None
+    try:
+        return str(resolve_checkpoint(value, method, progress=show_progress()))
+    except WeightsError as exc:
+        err.print(f"[red]error[/red]: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None

@@ -16,7 +16,16 @@ import numpy.typing as npt
 import typer
 from rich.table import Table
 
-from glocal.cli.common import EXIT_INPUT, EXIT_PARTIAL, err, out, parse_settings, report_failures, show_progress
+from glocal.cli.common import (
+    EXIT_INPUT,
+    EXIT_PARTIAL,
+    checkpoint_file,
+    err,
+    out,
+    parse_settings,
+    report_failures,
+    show_progress,
+)
 from glocal.evaluate.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -177,7 +186,7 @@ def eval_command(
         typer.Option("--rerank", help="Shortlist size verified with RANSAC (0 = no re-ranking; default from the index)."),
     ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Model weights for a deep --method."),
+        str | None, typer.Option("--checkpoint", help="Model weights for a deep --method: a file or a published name."),
     ] = None,
     settings_kv: Annotated[
         list[str] | None, typer.Option("--set", help="Extractor setting KEY=VALUE (VALUE as JSON); repeatable."),
@@ -221,7 +230,7 @@ def eval_command(
                 cb_paths = list_images([codebook_images]) if codebook_images is not None else None
                 conf = parse_settings(settings_kv or [])
                 if checkpoint is not None:
-                    conf["checkpoint"] = str(checkpoint)
+                    conf["checkpoint"] = checkpoint_file(checkpoint, method)
                 if regions != "none":
                     conf["regions"] = regions
                 if aggregation is not None:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from glocal.cli.common import (
     EXIT_INPUT,
     EXIT_PARTIAL,
+    checkpoint_file,
     err,
     image_names,
     out,
@@ -31,7 +32,8 @@ def build(
         None, "--codebook-images", help="Train the visual words on this folder instead of the indexed images."),
     codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="Number of visual words (default 4096)."),
     workers: int = typer.Option(2, "--workers", help="Parallel extraction threads."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model weights (deep methods)."),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="Model weights (deep methods): a file, or a published name ('glocal weights list')."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Resize images so the longer side is at most this."),
     settings: list[str] = typer.Option([], "--set", help="Extractor setting KEY=VALUE (VALUE as JSON, e.g. scales=[1.0]); repeatable."),
     regions: str = typer.Option("none", "--regions", help="Database regions: none, rmac or detector (ASMK methods)."),
@@ -54,7 +56,7 @@ def build(
     created = not out_path.exists()
     conf = parse_settings(settings)
     if checkpoint is not None:
-        conf["checkpoint"] = str(checkpoint)
+        conf["checkpoint"] = checkpoint_file(checkpoint, method)
     if max_side is not None:
         conf["max_side"] = max_side
     try:

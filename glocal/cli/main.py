@@ -60,6 +60,9 @@ def _register_optional() -> None:
         app.add_typer(datasets, name="datasets")
     except ImportError:  # pragma: no cover
         pass
+    from glocal.cli import weights_cmd
+
+    app.add_typer(weights_cmd.app, name="weights")
     # imports FastAPI / uvicorn only when run; without the [serve] extras it exits with EXIT_INPUT and a hint
     from glocal.cli.serve_cmd import serve_command
 

@@ -18,7 +18,7 @@ import typer
 from PIL import Image
 from rich.markup import escape
 
-from glocal.cli.common import EXIT_INPUT, err
+from glocal.cli.common import EXIT_INPUT, checkpoint_file, err
 from glocal.cli.common import out as console
 
 
@@ -84,8 +84,8 @@ def attention_command(
     image: Path = typer.Argument(..., help="Image to show the attention maps of."),
     method: str = typer.Option("fire", "--method", "-m", help="'fire' (Super-feature attention) or 'how' (strengths)."),
     out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="PNG file to write."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
-                                              help="Official or glocal HOW / FIRe weights; none = random (warned)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Official or glocal HOW / FIRe "
+                                             "weights (a file or a published name); none = random (warned)."),
     num_maps: int = typer.Option(7, "--maps", "-n", help="Show the N strongest Super-features."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated Super-feature IDs to show instead."),
     scale: float = typer.Option(1.0, "--scale", help="Pyramid scale the maps are computed at."),
@@ -104,7 +104,7 @@ def attention_command(
     except ImageReadError as exc:
         err.print(f"[red]error[/red]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INPUT) from None
-    ckpt = str(checkpoint) if checkpoint is not None else None
+    ckpt = checkpoint_file(checkpoint, method)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

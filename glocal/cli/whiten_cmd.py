@@ -6,14 +6,14 @@ from typing import Optional
 
 import typer
 
-from glocal.cli.common import EXIT_INPUT, err, out, show_progress
+from glocal.cli.common import EXIT_INPUT, checkpoint_file, err, out, show_progress
 
 
 def whiten_command(
     images: list[Path] = typer.Argument(..., help="Images (files or folders) to learn the whitening from."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (glocal format)."),
     method: str = typer.Option("how", "--method", help="how or fire."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model weights to start from."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model weights to start from (file or published name)."),
     features_per_image: int = typer.Option(1000, "--features-per-image"),
     max_images: int = typer.Option(5000, "--max-images", help="Reference setting: 5,000 training images."),
 ) -> None:
@@ -25,7 +25,7 @@ def whiten_command(
 
     if method not in ("how", "fire"):
         raise typer.BadParameter("whitening is learned for 'how' or 'fire'", param_hint="--method")
-    conf = {"checkpoint": str(checkpoint)} if checkpoint else {}
+    conf = {"checkpoint": checkpoint_file(checkpoint, method)} if checkpoint else {}
     extractor = create_extractor(method, **conf)
     files = list_images(images)[:max_images]
     if not files:

@@ -13,7 +13,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"], ["index", "remove"],
-                                  ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"], ["whiten"]])
+                                  ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"], ["whiten"],
+                                  ["weights", "list"], ["weights", "download"]])
 def test_help_on_every_command(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output

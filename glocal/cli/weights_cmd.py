@@ -1,0 +1,43 @@
+"""``glocal weights list|download``: the published checkpoints that ``--checkpoint NAME`` accepts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from glocal.cli.common import EXIT_INPUT, err, out, show_progress
+
+app = typer.Typer(help="Published model weights: list them, download them into the cache.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_command() -> None:
+    """The published checkpoints, their method, source and whether they are in the cache."""
+    from glocal.weights import REGISTRY, cache_dir
+
+    table = Table(title=f"published weights (cache: {cache_dir()})")
+    for col in ("name", "method", "cached", "description", "url"):
+        table.add_column(col)
+    for w in REGISTRY.values():
+        cached = "yes" if (cache_dir() / w.filename).is_file() else "no"
+        table.add_row(w.name, w.method, cached, w.description, w.url)
+    out.print(table)
+
+
+@app.command("download")
+def download_command(
+    name: str = typer.Argument(..., help="A name from 'glocal weights list'."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Folder to download into instead of the cache."),
+) -> None:
+    """Download (resumably, verified) a published checkpoint; prints its path."""
+    from glocal.weights import WeightsError, fetch
+
+    try:
+        path = fetch(name, progress=show_progress(), dest_dir=to)
+    except WeightsError as exc:
+        err.print(f"[red]error[/red]: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None
+    out.print(str(path), highlight=False)
