@@ -24,7 +24,8 @@ class SourceLog:
 
     def append(self, items: Iterable[tuple[str, str | Path]]) -> None:
         """Record ``(name, source path)`` pairs (paths made absolute), flushed to disk."""
-        lines = [json.dumps({"name": n, "path": str(Path(p).resolve())}, ensure_ascii=False) for n, p in items]
+        pairs = [(str(n), Path(p).resolve()) for n, p in items]
+        lines = [json.dumps({"name": n, "path": str(p)}, ensure_ascii=False) for n, p in pairs]
         if not lines:
             return
         torn = False
@@ -37,7 +38,7 @@ class SourceLog:
             f.flush()
             os.fsync(f.fileno())
         if self._paths is not None:
-            self._paths.update((json.loads(line)["name"], Path(json.loads(line)["path"])) for line in lines)
+            self._paths.update(pairs)
 
     def lookup(self, name: str) -> Path | None:
         """The recorded source of ``name`` (None when unknown); torn or malformed lines are skipped."""
