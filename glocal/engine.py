@@ -28,6 +28,7 @@ import numpy as np
 
 from glocal.extract.batch import ExtractionFailure, extract_many, extract_one
 from glocal.index.codebook import train_codebook
+from glocal.io.atomic import sha256_file
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.models import create_extractor
@@ -347,26 +348,9 @@ def _database_extractor(extractor: object, regions: dict | None) -> object:
     return RegionExtractor(extractor, region_source(regions["source"], **overrides))
 
 
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def _sha256(path: Path) -> str | None:
-    """SHA-256 of a checkpoint file (None when the file is gone), for reproducibility records; remembered per
-    (path, size, modification time), so asking for an engine's settings does not re-read large weights."""
-    import hashlib
-
-    if not path.is_file():
-        return None
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _SHA256_CACHE:
-        return _SHA256_CACHE[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    _SHA256_CACHE[key] = h.hexdigest()
-    return _SHA256_CACHE[key]
+    """SHA-256 of a checkpoint file (None when the file is gone), for reproducibility records."""
+    return sha256_file(path) if path.is_file() else None
 
 
 def _descriptor_sample(features: FeatureFile, per_image: int, seed: int) -> np.ndarray:

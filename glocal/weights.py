@@ -78,7 +78,8 @@ def fetch(name: str, *, progress: bool = True, dest_dir: Path | None = None) -> 
 
     :raises WeightsError: unknown name, failed download, or a cached file whose digest changed.
     """
-    from glocal.evaluate.download import DownloadError, download_file, sha256_of
+    from glocal.evaluate.download import DownloadError, download_file
+    from glocal.io.atomic import sha256_file
 
     w = _lookup(name)
     folder = Path(dest_dir) if dest_dir is not None else cache_dir()
@@ -86,7 +87,7 @@ def fetch(name: str, *, progress: bool = True, dest_dir: Path | None = None) -> 
     record = path.with_name(path.name + ".sha256")
     if path.is_file() and record.is_file():
         recorded = record.read_text().strip()
-        if sha256_of(path) == recorded and (w.sha256 is None or recorded == w.sha256):
+        if sha256_file(path) == recorded and (w.sha256 is None or recorded == w.sha256):
             return path
         raise WeightsError(f"{path}: its sha256 no longer matches the one recorded at download "
                            f"({recorded}); delete it to download again")

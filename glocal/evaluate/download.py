@@ -8,7 +8,6 @@ absolute paths, ``..``, links and special files, so an archive cannot write outs
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import shutil
@@ -28,6 +27,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from glocal.io.atomic import sha256_file
 
 CHUNK = 1 << 16
 GND_BASE = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
@@ -78,15 +79,6 @@ SOURCES: dict[str, list[Source]] = {
     ],
     "r1m": _r1m_sources(R1M_BASE),
 }
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _total_from_headers(status: int, headers: object, offset: int) -> int | None:
@@ -160,7 +152,7 @@ def download_file(
     """
     dest = Path(dest)
     if dest.is_file():
-        digest = sha256_of(dest)
+        digest = sha256_file(dest)
         if (sha256 is None or digest == sha256) and (size is None or dest.stat().st_size == size):
             return digest
         dest.unlink()
@@ -192,7 +184,7 @@ def download_file(
         else:
             raise DownloadError(f"{url}: failed after {retries + 1} attempts, partial data kept in {part} "
                                 f"for a later resume ({last_error})")
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     if sha256 is not None and digest != sha256:
         part.unlink()
         raise DownloadError(f"{url}: sha256 {digest} does not match the expected {sha256}; deleted the download")

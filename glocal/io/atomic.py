@@ -1,5 +1,5 @@
 """Durable-file helpers shared by the index folders: fsync of a folder, atomic replacement of a JSON
-manifest, a versioned-manifest reader, an exclusive writer lock and the CRC-32 of a file.
+manifest, a versioned-manifest reader, an exclusive writer lock, and the CRC-32 / SHA-256 of a file.
 
 Both folder formats (:mod:`glocal.index.manifest` for ASMK, :mod:`glocal.index.global_files` for the
 global index) commit the same way: data files first, then the manifest through
@@ -8,13 +8,14 @@ global index) commit the same way: data files first, then the manifest through
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileLock", "crc32_file", "fsync_dir", "read_versioned_json", "write_json_atomic"]
+__all__ = ["FileLock", "crc32_file", "fsync_dir", "read_versioned_json", "sha256_file", "write_json_atomic"]
 
 
 def fsync_dir(root: Path) -> None:
@@ -92,3 +93,21 @@ def crc32_file(path: str | Path, block: int = 1 << 22) -> int:
         while chunk := f.read(block):
             crc = zlib.crc32(chunk, crc)
     return crc
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of the file's bytes; remembered per (resolved path, size, modification time), so a large
+    checkpoint verified at download and recorded again in an index's settings is read once per process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while chunk := f.read(block):
+                h.update(chunk)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
