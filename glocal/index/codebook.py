@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 #: up to this many nearest words, k passes of argmax beat argpartition + sort (4096 words, k = 5:
 #: 8.7 vs 33.5 ms for 2,000 descriptors here)
-_REPEATED_ARGMAX_K = 8
+REPEATED_ARGMAX_K = 8
 
 
 def top_k_by_repeated_argmax(scores: npt.NDArray[np.float32], k: int
@@ -66,7 +66,7 @@ class Codebook:
             sim = x[s : s + chunk] @ c.T - half_norms
             if k == 1:
                 out[s : s + chunk, 0] = np.argmax(sim, axis=1)
-            elif k <= _REPEATED_ARGMAX_K:
+            elif k <= REPEATED_ARGMAX_K:
                 out[s : s + chunk] = top_k_by_repeated_argmax(sim, k)[0]
             else:
                 part = np.argpartition(-sim, k - 1, axis=1)[:, :k]

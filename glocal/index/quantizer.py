@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from glocal.index.blas import blas_threads
-from glocal.index.codebook import Codebook, top_k_by_repeated_argmax
+from glocal.index.codebook import REPEATED_ARGMAX_K, Codebook, top_k_by_repeated_argmax
 
 #: nprobe values tried by :func:`calibrate`, smallest first.
 NPROBE_STEPS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -146,7 +146,7 @@ class CoarseQuantizer:
                         pos[a:b, 0] = j + lo
                         continue
                     m = min(k, hi - lo)
-                    if m <= 8:
+                    if m <= REPEATED_ARGMAX_K:
                         j, vals[a:b, :m] = top_k_by_repeated_argmax(s, m)
                     else:
                         j = np.argpartition(s, hi - lo - m, axis=1)[:, hi - lo - m:]
