@@ -19,16 +19,15 @@ err = Console(stderr=True)
 
 
 def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
-    """Parse ``x1,y1,x2,y2`` into a box, or exit with a usage error."""
+    """Parse ``x1,y1,x2,y2`` into a box (:func:`glocal.io.images.parse_box`), or exit with a usage error."""
+    from glocal.io.images import parse_box as parse_box_text
+
     if text is None:
         return None
     try:
-        parts = [float(v) for v in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or parts[2] <= parts[0] or parts[3] <= parts[1]:
-        raise typer.BadParameter(f"expected x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {text!r}", param_hint="--bbox")
-    return parts[0], parts[1], parts[2], parts[3]
+        return parse_box_text(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--bbox") from None
 
 
 def parse_settings(items: list[str]) -> dict:

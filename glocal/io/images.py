@@ -5,6 +5,7 @@ and go on with the next image.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x1,y1,x2,y2"`` (pixels of the original image) -> a box; ``ValueError`` unless there are four finite
+    numbers with x2 > x1 and y2 > y1 (the CLI's ``--bbox`` and the service's ``bbox``)."""
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4 or not all(math.isfinite(v) for v in parts) or parts[2] <= parts[0] or parts[3] <= parts[1]:
+        raise ValueError(f"expected x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {text!r}")
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:

@@ -26,7 +26,6 @@ from values kept outside the lock, so they stay quick during a long search. Run 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import threading
@@ -41,7 +40,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import JSONResponse
 
 from glocal import __version__
-from glocal.io.images import ImageReadError
+from glocal.io.images import ImageReadError, parse_box
 
 MAX_TOP = 10_000
 _CHUNK = 1 << 20
@@ -136,12 +135,9 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     if text is None or not text.strip():
         return None
     try:
-        parts = [float(v) for v in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or not all(math.isfinite(v) for v in parts) or parts[2] <= parts[0] or parts[3] <= parts[1]:
-        raise HTTPException(422, f"bbox: expected x1,y1,x2,y2 with x2 > x1 and y2 > y1, got {text!r}")
-    return parts[0], parts[1], parts[2], parts[3]
+        return parse_box(text)
+    except ValueError as exc:
+        raise HTTPException(422, f"bbox: {exc}") from None
 
 
 def _label(upload: UploadFile) -> str:
