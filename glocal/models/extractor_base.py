@@ -109,12 +109,13 @@ class ModelExtractor:
         self.model.eval().to(self.device)
         # channels_last: on CUDA, and for PyTorch on CPU too (oneDNN convolutions; ResNet-50 at 1024 px took
         # 1.0 s instead of 1.5 s here); the ONNX path exports the model as built
-        self._channels_last = channels_last and (self.device.type == "cuda" or getattr(cfg, "runtime", "torch") == "torch")
+        runtime = getattr(cfg, "runtime", "torch")
+        self._channels_last = channels_last and (self.device.type == "cuda" or runtime == "torch")
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._prep = preprocessing_by_name(cfg.preprocessing)
         self._onnx = None
-        if getattr(cfg, "runtime", "torch") == "onnx":
+        if runtime == "onnx":
             from glocal.models.onnx_runtime import OnnxModel
 
             self._onnx = OnnxModel(self.model, type(self)._outputs)
