@@ -71,7 +71,7 @@ def main() -> None:
             codebook = train_codebook(pool, args.words, iterations=args.iterations, seed=args.seed)
         else:
             codebook = Codebook(np.ascontiguousarray(pool[: args.words]), {"kind": "random sample"})
-        quantizer = fast_quantizer(codebook, pool[args.words: args.words + 3000], k=1, query_k=5, seed=args.seed)
+        quantizer = fast_quantizer(codebook, pool[args.words: args.words + 5000], k=1, query_k=5, seed=args.seed)
         own_db = np.concatenate(db)
         own_q = np.concatenate(queries)
         sample = own_db[np.random.default_rng(1).choice(len(own_db), min(3000, len(own_db)), replace=False)]

@@ -137,7 +137,7 @@ class Engine:
             codebook = train_codebook(sample, asmk["codebook_size"], seed=seed)
             advance(1)
             manifest["codebook"] = codebook.info | {"trained_on": "codebook_paths" if codebook_paths else "database"}
-            held_out = np.random.default_rng(seed + 1).permutation(sample)[:2000]
+            held_out = np.random.default_rng(seed + 1).permutation(sample)[:5000]
             AsmkShortlist.create(out, asmk, codebook, held_out=held_out, seed=seed).close()
         features.close()
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from glocal.index.asmk import assign_many
 from glocal.index.codebook import Codebook
 from glocal.index.global_files import MANIFEST
 from glocal.index.global_index import GlobalIndex
@@ -93,7 +94,12 @@ class AsmkShortlist:
         return len(self.index)
 
     def add(self, features: Sequence[ImageFeatures]) -> None:
-        self.index.add([self.index.aggregate_database(f) for f in features])
+        """Quantise the batch's descriptors together (:func:`assign_many`: larger products, faster), then
+        aggregate and add each image."""
+        ivf = self.index
+        nearest = assign_many(ivf.quantizer or ivf.codebook, [f.descriptors for f in features],
+                              k=ivf.settings.db_assignments)
+        ivf.add([ivf.aggregate_database(f, nearest=n) for f, n in zip(features, nearest)])
 
     def remove(self, positions: Sequence[int]) -> None:
         self.index.remove(positions)

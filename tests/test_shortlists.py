@@ -72,3 +72,34 @@ def test_dba_k1_is_plain_search(clustered: np.ndarray, tmp_path: Path) -> None:
     a = shortlist.search(feats[3], top=8, database_augmentation=1)
     b = shortlist.search(feats[3], top=8)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("aggregation", ["asmk", "r-asmk", "regions"])
+def test_asmk_batch_add_equals_one_image_at_a_time(aggregation: str, tmp_path: Path) -> None:
+    """AsmkShortlist.add quantises a batch's descriptors together; the index equals one built image by image."""
+    from glocal.index.codebook import Codebook
+    from glocal.index.inverted_file import InvertedFile
+    from glocal.index.layout import IndexSettings
+    from glocal.index.quantizer import build_coarse_quantizer
+    from glocal.shortlists import AsmkShortlist
+
+    rng = np.random.default_rng(2)
+    codebook = Codebook(rng.standard_normal((512, 16)).astype(np.float32))
+    quantizer = build_coarse_quantizer(codebook, cells=16, nprobe=3, seed=0, threads=1)
+    settings = IndexSettings(binary=True, aggregation=aggregation, db_assignments=2)
+    feats = []
+    for i, n in enumerate([80, 0, 120, 5, 60]):
+        kp = rng.uniform(0, 100, (n, 2)).astype(np.float32)
+        feats.append(ImageFeatures(f"im{i}", (100, 100), rng.standard_normal((n, 16)).astype(np.float32), kp,
+                                   np.ones(n, np.float32), np.ones(n, np.float32),
+                                   regions=np.array([[0, 0, 50, 50], [40, 40, 100, 90]], np.float32)))
+    batched = AsmkShortlist(InvertedFile.create(tmp_path / "a", codebook, settings, quantizer=quantizer), {})
+    batched.add(feats)
+    single = InvertedFile.create(tmp_path / "b", codebook, settings, quantizer=quantizer)
+    single.add([single.aggregate_database(f) for f in feats])
+    query = batched.index.aggregate_query(rng.standard_normal((200, 16)).astype(np.float32))
+    assert batched.index.n_items == single.n_items > len(feats) * (aggregation == "regions")
+    np.testing.assert_array_equal(batched.index.item_scores(query), single.item_scores(query))
+    assert np.count_nonzero(single.item_scores(query)) > 0
+    batched.close()
+    single.close()

@@ -368,15 +368,16 @@ class InvertedFile:
         return aggregate(descriptors, self.codebook, self.settings.query_assignments, self.settings.binary,
                          None if exact else self.quantizer)
 
-    def aggregate_database(self, features: ImageFeatures, exact: bool = False
+    def aggregate_database(self, features: ImageFeatures, exact: bool = False, nearest: npt.NDArray | None = None
                            ) -> AggregatedImage | list[AggregatedImage]:
-        """Database representation of one image as this index's ``aggregation`` builds it."""
+        """Database representation of one image as this index's ``aggregation`` builds it (``nearest``: its
+        descriptors' ``db_assignments`` words, if assigned already, e.g. by :func:`assign_many`)."""
         s, q = self.settings, (None if exact else self.quantizer)
         if s.aggregation == "asmk":
-            return aggregate(features.descriptors, self.codebook, s.db_assignments, s.binary, q)
+            return aggregate(features.descriptors, self.codebook, s.db_assignments, s.binary, q, nearest=nearest)
         fn = aggregate_rasmk if s.aggregation == "r-asmk" else aggregate_regions
         return fn(features.descriptors, features.keypoints, feature_boxes(features), self.codebook,
-                  s.db_assignments, s.binary, q)
+                  s.db_assignments, s.binary, q, nearest=nearest)
 
     def verify(self) -> None:
         """Check every segment's CRC32 against the manifest (raises :class:`SegmentFileError`)."""

@@ -22,7 +22,12 @@ from glocal.index.blas import blas_threads
 from glocal.index.codebook import REPEATED_ARGMAX_K, Codebook, top_k_by_repeated_argmax
 
 #: nprobe values tried by :func:`calibrate`, smallest first.
-NPROBE_STEPS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+NPROBE_STEPS = (2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128)
+
+#: :func:`calibrate` asks for ``target + CALIBRATION_MARGIN`` on its sample: new images differ from the
+#: calibration sample (at 65,536 words, nprobe 24 gave 99.05 % on held-out RootSIFT but 98.96 % on 30 other
+#: images; nprobe 28 gave 99.3 % and 99.27 %, ``benchmarks/asmk_scale.py``).
+CALIBRATION_MARGIN = 0.002
 
 
 @dataclass(frozen=True)
@@ -221,11 +226,11 @@ def agreement(approx: npt.NDArray, exact: npt.NDArray) -> float:
 
 
 def calibrate(
-    quantizer: CoarseQuantizer, held_out: npt.NDArray, target: float = 0.99, k: int = 1, max_sample: int = 2000,
-    seed: int = 0,
+    quantizer: CoarseQuantizer, held_out: npt.NDArray, target: float = 0.99, k: int = 1, max_sample: int = 5000,
+    seed: int = 0, margin: float = CALIBRATION_MARGIN,
 ) -> CoarseQuantizer:
     """Smallest ``nprobe`` (of :data:`NPROBE_STEPS`) whose k-nearest assignments agree with exact search on
-    at least ``target`` of ``held_out`` descriptors (which should not be the codebook's own centroids).
+    at least ``target + margin`` of ``held_out`` descriptors (which should not be the codebook's own centroids).
 
     Sets ``nprobe`` for k = 1 and ``nprobe_multi`` for k > 1. The measured agreement and timings go into
     ``info`` (under ``"query"`` for k > 1); if no step reaches the target, all cells are probed (exact)
@@ -246,11 +251,12 @@ def calibrate(
         got = q.assign(x, k)
         dt = time.perf_counter() - t0
         a = agreement(got, exact)
-        if a >= target:
+        if a >= target + margin:
             chosen, measured, seconds = p, a, dt
             break
     found = {
-        "nprobe": chosen, "agreement": round(measured, 5), "target": target, "k": k, "calibration_sample": len(x),
+        "nprobe": chosen, "agreement": round(measured, 5), "target": target, "margin": margin, "k": k,
+        "calibration_sample": len(x),
         "reached": measured >= target, "ms_per_1000": round(1000 * seconds * 1000 / max(len(x), 1), 2),
         "exact_ms_per_1000": round(1000 * exact_s * 1000 / max(len(x), 1), 2),
     }

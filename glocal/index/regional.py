@@ -54,6 +54,7 @@ def _check(descriptors: npt.NDArray, keypoints: npt.NDArray) -> npt.NDArray[np.f
 def aggregate_regions(
     descriptors: npt.NDArray, keypoints: npt.NDArray, boxes: npt.NDArray | None, codebook: Codebook,
     assignments: int = 1, binary: bool = True, quantizer: Quantizer | None = None, include_full_image: bool = True,
+    nearest: npt.NDArray | None = None,
 ) -> list[AggregatedImage]:
     """One ASMK representation per region (regional search, D2R eq. 3-4), full image first.
 
@@ -63,7 +64,8 @@ def aggregate_regions(
     rows, regions, r_total = region_membership(keypoints, boxes, include_full_image)
     if len(x) == 0:
         return [empty_image(codebook.dim, binary) for _ in range(r_total)]
-    nearest = (quantizer or codebook).assign(x, k=assignments)
+    if nearest is None:  # else: assigned already (glocal.index.asmk.assign_many)
+        nearest = (quantizer or codebook).assign(x, k=assignments)
     g, w, sums = residual_sums(x, nearest, codebook.centroids, rows, regions)
     bounds = np.searchsorted(g, np.arange(r_total + 1))
     return [encode(w[bounds[r]:bounds[r + 1]], sums[bounds[r]:bounds[r + 1]], binary) for r in range(r_total)]
@@ -72,6 +74,7 @@ def aggregate_regions(
 def aggregate_rasmk(
     descriptors: npt.NDArray, keypoints: npt.NDArray, boxes: npt.NDArray | None, codebook: Codebook,
     assignments: int = 1, binary: bool = True, quantizer: Quantizer | None = None, include_full_image: bool = True,
+    nearest: npt.NDArray | None = None,
 ) -> AggregatedImage:
     """R-ASMK (binary: R-ASMK*) representation of a database image, D2R eq. 8-9 (see the module docstring).
 
@@ -81,7 +84,8 @@ def aggregate_rasmk(
     rows, regions, r_total = region_membership(keypoints, boxes, include_full_image)
     if len(x) == 0 or len(rows) == 0:
         return empty_image(codebook.dim, binary)
-    nearest = (quantizer or codebook).assign(x, k=assignments)
+    if nearest is None:  # else: assigned already (glocal.index.asmk.assign_many)
+        nearest = (quantizer or codebook).assign(x, k=assignments)
     g, w, sums = residual_sums(x, nearest, codebook.centroids, rows, regions)
     # gamma(Y^(r)) = 1 / ||V(Y^(r))||: norm over all words of region r (eq. 8)
     region_norm = np.sqrt(np.bincount(g, weights=np.einsum("ij,ij->i", sums, sums), minlength=r_total))

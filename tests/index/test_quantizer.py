@@ -102,3 +102,29 @@ def test_exact_multiple_assignment_is_the_k_nearest_in_order():
     np.testing.assert_array_equal(val, [[3, 3, 2], [0, 0, 0]])
     with pytest.raises(ValueError, match="codebook size"):
         cb.assign(x, 301)
+
+
+@pytest.mark.parametrize("rows_per_call", [1, 700, 10**6])
+def test_assign_many_gives_each_image_the_words_it_gets_alone(codebook, rows_per_call):
+    """Images quantised together (any grouping, empty images included) get the words they get one by one."""
+    from glocal.index.asmk import assign_many
+
+    q = build_coarse_quantizer(codebook, cells=32, nprobe=4, seed=0)
+    sizes = [300, 0, 450, 1, 900, 0, 250]
+    x = clustered(sum(sizes), 6)
+    images = np.split(x, np.cumsum(sizes)[:-1])
+    calls: list[int] = []
+
+    class Counting:
+        def assign(self, d, k=1):
+            calls.append(len(d))
+            return q.assign(d, k)
+
+    got = assign_many(Counting(), images, k=3, rows_per_call=rows_per_call)
+    assert [g.shape for g in got] == [(s, 3) for s in sizes]
+    for g, im in zip(got, images):
+        np.testing.assert_array_equal(g, q.assign(im, 3))
+    # images are never split; groups close once they hold rows_per_call descriptors
+    assert sum(calls) == sum(sizes)
+    assert len(calls) == {1: 5, 700: 3, 10**6: 1}[rows_per_call]  # empty images ride along
+    assert assign_many(q, [], k=2) == []
