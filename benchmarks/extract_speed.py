@@ -10,7 +10,8 @@ the official setting) and ``--scales 5`` (DOLG's official 5) are accepted too. W
 (timing does not depend on them); ``--attention-threshold 0`` makes DELG select the full 1,000 features.
 
 ``--runtime onnx`` runs the DELG / DOLG / ViTGaL network with ONNX Runtime on the CPU
-(:mod:`glocal.models.onnx_runtime`); repeat ``--runtime`` to compare both. The ONNX export (or loading the
+(:mod:`glocal.models.onnx_runtime`); ``--runtime torch-bf16`` runs it (HOW / FIRe: their trunk) under
+bfloat16 autocast; repeat ``--runtime`` to compare. The ONNX export (or loading the
 cached graph) happens on an extra first call, excluded from the timings and shown as "setup s".
 
 HOW / FIRe run their 7 scales (``--scales 7``) or scale 1; ViTGaL its global scale (``--scales 1``) or
@@ -18,7 +19,7 @@ global + its 5 local scales (``--scales 5``); ``--method detector-ssdlite|detect
 landmark detectors of Detect-to-Retrieve on the same image.
 
 Usage: ``python benchmarks/extract_speed.py --method delg|delg-star|dolg|how|fire|vitgal|detector-ssdlite|
-detector-frcnn [--scales 1|3|5|7] [--runtime torch|onnx] [--device cpu|cuda] [--repeats 3] [--warmup 1]
+detector-frcnn [--scales 1|3|5|7] [--runtime torch|torch-bf16|onnx] [--device cpu|cuda] [--repeats 3] [--warmup 1]
 [--threads N]``
 """
 from __future__ import annotations
@@ -118,7 +119,7 @@ def main() -> None:
         "delg", "delg-star", "dolg", "how", "fire", "vitgal", "detector-ssdlite", "detector-frcnn"))
     p.add_argument("--scales", type=int, choices=sorted(SCALE_SETS), action="append",
                    help="number of pyramid scales; repeat for several rows (default: 1 and 3)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), action="append",
+    p.add_argument("--runtime", choices=("torch", "torch-bf16", "onnx"), action="append",
                    help="network runtime (onnx: ONNX Runtime, CPU; delg, delg-star, dolg, vitgal); repeat for "
                         "several rows (default: torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -131,6 +132,8 @@ def main() -> None:
     runtimes = args.runtime or ["torch"]
     if "onnx" in runtimes and args.method not in ONNX_METHODS:
         p.error(f"--runtime onnx supports {', '.join(ONNX_METHODS)}")
+    if args.method.startswith("detector-") and set(runtimes) != {"torch"}:
+        p.error("the detectors run with --runtime torch only")
     if args.threads:
         torch.set_num_threads(args.threads)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"

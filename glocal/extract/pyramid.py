@@ -134,11 +134,19 @@ def batch_by_size(levels: Sequence[PyramidLevel], max_batch: int) -> list[list[P
     return [g[k:k + max_batch] for g in groups.values() for k in range(0, len(g), max_batch)]
 
 
-def inference_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """fp16 autocast on CUDA, plain fp32 elsewhere."""
+def inference_context(device: torch.device, bf16: bool = False) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA (bf16 with ``bf16``); on the CPU plain fp32, or bf16 autocast with ``bf16``
+    (convolutions and matrix products in bfloat16 through oneDNN: AMX where the CPU has it)."""
     if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if bf16 else torch.float16)
+    if bf16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def as_float32(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Floating outputs of a reduced-precision forward pass back in float32 (others unchanged)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
 
 
 def run_pyramid(

@@ -164,7 +164,8 @@ class DolgConfig:
     :param scales: pyramid scales (DOLG's 5 by default).
     :param device: ``"cpu"`` or ``"cuda[:i]"`` (fp16 autocast and channels_last on CUDA).
     :param seed: seed of the random initialisation (when no checkpoint).
-    :param runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, :mod:`glocal.models.onnx_runtime`).
+    :param runtime: ``"torch"``, ``"torch-bf16"`` (bfloat16 autocast) or ``"onnx"`` (ONNX Runtime on the CPU,
+        :mod:`glocal.models.onnx_runtime`).
     """
 
     depth: int = 50

@@ -25,6 +25,7 @@ from glocal.extract.pyramid import (
     LocalCandidates,
     PyramidLevel,
     SelectedFeatures,
+    as_float32,
     fuse_global,
     image_to_tensor,
     inference_context,
@@ -79,6 +80,21 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); else it is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def warn_if_bf16_is_slow(device: torch.device, what: str) -> None:
+    """Warn when ``runtime="torch-bf16"`` runs on a CPU without native bfloat16 (emulated: slower than fp32)."""
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(f"{what}.py: runtime='torch-bf16' on a CPU without native bfloat16 support is emulated and "
+                      "slower than runtime='torch'", stacklevel=4)
+
+
 class ModelExtractor:
     """Common part of the DELG / DOLG / ViTGaL extractors; subclasses call :meth:`_setup` from ``__init__``
     (after setting ``self.config``) and define ``extract_batch``.
@@ -110,10 +126,13 @@ class ModelExtractor:
         # channels_last: on CUDA, and for PyTorch on CPU too (oneDNN convolutions; ResNet-50 at 1024 px took
         # 1.0 s instead of 1.5 s here); the ONNX path exports the model as built
         runtime = getattr(cfg, "runtime", "torch")
-        self._channels_last = channels_last and (self.device.type == "cuda" or runtime == "torch")
+        self._channels_last = channels_last and (self.device.type == "cuda" or runtime != "onnx")
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._prep = preprocessing_by_name(cfg.preprocessing)
+        self._bf16 = runtime == "torch-bf16"
+        if self._bf16:
+            warn_if_bf16_is_slow(self.device, self.label.lower())
         self._onnx = None
         if runtime == "onnx":
             from glocal.models.onnx_runtime import OnnxModel
@@ -130,8 +149,8 @@ class ModelExtractor:
         """:meth:`_outputs` of ``self.model`` on a batch, by ONNX Runtime when ``config.runtime == "onnx"``."""
         if self._onnx is not None:
             return self._onnx(x, flags)
-        with inference_context(self.device):
-            return self._outputs(self.model, x, flags)
+        with inference_context(self.device, bf16=self._bf16):
+            return as_float32(self._outputs(self.model, x, flags))
 
     def _load_checkpoint(self, path: str) -> None:
         load_checkpoint(self.model, path)

@@ -69,10 +69,11 @@ class FireNet(nn.Module):
         self.backbone = trunk if trunk is not None else build_trunk()
         self.lit = LocalFeatureIntegrationTransformer(lit)
         self.whiten = PCAWhitening(lit.dim, output_dim)
+        self.trunk_bf16 = False  # set by the extractor for runtime="torch-bf16" (see trunk_forward)
 
     def super_features(self, x: Tensor) -> SuperFeatures:
         """Super-features of a batch of images (FIRe eq. 3-6)."""
-        out = self.lit(trunk_forward(self.backbone, x))
+        out = self.lit(trunk_forward(self.backbone, x, self.trunk_bf16))
         whitened = self.whiten(out.features)
         strengths = (out.features.pow(2).sum(-1) + 1e-10).sqrt()
         return SuperFeatures(out.features, F.normalize(whitened, dim=-1), whitened, strengths, out.attention)
@@ -100,6 +101,8 @@ class FireConfig:
     :param device: torch device string.
     :param max_batch: pyramid levels per forward pass.
     :param seed: seed of the random initialisation (used when no checkpoint is given).
+    :param runtime: ``"torch"`` (float32) or ``"torch-bf16"`` (the R50- trunk under bfloat16 autocast, LIT and
+        whitening in float32: faster on CPUs with AMX, ``benchmarks/RESULTS.md``).
     """
 
     checkpoint: str | None = None
@@ -117,6 +120,7 @@ class FireConfig:
     device: str = "cpu"
     max_batch: int = 4
     seed: int = 0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         normalise_common_config(self)

@@ -44,7 +44,7 @@ from glocal.extract.pyramid import (
 )
 from glocal.extract.receptive_field import feature_centers_xy, receptive_field
 from glocal.io.images import LoadedImage
-from glocal.models.extractor_base import seeded_init
+from glocal.models.extractor_base import seeded_init, warn_if_bf16_is_slow
 from glocal.models.how_fire_checkpoints import load_into, save_glocal_checkpoint
 from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone
 from glocal.models.layers.whitening import PCAWhitening, stack_feature_sample
@@ -61,11 +61,15 @@ def build_trunk(depth: int = 50, imagenet_weights: str | None = None) -> ResNetB
         return ResNetBackbone(BackboneConfig(depth=depth, weights=imagenet_weights, last_stage="res4"))
 
 
-def trunk_forward(trunk: nn.Module, x: Tensor) -> Tensor:
-    """(B, 3, H, W) -> (B, D, h, w) local activations; any ``nn.Module`` trunk returning a map works."""
-    if isinstance(trunk, ResNetBackbone):
-        return trunk(x, outputs=("res4",))["res4"]
-    return trunk(x)
+def trunk_forward(trunk: nn.Module, x: Tensor, bf16: bool = False) -> Tensor:
+    """(B, 3, H, W) -> (B, D, h, w) local activations; any ``nn.Module`` trunk returning a map works.
+
+    :param bf16: run the trunk under bfloat16 autocast (``runtime="torch-bf16"``) and return float32: the
+        convolutions are where the time goes; the heads (whitening, LIT) stay in float32.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = trunk(x, outputs=("res4",))["res4"] if isinstance(trunk, ResNetBackbone) else trunk(x)
+    return out.float() if bf16 else out
 
 
 def trunk_path(trunk: nn.Module) -> list[nn.Module]:
@@ -104,6 +108,7 @@ class HowNet(nn.Module):
         self.backbone = trunk if trunk is not None else build_trunk()
         self.smoothing_kernel = smoothing_kernel
         self.whiten = PCAWhitening(feature_dim, output_dim)
+        self.trunk_bf16 = False  # set by the extractor for runtime="torch-bf16" (see trunk_forward)
 
     def smooth(self, fmap: Tensor) -> Tensor:
         k = self.smoothing_kernel
@@ -113,7 +118,7 @@ class HowNet(nn.Module):
 
     def local_features(self, x: Tensor) -> HowLocalFeatures:
         """Local features, strengths ||u_l|| and o(.) of a batch of images."""
-        fmap = trunk_forward(self.backbone, x)
+        fmap = trunk_forward(self.backbone, x, self.trunk_bf16)
         strengths = (fmap.pow(2).sum(1) + 1e-10).sqrt().flatten(1)
         raw = self.smooth(fmap).flatten(2).transpose(1, 2)
         return HowLocalFeatures(raw, self.whiten(raw), strengths, (int(fmap.shape[-2]), int(fmap.shape[-1])))
@@ -143,6 +148,9 @@ class PyramidExtractor:
         # channels_last convolutions (oneDNN on CPU, tensor cores on CUDA): faster, same results
         self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.preprocessing = preprocessing_by_name(config.preprocessing)
+        self.net.trunk_bf16 = config.runtime == "torch-bf16"
+        if self.net.trunk_bf16:
+            warn_if_bf16_is_slow(self.device, self.method or self.name)
         self._centres: dict[tuple[int, int, int, int], Tensor] = {}
         self._stride = 16.0
 
@@ -255,6 +263,8 @@ class HowConfig:
     :param device: torch device string.
     :param max_batch: pyramid levels per forward pass.
     :param seed: seed of the random initialisation (used when no checkpoint is given).
+    :param runtime: ``"torch"`` (float32) or ``"torch-bf16"`` (the trunk under bfloat16 autocast, whitening
+        in float32: faster on CPUs with AMX, ``benchmarks/RESULTS.md``).
     """
 
     checkpoint: str | None = None
@@ -270,6 +280,7 @@ class HowConfig:
     device: str = "cpu"
     max_batch: int = 4
     seed: int = 0
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         normalise_common_config(self)
@@ -284,6 +295,8 @@ def normalise_common_config(config: Any) -> None:
         raise ValueError(f"{type(config).__name__}: scales must be positive, got {config.scales}")
     if config.max_keypoints < 1 or config.max_side < 1:
         raise ValueError(f"{type(config).__name__}: max_keypoints and max_side must be >= 1")
+    if config.runtime not in ("torch", "torch-bf16"):
+        raise ValueError(f"{type(config).__name__}: runtime must be 'torch' or 'torch-bf16', got {config.runtime!r}")
 
 
 class HowExtractor(PyramidExtractor):

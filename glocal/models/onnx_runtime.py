@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-RUNTIMES = ("torch", "onnx")
+#: "torch-bf16": PyTorch under bfloat16 autocast (AMX on recent Intel CPUs, ~3x faster than float32 here)
+RUNTIMES = ("torch", "torch-bf16", "onnx")
 INSTALL_HINT = "runtime='onnx' needs: pip install 'glocal[onnx]'"
 MIN_SIDE = 64
 MAX_SIDE = 16384

@@ -259,7 +259,8 @@ class VitgalConfig:
     :param variant: ``"s12"`` or ``"s24"``; ``embed_dim`` / ``depth`` / ``num_heads`` override it.
     :param scales: local-feature scales; ``global_scales``: global (1 scale, sec. 4.1).
     :param attention_threshold: keep local features scoring >= this (see the module notes).
-    :param runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, :mod:`glocal.models.onnx_runtime`).
+    :param runtime: ``"torch"``, ``"torch-bf16"`` (bfloat16 autocast) or ``"onnx"`` (ONNX Runtime on the CPU,
+        :mod:`glocal.models.onnx_runtime`).
     """
 
     checkpoint: str | None = None
