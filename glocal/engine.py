@@ -154,6 +154,10 @@ class Engine:
     def _open(cls, path: Path, progress: Progress, writable: bool = False) -> Engine:
         mf = path / "manifest.json"
         if not mf.exists():
+            done = path.with_name(path.name + ".compacting")
+            if not path.exists() and (done / "manifest.json").exists():
+                raise IndexError_(f"{path}: a 'glocal index compact' was interrupted after moving the old index to "
+                                  f"{path.name}.old; its complete result is {done}: rename that to {path}")
             raise IndexError_(f"{path}: not a glocal index (no manifest.json)")
         try:
             manifest = json.loads(mf.read_text())

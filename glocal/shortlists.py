@@ -81,6 +81,12 @@ class AsmkShortlist:
     def open(cls, root: Path, settings: dict, writable: bool = False) -> AsmkShortlist:
         return cls(InvertedFile.open(Path(root) / "ivf", writable=writable, verify="lazy"), settings)
 
+    def create_empty_like(self, root: Path) -> AsmkShortlist:
+        """A new, empty index at ``root`` with this one's codebook, fast quantizer and settings (compaction)."""
+        ivf = self.index
+        return type(self)(InvertedFile.create(Path(root) / "ivf", ivf.codebook, ivf.settings, quantizer=ivf.quantizer),
+                          self._settings)
+
     @property
     def codebook(self) -> Codebook:
         return self.index.codebook

@@ -110,8 +110,8 @@ def remove(
     index: Path = typer.Argument(..., help="Existing index folder."),
     names: list[str] = typer.Argument(..., help="Image names as 'glocal search' prints them."),
 ) -> None:
-    """Remove images from an index: never returned again, their entries stay on disk (tombstoned); a removed
-    name can be added again with 'glocal index add'."""
+    """Remove images from an index: never returned again, their entries stay on disk (tombstoned) until
+    'glocal index compact'; a removed name can be added again with 'glocal index add'."""
     engine = _open(index, writable=True)
     missing = engine.remove(names)
     for n in missing:
@@ -120,6 +120,25 @@ def remove(
     engine.close()
     if missing:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("compact")
+def compact(index: Path = typer.Argument(..., help="Existing index folder.")) -> None:
+    """Rewrite an index without its removed images and give their disk space back (nothing is extracted again;
+    surviving images keep their names and scores, their positions are renumbered)."""
+    from glocal.compact import compact_index
+    from glocal.engine import IndexError_
+    from glocal.index.manifest import IndexFormatError
+    from glocal.io.feature_file import FeatureFileError
+
+    try:
+        report = compact_index(index, progress=show_progress())
+    except (IndexError_, FeatureFileError, IndexFormatError, OSError) as exc:
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
+        raise typer.Exit(EXIT_INPUT) from None
+    mb = 1 / 2**20
+    out.print(f"dropped {report.dropped} removed images, kept {report.kept}; "
+              f"{report.bytes_before * mb:,.1f} MB -> {report.bytes_after * mb:,.1f} MB")
 
 
 @app.command("info")

@@ -1,0 +1,91 @@
+"""Compaction: rewrite an index without its removed images, so their bytes are given back.
+
+``Engine.remove`` only tombstones: the removed images' features stay in ``features.glf`` (positions are
+image ids) and their shortlist entries stay until a merge. :func:`compact_index` writes a new index folder
+beside the old one, ``<name>.compacting``, from the live images' stored features (nothing is extracted
+again; codebook, quantizer and settings are kept, so every surviving image scores as before), then swaps it
+in with two renames: ``<name>`` -> ``<name>.old``, ``<name>.compacting`` -> ``<name>``, and deletes the old
+folder. The writer lock of the old index is held throughout, so no ``add`` or ``remove`` runs meanwhile.
+
+Image positions change (they are renumbered densely); names do not. A crash before the first rename leaves
+the old index untouched (the half-written ``.compacting`` folder is removed by the next compaction); a crash
+between the two renames leaves both complete folders, and opening ``<name>`` says which one to rename back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from glocal.engine import Engine
+from glocal.io.feature_file import FeatureFile
+from glocal.io.sources import SourceLog
+from glocal.progress import Progress, as_progress
+from glocal.shortlists import AsmkShortlist
+
+COMPACTING_SUFFIX = ".compacting"
+OLD_SUFFIX = ".old"
+_BATCH = 64
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What :func:`compact_index` did: images kept and dropped, folder bytes before and after."""
+
+    kept: int
+    dropped: int
+    bytes_before: int
+    bytes_after: int
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def compact_index(path: Path, progress: bool | Progress = False) -> CompactionReport:
+    """Rewrite the index at ``path`` without its removed images (module docstring); a no-op when none are."""
+    path = Path(path)
+    prog = as_progress(progress)
+    before = folder_bytes(path)
+    engine = Engine.open(path, progress=prog, writable=True)
+    try:
+        live = sorted(engine.live_names())
+        dropped = len(engine.names) - len(live)
+        if dropped == 0:
+            return CompactionReport(len(live), 0, before, before)
+        fresh = path.with_name(path.name + COMPACTING_SUFFIX)
+        if fresh.exists():  # left by a compaction that crashed before its swap
+            shutil.rmtree(fresh)
+        fresh.mkdir()
+        _copy_live(engine, live, fresh, prog)
+        Engine._open(fresh, prog, writable=True).close()  # indexes the copied features (Engine._repair)
+    finally:
+        engine.close()
+    old = path.with_name(path.name + OLD_SUFFIX)
+    if old.exists():
+        shutil.rmtree(old)
+    os.rename(path, old)
+    os.rename(fresh, path)
+    shutil.rmtree(old)
+    return CompactionReport(len(live), dropped, before, folder_bytes(path))
+
+
+def _copy_live(engine: Engine, live: list[int], fresh: Path, progress: Progress) -> None:
+    """The new folder's manifest, features and source log for the ``live`` positions, and an empty
+    shortlist sharing the old one's codebook, quantizer and settings (global indexes are built on first add)."""
+    (fresh / "manifest.json").write_text(json.dumps(engine.manifest, indent=2))
+    if isinstance(engine.shortlist, AsmkShortlist):
+        engine.shortlist.create_empty_like(fresh).close()
+    features = FeatureFile(fresh / "features.glf", writable=True)
+    sources = SourceLog(fresh)
+    advance = progress("copying live images", len(live))
+    try:
+        for start in range(0, len(live), _BATCH):
+            batch = [engine.features[i] for i in live[start:start + _BATCH]]
+            features.append(batch)
+            sources.append((f.name, p) for f in batch if (p := engine.sources.lookup(f.name)) is not None)
+            advance(len(batch))
+    finally:
+        features.close()
