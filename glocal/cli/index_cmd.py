@@ -153,6 +153,7 @@ def info(index: Path = typer.Argument(..., help="Index folder."), as_json: bool 
     features = sizes.get("features.glf", 0)
     stats = {
         "images": len(engine),
+        "removed_images": len(engine.names) - len(engine),  # tombstoned until 'glocal index compact'
         "method": engine.manifest["method"],
         "shortlist": engine.shortlist.stats(),
         "features_bytes_per_image": features / n,

@@ -12,7 +12,7 @@ from glocal.cli.main import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"], ["index", "remove"],
+@pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"], ["index", "remove"], ["index", "compact"],
                                   ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"], ["whiten"],
                                   ["weights", "list"], ["weights", "download"]])
 def test_help_on_every_command(args: list[str]) -> None:
@@ -76,6 +76,13 @@ def test_build_search_info_add(small_collection: Path, demo_benchmark, tmp_path:
     assert res.exit_code == 1 and "no-such-image.jpg" in res.output and "holds 32" in res.output
     res = runner.invoke(app, ["search", str(idx), str(query), "--top", "5", "--json"])
     assert query.name not in [r["name"] for r in json.loads(res.output)["results"]]
+    info = json.loads(runner.invoke(app, ["index", "info", str(idx), "--json"]).output)
+    assert (info["images"], info["removed_images"]) == (32, 1)
+    res = runner.invoke(app, ["index", "compact", str(idx)])
+    assert res.exit_code == 0 and "dropped 1 removed images, kept 32" in res.output
+    compacted = json.loads(runner.invoke(app, ["index", "info", str(idx), "--json"]).output)
+    assert (compacted["images"], compacted["removed_images"]) == (32, 0)
+    assert compacted["total_bytes"] < info["total_bytes"]
 
 
 def test_errors_have_reliable_exit_codes(tmp_path: Path, photo_path: Path) -> None:
