@@ -5,7 +5,8 @@ image ids) and their shortlist entries stay until a merge. :func:`compact_index`
 beside the old one, ``<name>.compacting``, from the live images' stored features (nothing is extracted
 again; codebook, quantizer and settings are kept, so every surviving image scores as before), then swaps it
 in with two renames: ``<name>`` -> ``<name>.old``, ``<name>.compacting`` -> ``<name>``, and deletes the old
-folder. The writer lock of the old index is held throughout, so no ``add`` or ``remove`` runs meanwhile.
+folder. The old index stays open for writing throughout (its writer lock), so no ``add`` or ``remove`` runs
+meanwhile; readers (``glocal serve``) keep the files they have open and see the new index when they reopen.
 
 Image positions change (they are renumbered densely); names do not. A crash before the first rename leaves
 the old index untouched (the half-written ``.compacting`` folder is removed by the next compaction); a crash
@@ -60,7 +61,7 @@ def compact_index(path: Path, progress: bool | Progress = False) -> CompactionRe
             shutil.rmtree(fresh)
         fresh.mkdir()
         _copy_live(engine, live, fresh, prog)
-        Engine._open(fresh, prog, writable=True).close()  # indexes the copied features (Engine._repair)
+        Engine.open(fresh, progress=prog, writable=True).close()  # indexes the copied features (_repair)
     finally:
         engine.close()
     old = path.with_name(path.name + OLD_SUFFIX)

@@ -28,7 +28,7 @@ import numpy as np
 
 from glocal.extract.batch import ExtractionFailure, extract_many, extract_one
 from glocal.index.codebook import train_codebook
-from glocal.io.atomic import sha256_file
+from glocal.io.atomic import FileLock, sha256_file
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.models import create_extractor
@@ -58,6 +58,14 @@ class Engine:
         self.manifest = manifest
         self.shortlist = shortlist
         self.writable = writable
+        self._writer: FileLock | None = None
+        if writable:  # one writer at a time, whatever the shortlist (the ASMK one also locks its own folder)
+            try:
+                self._writer = FileLock(self.root / "WRITER.LOCK")
+            except BlockingIOError:
+                shortlist.close()
+                raise IndexError_(f"{self.root}: another process is writing to this index (add, remove or "
+                                  "compact); open it read-only or try again later") from None
         self.extractor = create_extractor(manifest["method"], **manifest["extractor"])
         self.db_extractor = _database_extractor(self.extractor, manifest.get("regions"))
         self.features = FeatureFile(self.root / "features.glf", writable=writable)
@@ -299,6 +307,9 @@ class Engine:
     def close(self) -> None:
         self.features.close()
         self.shortlist.close()
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],

@@ -89,3 +89,17 @@ def test_cli_compact(demo_benchmark, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "dropped 1 removed images, kept 5" in result.output
     assert runner.invoke(app, ["index", "compact", str(tmp_path / "missing.glx")]).exit_code != 0
+
+
+def test_one_writer_at_a_time_for_global_indexes_too(demo_benchmark, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eng = Engine.build(demo_benchmark.db_paths[:3], demo_benchmark.db_names[:3], tmp_path / "w.glx",
+                           method="dolg", progress=False, max_side=128, scales=[1.0])
+        with pytest.raises(IndexError_, match="another process is writing"):
+            compact_index(tmp_path / "w.glx")
+        reader = Engine.open(tmp_path / "w.glx")  # readers are not blocked
+        assert len(reader) == 3
+        reader.close()
+        eng.close()
+        Engine.open(tmp_path / "w.glx", writable=True).close()  # released on close

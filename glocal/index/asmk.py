@@ -34,7 +34,7 @@ class Quantizer(Protocol):
 
 
 #: descriptors quantised per call by :func:`assign_many` (about 8 images of 1,000): larger matrix products
-#: per coarse cell, 15.8 -> 10.4 ms per image with the two-level quantizer (``benchmarks/asmk_scale.py``).
+#: per coarse cell, 18.6 -> 12 ms per image with the two-level quantizer (``benchmarks/asmk_scale.py``).
 ROWS_PER_CALL = 8192
 
 
