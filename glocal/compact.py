@@ -8,7 +8,8 @@ in with two renames: ``<name>`` -> ``<name>.old``, ``<name>.compacting`` -> ``<n
 folder. The old index stays open for writing throughout (its writer lock), so no ``add`` or ``remove`` runs
 meanwhile; readers (``glocal serve``) keep the files they have open and see the new index when they reopen.
 
-Image positions change (they are renumbered densely); names do not. A crash before the first rename leaves
+It needs free disk space for the copy (about the live images' share of the folder). Image positions change
+(they are renumbered densely); names do not. A crash before the first rename leaves
 the old index untouched (the half-written ``.compacting`` folder is removed by the next compaction); a crash
 between the two renames leaves both complete folders, and opening ``<name>`` says which one to rename back.
 """
