@@ -141,9 +141,10 @@ class Engine:
                     cb_feats.close()
             else:
                 sample = _descriptor_sample(features, per_image, seed)
-            advance = prog("training codebook", 1)
-            codebook = train_codebook(sample, asmk["codebook_size"], seed=seed)
-            advance(1)
+            iterations = 10
+            advance = prog("training codebook (k-means iterations)", iterations)
+            codebook = train_codebook(sample, asmk["codebook_size"], iterations=iterations, seed=seed,
+                                      on_iteration=lambda: advance(1))
             manifest["codebook"] = codebook.info | {"trained_on": "codebook_paths" if codebook_paths else "database"}
             held_out = np.random.default_rng(seed + 1).permutation(sample)[:5000]
             AsmkShortlist.create(out, asmk, codebook, held_out=held_out, seed=seed).close()

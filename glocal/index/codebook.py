@@ -90,6 +90,7 @@ APPROXIMATE_FROM = 16_384
 def train_codebook(
     descriptors: npt.NDArray, size: int = DEFAULT_SIZE, iterations: int = 10, seed: int = 0,
     max_sample: int | None = None, log: Callable[[str], None] | None = None, method: str = "auto",
+    on_iteration: Callable[[], None] | None = None,
 ) -> Codebook:
     """k-means on a random sample of the descriptors.
 
@@ -100,7 +101,8 @@ def train_codebook(
         :data:`APPROXIMATE_FROM` words on).
 
     The info records the size used, the sample size, the iterations, the method, the seed and the training
-    time; ``log`` (e.g. ``print``) receives the same as one line.
+    time; ``log`` (e.g. ``print``) receives the same as one line. ``on_iteration()`` is called once per
+    iteration (after each with the approximate method; all at the end with faiss).
     """
     if method not in ("auto", "faiss", "approximate"):
         raise ValueError(f"method must be 'auto', 'faiss' or 'approximate', got {method!r}")
@@ -122,10 +124,12 @@ def train_codebook(
         km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10_000_000)
         km.train(x)
         centroids = km.centroids
+        for _ in range(iterations if on_iteration is not None else 0):
+            on_iteration()
     else:
         from glocal.index.kmeans import approximate_kmeans
 
-        centroids, run = approximate_kmeans(x, k, iterations, seed=seed)
+        centroids, run = approximate_kmeans(x, k, iterations, seed=seed, on_iteration=on_iteration)
         extra = {"cells": run["cells"], "nprobe": run["nprobe"],
                  "final_mse": run["history"][-1]["mse"] if run["history"] else None}
     seconds = time.perf_counter() - t0

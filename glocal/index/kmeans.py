@@ -58,12 +58,13 @@ def split_for_empty(centroids: npt.NDArray[np.float64], counts: npt.NDArray[np.i
 
 def approximate_kmeans(
     descriptors: npt.NDArray, k: int, iterations: int = 10, seed: int = 0, nprobe: int | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, on_iteration: Callable[[], None] | None = None,
 ) -> tuple[npt.NDArray[np.float32], dict]:
     """(k, d) centroids and a record of the run (per-iteration mean squared error and seconds).
 
     Initialisation: k distinct descriptors drawn at random (seeded), like faiss. ``nprobe`` (cells probed per
     descriptor) is calibrated on the first iteration's codebook to 99 % exact assignments unless given.
+    ``log`` gets a line per iteration; ``on_iteration()`` is called after each (progress bars).
     """
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
     n = len(x)
@@ -95,6 +96,8 @@ def approximate_kmeans(
         reseeded = split_for_empty(centroids, counts, rng)
         history.append({"iteration": it + 1, "mse": round(mse, 6), "empty_reseeded": reseeded,
                         "seconds": round(time.perf_counter() - t0, 2)})
+        if on_iteration is not None:
+            on_iteration()
         if log is not None:
             log(f"k-means iteration {it + 1}/{iterations}: mean squared error {mse:.5f}, {reseeded} empty words "
                 f"re-seeded, {history[-1]['seconds']:.1f} s")

@@ -67,3 +67,10 @@ def test_error_falls_and_is_recorded_per_iteration() -> None:
         approximate_kmeans(x[:10], 20)
     with pytest.raises(ValueError, match="method must be"):
         train_codebook(x, 64, method="hnsw")
+
+
+@pytest.mark.parametrize("method", ["faiss", "approximate"])
+def test_progress_is_reported_once_per_iteration(method: str) -> None:
+    ticks: list[int] = []
+    train_codebook(clustered(8_000, 3), 64, iterations=3, method=method, on_iteration=lambda: ticks.append(1))
+    assert len(ticks) == 3
