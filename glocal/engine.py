@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glocal.asmk_setup import codebook_donor, create_asmk_shortlist, descriptor_sample
 from glocal.extract.batch import ExtractionFailure, extract_many, extract_one
-from glocal.index.codebook import train_codebook
 from glocal.io.atomic import FileLock, sha256_file
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
@@ -91,6 +91,7 @@ class Engine:
         regions: str = "none",
         region_detector: str | None = None,
         aggregation: str | None = None,
+        codebook_from: Path | None = None,
         **extractor_conf: object,
     ) -> Engine:
         """Index ``paths`` into a new collection at ``out``.
@@ -102,12 +103,14 @@ class Engine:
 
         For ASMK methods the codebook is trained on the database images themselves unless
         ``codebook_paths`` names other images (the papers' protocol: train on a different dataset than the
-        one searched). Unreadable images are reported in ``engine.failures`` and skipped.
+        one searched), or taken with its fast quantizer from the index at ``codebook_from`` (same method:
+        train once, build many). Unreadable images are reported in ``engine.failures`` and skipped.
         """
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out}: already exists and is not empty (use 'glocal index add' to extend it)")
         pipeline = pipeline_for(method)
+        donor = codebook_donor(codebook_from, method, codebook_paths, codebook_size) if codebook_from else None
         if regions != "none" and pipeline["shortlist"] != "asmk":
             raise ValueError(f"--regions applies to ASMK methods (sift, how, fire), not to {method!r}")
         region_settings = {"source": regions, "detector": region_detector} if regions != "none" else None
@@ -128,26 +131,20 @@ class Engine:
         manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "method": method,
                     "extractor": asdict(extractor.config), "regions": region_settings} | pipeline
         if pipeline["shortlist"] == "asmk":
-            asmk = manifest["asmk"]
             if codebook_size:
-                asmk["codebook_size"] = int(codebook_size)
-            per_image = asmk["codebook_descriptors_per_image"]
-            if codebook_paths:
+                manifest["asmk"]["codebook_size"] = int(codebook_size)
+            sample = None
+            if donor is None and codebook_paths:
                 with tempfile.TemporaryDirectory() as tmp:
                     cb_feats = FeatureFile(Path(tmp) / "codebook.glf", writable=True)
                     cb_names = [f"cb{i}:{Path(p).name}" for i, p in enumerate(codebook_paths)]
-                    _extract_into(cb_feats, extractor, codebook_paths, cb_names, prog, "extracting codebook set", workers)
-                    sample = _descriptor_sample(cb_feats, per_image, seed)
+                    _extract_into(cb_feats, extractor, codebook_paths, cb_names, prog, "extracting codebook set",
+                                  workers)
+                    sample = descriptor_sample(cb_feats, manifest["asmk"]["codebook_descriptors_per_image"], seed)
                     cb_feats.close()
-            else:
-                sample = _descriptor_sample(features, per_image, seed)
-            iterations = 10
-            advance = prog("training codebook (k-means iterations)", iterations)
-            codebook = train_codebook(sample, asmk["codebook_size"], iterations=iterations, seed=seed,
-                                      on_iteration=lambda: advance(1))
-            manifest["codebook"] = codebook.info | {"trained_on": "codebook_paths" if codebook_paths else "database"}
-            held_out = np.random.default_rng(seed + 1).permutation(sample)[:5000]
-            AsmkShortlist.create(out, asmk, codebook, held_out=held_out, seed=seed).close()
+            elif donor is None:
+                sample = descriptor_sample(features, manifest["asmk"]["codebook_descriptors_per_image"], seed)
+            create_asmk_shortlist(out, manifest, sample, donor, bool(codebook_paths), seed, prog)
         features.close()
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         engine = cls._open(out, progress=prog, writable=True)
@@ -367,16 +364,3 @@ def _database_extractor(extractor: object, regions: dict | None) -> object:
 def _sha256(path: Path) -> str | None:
     """SHA-256 of a checkpoint file (None when the file is gone), for reproducibility records."""
     return sha256_file(path) if path.is_file() else None
-
-
-def _descriptor_sample(features: FeatureFile, per_image: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    parts = []
-    for f in features:
-        d = f.descriptors
-        if len(d) > per_image:
-            d = d[np.sort(rng.choice(len(d), per_image, replace=False))]
-        parts.append(np.asarray(d, np.float32))
-    if not parts or sum(len(p) for p in parts) == 0:
-        raise ValueError(f"{features.path}: no local features to train a codebook on (all images failed?)")
-    return np.concatenate(parts)

@@ -21,7 +21,7 @@ from glocal.index.global_files import MANIFEST
 from glocal.index.global_index import GlobalIndex
 from glocal.index.inverted_file import InvertedFile
 from glocal.index.layout import IndexSettings
-from glocal.index.quantizer import fast_quantizer
+from glocal.index.quantizer import CoarseQuantizer, fast_quantizer
 from glocal.index.stats import index_stats
 from glocal.index.topk import exact_top_k
 from glocal.records import ImageFeatures
@@ -64,12 +64,13 @@ class AsmkShortlist:
 
     @classmethod
     def create(cls, root: Path, settings: dict, codebook: Codebook, held_out: npt.NDArray | None = None,
-               seed: int = 0) -> AsmkShortlist:
+               seed: int = 0, quantizer: CoarseQuantizer | None = None) -> AsmkShortlist:
         """A new, empty index. Codebooks of 16k words or more get the fast two-level quantizer, calibrated
         to agree with exact assignment on 99 % of ``held_out`` descriptors, for the database's and the
-        query's number of assignments."""
-        quantizer = fast_quantizer(codebook, held_out, seed=seed, k=settings["db_assignments"],
-                                   query_k=settings["query_assignments"]) if codebook.size >= 16384 else None
+        query's number of assignments (or ``quantizer``, e.g. the one stored with a reused codebook)."""
+        if quantizer is None and codebook.size >= 16384:
+            quantizer = fast_quantizer(codebook, held_out, seed=seed, k=settings["db_assignments"],
+                                       query_k=settings["query_assignments"])
         index_settings = IndexSettings(
             binary=settings["binary"], aggregation=settings.get("aggregation", "asmk"), alpha=settings["alpha"],
             tau=settings["tau"], db_assignments=settings["db_assignments"],

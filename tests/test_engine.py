@@ -145,3 +145,29 @@ def test_removed_name_can_be_added_again(demo_benchmark, tmp_path: Path) -> None
     assert again.remove([names[5]]) == [] and len(again) == 19
     assert again.remove([names[5]]) == [names[5]]  # nothing live by that name any more
     again.close()
+
+
+def test_codebook_reused_from_another_index(demo_benchmark, tmp_path: Path) -> None:
+    """Train once, build many: the second index takes the first one's codebook (no k-means) and searches."""
+    import numpy as np
+
+    paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
+    first = Engine.build(paths[:15], names[:15], tmp_path / "a.glx", progress=False, codebook_size=128)
+    first.close()
+    second = Engine.build(paths[15:35], names[15:35], tmp_path / "b.glx", progress=False, codebook_from=tmp_path / "a.glx")
+    a, b = Engine.open(tmp_path / "a.glx"), second
+    np.testing.assert_array_equal(a.shortlist.codebook.centroids, b.shortlist.codebook.centroids)
+    assert b.manifest["codebook"]["trained_on"].startswith("reused from") and b.manifest["asmk"]["codebook_size"] == 128
+    assert b.manifest["codebook"]["sample"] == a.manifest["codebook"]["sample"]  # the donor's training record
+    assert b.search(paths[20], top=1)[0].name == names[20]
+    a.close()
+    b.close()
+    with pytest.raises(ValueError, match="excludes codebook images and a codebook size"):
+        Engine.build(paths[:2], names[:2], tmp_path / "c.glx", progress=False, codebook_from=tmp_path / "a.glx",
+                     codebook_size=64)
+    with pytest.raises(ValueError, match="not for an ASMK index of 'how'"):
+        Engine.build(paths[:2], names[:2], tmp_path / "d.glx", method="how", progress=False,
+                     codebook_from=tmp_path / "a.glx")
+    with pytest.raises(ValueError, match="not a readable glocal index"):
+        Engine.build(paths[:2], names[:2], tmp_path / "e.glx", progress=False, codebook_from=tmp_path / "nowhere")
+    assert not (tmp_path / "c.glx").exists() and not (tmp_path / "d.glx").exists()

@@ -160,6 +160,10 @@ def eval_command(
         Path | None,
         typer.Option("--codebook-images", help="Folder of images to train the codebook on (default: the database)."),
     ] = None,
+    codebook_from: Annotated[
+        Path | None,
+        typer.Option("--codebook-from", help="Reuse the codebook of this index (same method) instead of training one."),
+    ] = None,
     save_index: Annotated[
         Path | None,
         typer.Option("--save-index", help="Keep the index built for the evaluation here instead of a temporary folder."),
@@ -236,8 +240,9 @@ def eval_command(
                 if aggregation is not None:
                     conf["aggregation"] = aggregation
                 engine = Engine.build(ds.db_paths, ds.db_names, save_index or Path(tmp) / "index", method=method,
-                                      codebook_paths=cb_paths, progress=progress, **conf)
-        except (OSError, _index_error()) as exc:
+                                      codebook_paths=cb_paths, codebook_from=codebook_from, progress=progress,
+                                      **conf)
+        except (OSError, ValueError, _index_error()) as exc:
             err.print(f"[red]error[/red]: {exc}", highlight=False)
             raise typer.Exit(EXIT_INPUT) from None
         try:

@@ -31,6 +31,8 @@ def build(
     codebook_images: Optional[Path] = typer.Option(
         None, "--codebook-images", help="Train the visual words on this folder instead of the indexed images."),
     codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="Number of visual words (default 4096)."),
+    codebook_from: Optional[Path] = typer.Option(
+        None, "--codebook-from", help="Reuse the codebook (and fast quantizer) of this index of the same method."),
     workers: int = typer.Option(2, "--workers", help="Parallel extraction threads."),
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="Model weights (deep methods): a file, or a published name ('glocal weights list')."),
@@ -63,7 +65,7 @@ def build(
         engine = Engine.build(files, image_names(files, paths), out_path, method=method, codebook_paths=cb,
                               progress=show_progress(), codebook_size=codebook_size, workers=workers,
                               regions=regions, region_detector=str(detector) if detector else None,
-                              aggregation=aggregation, **conf)
+                              aggregation=aggregation, codebook_from=codebook_from, **conf)
     except (FileExistsError, ValueError, TypeError, ImportError) as exc:
         err.print(f"[red]error[/red]: {escape(str(exc))}")
         _remove_partial(out_path, created)

@@ -84,6 +84,13 @@ def test_build_search_info_add(small_collection: Path, demo_benchmark, tmp_path:
     assert (compacted["images"], compacted["removed_images"]) == (32, 0)
     assert compacted["total_bytes"] < info["total_bytes"]
 
+    reuse = tmp_path / "reuse.glx"  # a second index on the first one's codebook
+    res = runner.invoke(app, ["index", "build", str(extra), "--out", str(reuse), "--codebook-from", str(idx)])
+    assert res.exit_code == 0 and "indexed 3 images" in res.output, res.output
+    res = runner.invoke(app, ["index", "build", str(extra), "--out", str(tmp_path / "bad.glx"), "--method", "how",
+                              "--codebook-from", str(idx)])
+    assert res.exit_code == 3 and "not for an ASMK index of 'how'" in res.output
+
 
 def test_errors_have_reliable_exit_codes(tmp_path: Path, photo_path: Path) -> None:
     res = runner.invoke(app, ["search", str(tmp_path / "nope.glx"), str(photo_path)])

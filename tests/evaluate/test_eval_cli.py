@@ -45,8 +45,10 @@ class FakeEngine:
 
     @classmethod
     def build(cls, paths: list[Path], names: list[str], out: Path, method: str = "sift",
-              codebook_paths: list[Path] | None = None, progress: bool = True) -> FakeEngine:
-        cls.built.append({"out": out, "method": method, "codebook_paths": codebook_paths, "n": len(paths)})
+              codebook_paths: list[Path] | None = None, progress: bool = True,
+              codebook_from: Path | None = None) -> FakeEngine:
+        cls.built.append({"out": out, "method": method, "codebook_paths": codebook_paths, "n": len(paths),
+                          "codebook_from": codebook_from})
         return cls(list(reversed(names)))
 
     @classmethod
@@ -92,6 +94,7 @@ def test_eval_builds_index_and_writes_outputs(tmp_path: Path, fake_engine: type[
     make_custom(tmp_path)
     eval_command("custom", tmp_path, method="sift", json_out=tmp_path / "out.json", report=tmp_path / "rep", top=3)
     assert fake_engine.built[0]["n"] == 4 and fake_engine.built[0]["method"] == "sift"
+    assert fake_engine.built[0]["codebook_from"] is None
     doc = json.loads((tmp_path / "out.json").read_text())
     # q1: ranking a, b, c -> positives at 0 and 2: 19/24 ; q2: d first -> 1
     assert doc["all"]["map"] == pytest.approx(100 * (19 / 24 + 1) / 2)
@@ -117,9 +120,10 @@ def test_eval_through_typer(tmp_path: Path, fake_engine: type[FakeEngine]) -> No
     app.command("eval")(eval_command)
     app.command("other")(lambda: None)
     result = CliRunner().invoke(app, ["eval", "custom", "--data", str(tmp_path), "--json", str(tmp_path / "t.json"),
-                                      "--top", "2", "--method", "sift"])
+                                      "--top", "2", "--method", "sift", "--codebook-from", str(tmp_path / "cb.glx")])
     assert result.exit_code == 0, result.output
     assert "all" in result.output and json.loads((tmp_path / "t.json").read_text())["settings"]["top"] == 2
+    assert fake_engine.built[-1]["codebook_from"] == tmp_path / "cb.glx"
 
 
 def test_eval_bad_dataset_exits_with_input_error(tmp_path: Path, fake_engine: type[FakeEngine]) -> None:
