@@ -17,7 +17,9 @@ import numpy.typing as npt
 
 from glocal.index.codebook import Codebook, train_codebook
 from glocal.index.inverted_file import InvertedFile
+from glocal.index.manifest import IndexFormatError
 from glocal.index.quantizer import CoarseQuantizer
+from glocal.index.segment_file import SegmentFileError
 from glocal.io.feature_file import FeatureFile
 from glocal.progress import Progress
 from glocal.shortlists import AsmkShortlist
@@ -79,6 +81,9 @@ def codebook_donor(index: Path, method: str, codebook_paths: Sequence[Path] | No
     if donor_manifest.get("shortlist") != "asmk" or donor_manifest.get("method") != method:
         raise ValueError(f"{index}: its codebook is for method {donor_manifest.get('method')!r} "
                          f"({donor_manifest.get('shortlist')}), not for an ASMK index of {method!r}")
-    with InvertedFile.open(index / "ivf", verify="full") as ivf:
-        provenance = dict(donor_manifest.get("codebook", {})) | {"trained_on": f"reused from {index.resolve()}"}
-        return ivf.codebook, ivf.quantizer, provenance
+    try:  # the codebook file is CRC-checked at open; the segments are not read
+        with InvertedFile.open(index / "ivf", verify="lazy") as ivf:
+            provenance = dict(donor_manifest.get("codebook", {})) | {"trained_on": f"reused from {index.resolve()}"}
+            return ivf.codebook, ivf.quantizer, provenance
+    except (SegmentFileError, IndexFormatError, OSError) as exc:
+        raise ValueError(f"{index}: cannot reuse its codebook ({exc})") from None

@@ -171,3 +171,6 @@ def test_codebook_reused_from_another_index(demo_benchmark, tmp_path: Path) -> N
     with pytest.raises(ValueError, match="not a readable glocal index"):
         Engine.build(paths[:2], names[:2], tmp_path / "e.glx", progress=False, codebook_from=tmp_path / "nowhere")
     assert not (tmp_path / "c.glx").exists() and not (tmp_path / "d.glx").exists()
+    (tmp_path / "a.glx" / "ivf" / "codebook.gls").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="cannot reuse its codebook"):
+        Engine.build(paths[:2], names[:2], tmp_path / "f.glx", progress=False, codebook_from=tmp_path / "a.glx")
