@@ -8,7 +8,6 @@ instead (train once, build many: e.g. ROxf and ROxf + R1M on one codebook).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,17 +66,13 @@ def create_asmk_shortlist(out: Path, manifest: dict, sample: npt.NDArray | None,
     AsmkShortlist.create(out, asmk, codebook, held_out=held_out, seed=seed).close()
 
 
-def codebook_donor(index: Path, method: str, codebook_paths: Sequence[Path] | None, codebook_size: int | None
-                   ) -> Donor:
-    """(codebook, fast quantizer or None, provenance record) of the ASMK index at ``index``, for a new index
-    of ``method``; ``ValueError`` when it cannot serve (another method, not ASMK, conflicting options)."""
+def codebook_donor(index: Path, donor_manifest: dict, method: str, codebook_paths: Sequence[Path] | None,
+                   codebook_size: int | None) -> Donor:
+    """(codebook, fast quantizer or None, provenance record) of the ASMK index at ``index`` (whose checked
+    manifest is ``donor_manifest``), for a new index of ``method``; ``ValueError`` when it cannot serve (another
+    method, not ASMK, conflicting options, a damaged codebook file)."""
     if codebook_paths or codebook_size:
         raise ValueError("a reused codebook (codebook_from) excludes codebook images and a codebook size")
-    index = Path(index)
-    try:
-        donor_manifest = json.loads((index / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{index}: cannot reuse its codebook, not a readable glocal index ({exc})") from None
     if donor_manifest.get("shortlist") != "asmk" or donor_manifest.get("method") != method:
         raise ValueError(f"{index}: its codebook is for method {donor_manifest.get('method')!r} "
                          f"({donor_manifest.get('shortlist')}), not for an ASMK index of {method!r}")

@@ -110,7 +110,14 @@ class Engine:
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out}: already exists and is not empty (use 'glocal index add' to extend it)")
         pipeline = pipeline_for(method)
-        donor = codebook_donor(codebook_from, method, codebook_paths, codebook_size) if codebook_from else None
+        donor = None
+        if codebook_from is not None:
+            try:
+                donor_manifest = read_index_manifest(Path(codebook_from))
+            except IndexError_ as exc:
+                raise ValueError(f"{codebook_from}: cannot reuse its codebook, not a readable glocal index ({exc})"
+                                 ) from None
+            donor = codebook_donor(Path(codebook_from), donor_manifest, method, codebook_paths, codebook_size)
         if regions != "none" and pipeline["shortlist"] != "asmk":
             raise ValueError(f"--regions applies to ASMK methods (sift, how, fire), not to {method!r}")
         region_settings = {"source": regions, "detector": region_detector} if regions != "none" else None
@@ -158,24 +165,7 @@ class Engine:
 
     @classmethod
     def _open(cls, path: Path, progress: Progress, writable: bool = False) -> Engine:
-        mf = path / "manifest.json"
-        if not mf.exists():
-            done = path.with_name(path.name + ".compacting")
-            if not path.exists() and (done / "manifest.json").exists():
-                raise IndexError_(f"{path}: a 'glocal index compact' was interrupted after moving the old index to "
-                                  f"{path.name}.old; its complete result is {done}: rename that to {path}")
-            raise IndexError_(f"{path}: not a glocal index (no manifest.json)")
-        try:
-            manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as exc:
-            raise IndexError_(f"{mf}: not valid JSON ({exc})") from None
-        if manifest.get("format") != INDEX_FORMAT:
-            raise IndexError_(f"{path}: manifest.json is not a glocal index manifest")
-        if manifest.get("version", 0) > INDEX_VERSION:
-            raise IndexError_(f"{path}: index version {manifest['version']} is newer than this glocal reads")
-        if manifest.get("version", 0) < INDEX_VERSION:
-            raise IndexError_(f"{path}: index version {manifest.get('version')} is older than {INDEX_VERSION}; "
-                              "rebuild it with 'glocal index build'")
+        manifest = read_index_manifest(path)
         shortlist: Shortlist
         if manifest["shortlist"] == "asmk":
             shortlist = AsmkShortlist.open(path, manifest["asmk"], writable=writable)
@@ -308,6 +298,30 @@ class Engine:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+
+
+def read_index_manifest(path: Path) -> dict:
+    """The ``manifest.json`` of the index at ``path``, checked (format and version); :class:`IndexError_` names
+    the problem (and how to finish an interrupted compaction)."""
+    mf = path / "manifest.json"
+    if not mf.exists():
+        done = path.with_name(path.name + ".compacting")
+        if not path.exists() and (done / "manifest.json").exists():
+            raise IndexError_(f"{path}: a 'glocal index compact' was interrupted after moving the old index to "
+                              f"{path.name}.old; its complete result is {done}: rename that to {path}")
+        raise IndexError_(f"{path}: not a glocal index (no manifest.json)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexError_(f"{mf}: not valid JSON ({exc})") from None
+    if manifest.get("format") != INDEX_FORMAT:
+        raise IndexError_(f"{path}: manifest.json is not a glocal index manifest")
+    if manifest.get("version", 0) > INDEX_VERSION:
+        raise IndexError_(f"{path}: index version {manifest['version']} is newer than this glocal reads")
+    if manifest.get("version", 0) < INDEX_VERSION:
+        raise IndexError_(f"{path}: index version {manifest.get('version')} is older than {INDEX_VERSION}; "
+                          "rebuild it with 'glocal index build'")
+    return manifest
 
 
 def _extract_into(features: FeatureFile, extractor: object, paths: Sequence[Path], names: Sequence[str],
