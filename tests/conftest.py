@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """One intra-op thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    shared 2-core machine two OpenMP threads are many times slower."""
+    from glocal.models.extractor_base import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def demo_benchmark(tmp_path_factory: pytest.TempPathFactory):
     from glocal.demo.synthetic import make_benchmark

@@ -2,20 +2,10 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-
-@pytest.fixture(scope="module")
-def torch_one_thread() -> Iterator[None]:
-    """One intra-op thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``): on a
-    shared 2-core machine two OpenMP threads are many times slower."""
-    from glocal.models.extractor_base import torch_threads
-
-    with torch_threads(1):
-        yield
 
 
 def _call_quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -31,13 +31,7 @@ from glocal.train.detector_data import (
     train_detector,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_detector(**conf) -> LandmarkDetector:
