@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asmk_scale import rootsift_images  # noqa: E402
 
 from glocal.index.asmk import aggregate  # noqa: E402
-from glocal.index.codebook import train_codebook  # noqa: E402
 from glocal.index.inverted_file import IndexSettings, InvertedFile  # noqa: E402
+from glocal.index.kmeans import train_codebook  # noqa: E402
 from glocal.index.quantizer import agreement  # noqa: E402
 from glocal.index.stats import index_stats  # noqa: E402
 

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from glocal.extract.pyramid import DELG_GLOBAL_SCALES, DELG_LOCAL_SCALES, DOLG_SCALES  # noqa: E402
 from glocal.io.images import LoadedImage  # noqa: E402
-from glocal.models import create_extractor  # noqa: E402
+from glocal.methods import create_extractor  # noqa: E402
+from glocal.models.configs import DELG_GLOBAL_SCALES, DELG_LOCAL_SCALES, DOLG_SCALES  # noqa: E402
 
 SCALE_SETS = {1: (1.0,), 3: DELG_GLOBAL_SCALES, 5: DOLG_SCALES, 7: DELG_LOCAL_SCALES}
 

@@ -22,10 +22,11 @@ import numpy as np
 from glocal.evaluate.protocol import revisited_setups
 from glocal.extract.batch import extract_one
 from glocal.index.asmk import AsmkIndex, aggregate
-from glocal.index.codebook import Codebook, train_codebook
+from glocal.index.codebook import Codebook
+from glocal.index.kmeans import train_codebook
 from glocal.index.quantizer import agreement, fast_quantizer
 from glocal.io.safe_pickle import safe_load_pickle
-from glocal.models import create_extractor
+from glocal.methods import create_extractor
 
 
 def dataset_features(extractor, data: Path, name: str) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:

@@ -143,12 +143,12 @@ def run(args: argparse.Namespace) -> dict[tuple[str, str, str], Row]:
                 row = rows.setdefault((kind, model, method), Row())
                 row.match_s += match_s
                 row.queries += 1
-                verify(q_kp, pairs[0].kp, all_matches[0], model=model, method=method)  # warm-up
+                verify(q_kp, pairs[0].kp, all_matches[0], model=model, estimator=method)  # warm-up
                 verify_s = np.inf
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
                     results = [
-                        verify(q_kp, p.kp, m, model=model, method=method, seed=args.seed)
+                        verify(q_kp, p.kp, m, model=model, estimator=method, seed=args.seed)
                         for p, m in zip(pairs, all_matches, strict=True)
                     ]
                     verify_s = min(verify_s, time.perf_counter() - t0)
@@ -223,7 +223,7 @@ def robustness(args: argparse.Namespace, levels: list[float]) -> None:
         for level, q_kp, pairs, all_matches in data:
             t0 = time.perf_counter()
             results = [
-                verify(q_kp, p.kp, m, model=model, method=method, seed=args.seed)
+                verify(q_kp, p.kp, m, model=model, estimator=method, seed=args.seed)
                 for p, m in zip(pairs, all_matches, strict=True)
             ]
             ms = 1e3 * (time.perf_counter() - t0)

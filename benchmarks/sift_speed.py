@@ -14,9 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from glocal.engine import Engine
 from glocal.evaluate.protocol import revisited_setups
+from glocal.index.builder import build_index
 from glocal.io.safe_pickle import safe_load_pickle
+from glocal.search import Searcher
 
 
 def main() -> None:
@@ -31,12 +32,13 @@ def main() -> None:
     jpg = args.data / args.dataset / "jpg"
     with tempfile.TemporaryDirectory() as tmp:
         if args.index and args.index.exists():
-            engine = Engine.open(args.index)
+            engine = Searcher.open(args.index)
         else:
             t0 = time.perf_counter()
             cb = sorted((args.data / other / "jpg").glob("*.jpg"))
-            engine = Engine.build([jpg / f"{n}.jpg" for n in gnd["imlist"]], gnd["imlist"],
-                                  args.index or Path(tmp) / "idx", codebook_paths=cb, progress=False)
+            engine = Searcher(build_index([jpg / f"{n}.jpg" for n in gnd["imlist"]], gnd["imlist"],
+                                          args.index or Path(tmp) / "idx", codebook_paths=cb,
+                                          progress=False).collection)
             print(f"build: {time.perf_counter() - t0:.1f} s for {len(engine)} images + {len(cb)} codebook images")
         engine.workers = args.workers
         times: dict[str, list[float]] = {"extract": [], "shortlist": [], "verify top 100": [], "verify all (brute force)": []}

@@ -29,12 +29,13 @@ def demo_benchmark(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def demo_index(demo_benchmark, tmp_path_factory: pytest.TempPathFactory):
-    from glocal.engine import Engine
+    from glocal.index.builder import build_index
+    from glocal.search import Searcher
 
     out = tmp_path_factory.mktemp("idx") / "demo.glx"
-    engine = Engine.build(demo_benchmark.db_paths, demo_benchmark.db_names, out, progress=False)
-    yield engine
-    engine.close()
+    searcher = Searcher(build_index(demo_benchmark.db_paths, demo_benchmark.db_names, out, progress=False).collection)
+    yield searcher
+    searcher.close()
 
 
 @pytest.fixture

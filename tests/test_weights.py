@@ -71,7 +71,7 @@ def test_cli_download_and_bad_checkpoint(mirror: FileServer, tmp_path: Path, pho
 def test_published_name_loads_into_the_extractor(mirror: FileServer, tmp_path: Path) -> None:
     """A HOW checkpoint served under the official file name is fetched by name and loads its weights."""
     torch = pytest.importorskip("torch")
-    from glocal.models import create_extractor
+    from glocal.methods import create_extractor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-weights warning of the source model

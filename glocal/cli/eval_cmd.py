@@ -1,114 +1,23 @@
-"""``glocal eval DATASET DATA``: rank every query of a benchmark and score it with the revisited protocol.
-
-Registered by the main app as ``app.command("eval")(eval_command)``. The ranking of a query is the hit
-list of ``Engine.search`` mapped to the dataset's database order by image name; database images the
-engine did not return are unranked (missed), as the protocol allows for truncated rankings.
+"""``glocal eval DATASET --data DATA``: rank every query of a benchmark and score it with the revisited
+protocol (the work is :func:`glocal.evaluate.runner.run_evaluation`; this module parses and prints).
 """
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
-import numpy.typing as npt
 import typer
 from rich.table import Table
 
 from glocal.cli.common import (
-    EXIT_INPUT,
     EXIT_PARTIAL,
     checkpoint_file,
     err,
     out,
-    parse_settings,
     report_failures,
     show_progress,
 )
-from glocal.evaluate.datasets import (
-    DatasetError,
-    RetrievalDataset,
-    add_distractors,
-    load_dataset,
-)
-from glocal.evaluate.protocol import SetupResult, evaluate_setups
-from glocal.records import SearchHit
-
-SearchFn = Callable[[Path, "tuple[float, float, float, float] | None"], Sequence[SearchHit]]
-
-
-def _strip_suffix(name: str) -> str:
-    p = Path(name)
-    return p.with_suffix("").as_posix() if p.suffix else p.as_posix()
-
-
-def name_map(engine_names: Sequence[str], db_names: Sequence[str]) -> npt.NDArray[np.int64]:
-    """Map each engine image to its dataset database index (-1 when not in the dataset).
-
-    Tries the exact name, then the name without its file suffix (``jpg/a.jpg`` -> ``jpg/a``), then the bare
-    file stem when that stem is unique in the dataset (an index built from ``root/jpg`` names images
-    ``a.jpg`` while revisited names are ``a``).
-    """
-    exact = {n: i for i, n in enumerate(db_names)}
-    stripped: dict[str, int] = {}
-    stems: dict[str, int] = {}
-    for i, n in enumerate(db_names):
-        stripped.setdefault(_strip_suffix(n), i)
-        stem = Path(n).stem
-        stems[stem] = -2 if stem in stems else i  # -2 marks an ambiguous stem
-    out_map = np.full(len(engine_names), -1, dtype=np.int64)
-    for j, n in enumerate(engine_names):
-        if n in exact:
-            out_map[j] = exact[n]
-        elif _strip_suffix(n) in stripped:
-            out_map[j] = stripped[_strip_suffix(n)]
-        elif stems.get(Path(n).stem, -1) >= 0:
-            out_map[j] = stems[Path(n).stem]
-    return out_map
-
-
-def hits_to_ranking(hits: Sequence[SearchHit], mapping: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Database indices of the hits in order, dropping images outside the dataset and repeats."""
-    seen: set[int] = set()
-    ranking = []
-    for h in hits:
-        i = int(mapping[h.index]) if 0 <= h.index < len(mapping) else -1
-        if i >= 0 and i not in seen:
-            seen.add(i)
-            ranking.append(i)
-    return np.asarray(ranking, dtype=np.int64)
-
-
-def pad_rankings(rankings: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
-    """Stack ragged rankings into a (n_queries, K) array padded with -1 (ignored by the protocol)."""
-    width = max((len(r) for r in rankings), default=0)
-    arr = np.full((len(rankings), width), -1, dtype=np.int64)
-    for i, r in enumerate(rankings):
-        arr[i, : len(r)] = r
-    return arr
-
-
-def rank_dataset(
-    dataset: RetrievalDataset,
-    search: SearchFn,
-    mapping: npt.NDArray[np.int64],
-    on_query: Callable[[int], None] | None = None,
-) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """Search every query; returns padded rankings and the messages of queries that failed (empty ranking)."""
-    from glocal.io.images import ImageReadError
-
-    rankings, failures = [], []
-    for i, qpath in enumerate(dataset.query_paths):
-        try:
-            hits = search(qpath, dataset.query_box(i))
-        except ImageReadError as exc:
-            failures.append(str(exc))
-            hits = []
-        rankings.append(hits_to_ranking(hits, mapping))
-        if on_query is not None:
-            on_query(1)
-    return pad_rankings(rankings), failures
+from glocal.evaluate.protocol import SetupResult
 
 
 def results_table(title: str, setups: dict[str, SetupResult]) -> Table:
@@ -123,13 +32,6 @@ def results_table(title: str, setups: dict[str, SetupResult]) -> Table:
     return table
 
 
-def _index_error() -> type[Exception]:
-    """The engine's "not an index" error class (OSError when the engine does not define one)."""
-    import importlib
-
-    return getattr(importlib.import_module("glocal.engine"), "IndexError_", OSError)
-
-
 def eval_command(
     dataset: Annotated[
         str,
@@ -141,9 +43,10 @@ def eval_command(
         typer.Option("--index", help="Search this existing index instead of building one."),
     ] = None,
     method: Annotated[
-        str,
-        typer.Option("--method", help="Method for the temporary index (ignored with --index)."),
-    ] = "sift",
+        str | None,
+        typer.Option("--method", help="Method for the temporary index (ignored with --index; default: the "
+                     "weight-free default, see 'glocal methods')."),
+    ] = None,
     no_crop: Annotated[
         bool,
         typer.Option("--no-crop", help="Use full query images instead of cropping to the box."),
@@ -193,7 +96,8 @@ def eval_command(
         str | None, typer.Option("--checkpoint", help="Model weights for a deep --method: a file or a published name."),
     ] = None,
     settings_kv: Annotated[
-        list[str] | None, typer.Option("--set", help="Extractor setting KEY=VALUE (VALUE as JSON); repeatable."),
+        list[str] | None, typer.Option("--set", help="Option KEY=VALUE of the method (VALUE as JSON; 'glocal methods show "
+                     "METHOD' lists them); repeatable."),
     ] = None,
     qe: Annotated[
         int | None, typer.Option("--qe", help="alpha-QE with N vectors, query included (global methods)."),
@@ -209,100 +113,41 @@ def eval_command(
     ] = None,
 ) -> None:
     """Evaluate retrieval on ROxford5k / RParis6k (revisited protocol) or your own annotated photos."""
-    from glocal.engine import Engine
     from glocal.evaluate.report import write_dataset_report
+    from glocal.evaluate.runner import EvalRequest, load_evaluation_dataset, run_evaluation
     from glocal.evaluate.tables import results_json
-    from glocal.io.images import list_images
-    from glocal.progress import as_progress
+    from glocal.methods import default_method
+    from glocal.methods.options import parse_set
 
-    try:
-        ds = load_dataset(dataset, data, crop=not no_crop, gnd_path=gnd)
-        if distractors is not None:
-            ds = add_distractors(ds, distractors)
-    except DatasetError as exc:
-        err.print(f"[red]error[/red]: {exc}", highlight=False)
-        raise typer.Exit(EXIT_INPUT) from None
+    settings = parse_set(settings_kv or [])
+    if checkpoint is not None:
+        settings["checkpoint"] = checkpoint_file(checkpoint, method or default_method())
+    if regions != "none":
+        settings["regions"] = regions
+    if aggregation is not None:
+        settings["aggregation"] = aggregation
+    request = EvalRequest(dataset=dataset, data=data, index=index, method=method, crop=not no_crop,
+                          distractors=distractors, gnd=gnd, codebook_images=codebook_images,
+                          codebook_from=codebook_from, save_index=save_index, top=top, rerank_top=rerank_top,
+                          qe=qe, dba=dba, settings=settings, keep_regions=report is not None)
+    ds = load_evaluation_dataset(request)
     err.print(f"{ds.name}: {ds.n_queries} queries, {ds.n_database} database images"
               f"{f' ({ds.n_distractors} distractors)' if ds.n_distractors else ''}, "
               f"queries {'cropped' if ds.query_boxes is not None else 'uncropped'}", highlight=False)
-    progress = show_progress()
-    with tempfile.TemporaryDirectory(prefix="glocal-eval-") as tmp:
-        try:
-            if index is not None:
-                engine = Engine.open(index)
-            else:
-                cb_paths = list_images([codebook_images]) if codebook_images is not None else None
-                conf = parse_settings(settings_kv or [])
-                if checkpoint is not None:
-                    conf["checkpoint"] = checkpoint_file(checkpoint, method)
-                if regions != "none":
-                    conf["regions"] = regions
-                if aggregation is not None:
-                    conf["aggregation"] = aggregation
-                engine = Engine.build(ds.db_paths, ds.db_names, save_index or Path(tmp) / "index", method=method,
-                                      codebook_paths=cb_paths, codebook_from=codebook_from, progress=progress,
-                                      **conf)
-        except (OSError, ValueError, _index_error()) as exc:
-            err.print(f"[red]error[/red]: {exc}", highlight=False)
-            raise typer.Exit(EXIT_INPUT) from None
-        try:
-            report_failures(list(getattr(engine, "failures", [])), "not indexed")
-            mapping = name_map(engine.names, ds.db_names)
-            if not (mapping >= 0).any():
-                err.print(f"[red]error[/red]: no image of the index {index} is in the {ds.name} database "
-                          "(names differ)", highlight=False)
-                raise typer.Exit(EXIT_INPUT)
-            missing = ds.n_database - len(set(mapping[mapping >= 0].tolist()))
-            if missing:
-                err.print(f"[yellow]warning[/yellow]: {missing} database images are not in the index "
-                          "(they count as never retrieved)", highlight=False)
-
-            ranking_length = top if top is not None else len(engine.names)
-
-            def search(path: Path, box: Any) -> Sequence[SearchHit]:
-                options: dict[str, Any] = {}
-                if rerank_top is not None:
-                    options["rerank_top"] = rerank_top
-                if qe is not None:
-                    options["query_expansion"] = qe
-                if dba is not None:
-                    options["database_augmentation"] = dba
-                return engine.search(path, box=box, top=ranking_length, **options)
-
-            advance = as_progress(progress)("searching queries", ds.n_queries)
-            ranks, failures = rank_dataset(ds, search, mapping, advance)
-            settings: dict[str, Any] = dict(engine.settings)
-            db_regions: list[Any] | None = None
-            if report is not None and settings.get("regions"):
-                db_regions = [None] * ds.n_database
-                for pos, di in enumerate(mapping):
-                    if di >= 0:
-                        db_regions[di] = engine.features[pos].regions
-        finally:
-            close = getattr(engine, "close", None)
-            if callable(close):
-                close()
-    for message in failures:
+    result = run_evaluation(request, ds, progress=show_progress())
+    report_failures(result.index_failures, "not indexed")
+    if result.missing:
+        err.print(f"[yellow]warning[/yellow]: {result.missing} database images are not in the index "
+                  "(they count as never retrieved)", highlight=False)
+    for message in result.query_failures:
         err.print(f"[yellow]query failed[/yellow] (scored as nothing found): {message}", highlight=False)
-    rerank_setting = settings.get("rerank")
-    index_top = rerank_setting.get("top", 0) if isinstance(rerank_setting, dict) else 0
-    settings.update({
-        "dataset": ds.name, "data": str(data), "crop": ds.query_boxes is not None, "top": ranking_length,
-        "distractors": str(distractors) if distractors is not None else None, "n_database": ds.n_database,
-        "n_queries": ds.n_queries, "index_path": str(index) if index is not None else None,
-        "rerank_on": bool((rerank_top if rerank_top is not None else index_top) or 0),
-        "rerank_top": rerank_top if rerank_top is not None else index_top,
-        "query_expansion": qe, "database_augmentation": dba,
-    })
-    settings.setdefault("method", method)
-    setups = evaluate_setups(ranks, ds.gnd)
-    out.print(results_table(f"{ds.name} - {settings['method']}", setups))
+    out.print(results_table(f"{ds.name} - {result.settings['method']}", result.setups))
     if json_out is not None:
-        results_json(json_out, setups, settings, query_names=ds.query_names)
+        results_json(json_out, result.setups, result.settings, query_names=ds.query_names)
         err.print(f"scores written to {json_out}", highlight=False)
     if report is not None:
-        page = write_dataset_report(report, ds, ranks, settings=settings, max_queries=report_queries,
-                                    db_regions=db_regions)
+        page = write_dataset_report(report, ds, result.ranks, settings=result.settings, max_queries=report_queries,
+                                    db_regions=result.db_regions)
         err.print(f"report written to {page}", highlight=False)
-    if failures:
+    if result.query_failures:
         raise typer.Exit(EXIT_PARTIAL)

@@ -1,4 +1,4 @@
-"""``glocal index build|add|info``."""
+"""``glocal index build|add|remove|compact|info``: thin wrappers around :mod:`glocal.index`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,13 +8,11 @@ import typer
 from rich.markup import escape
 
 from glocal.cli.common import (
-    EXIT_INPUT,
     EXIT_PARTIAL,
     checkpoint_file,
     err,
     image_names,
     out,
-    parse_settings,
     report_failures,
     show_progress,
 )
@@ -25,68 +23,79 @@ app = typer.Typer(help="Build, extend and inspect an index (a .glx folder).", no
 
 @app.command("build")
 def build(
-    paths: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: Optional[list[Path]] = typer.Argument(None, help="Image files and/or folders (searched recursively)."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Index folder to create, e.g. my.glx."),
-    method: str = typer.Option("sift", "--method", "-m", help="Feature method: sift (weight-free default)."),
+    features: Optional[Path] = typer.Option(
+        None, "--features", help="Index a features folder written by 'glocal extract' instead of images."),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", help="Method (default: the weight-free default); 'glocal methods' lists them."),
     codebook_images: Optional[Path] = typer.Option(
         None, "--codebook-images", help="Train the visual words on this folder instead of the indexed images."),
-    codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="Number of visual words (default 4096)."),
+    codebook_size: Optional[int] = typer.Option(None, "--codebook-size", help="Number of visual words (ASMK methods)."),
     codebook_from: Optional[Path] = typer.Option(
         None, "--codebook-from", help="Reuse the codebook (and fast quantizer) of this index of the same method."),
     workers: int = typer.Option(2, "--workers", help="Parallel extraction threads."),
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="Model weights (deep methods): a file, or a published name ('glocal weights list')."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Resize images so the longer side is at most this."),
-    settings: list[str] = typer.Option([], "--set", help="Extractor setting KEY=VALUE (VALUE as JSON, e.g. scales=[1.0]); repeatable."),
-    regions: str = typer.Option("none", "--regions", help="Database regions: none, rmac or detector (ASMK methods)."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Option KEY=VALUE (VALUE as JSON, e.g. scales=[1.0]); 'glocal methods show METHOD' lists "
+        "the keys; repeatable."),
+    global_index: Optional[str] = typer.Option(
+        None, "--global", help="Global methods: exact (default) or ivfpq (approximate, compact, for large collections)."),
+    regions: Optional[str] = typer.Option(None, "--regions", help="Database regions: none, rmac or detector (ASMK methods)."),
     detector: Optional[Path] = typer.Option(None, "--detector", help="Landmark detector weights for --regions detector."),
     aggregation: Optional[str] = typer.Option(
-        None, "--aggregation", help="asmk, r-asmk (default with regions) or regions (regional search, max pooling)."),
+        None, "--aggregation", help="asmk, r-asmk (with regions) or regions (regional search, max pooling)."),
 ) -> None:
-    """Extract features of every image and build a searchable index."""
-    from glocal.engine import Engine
+    """Extract features of every image (or take them from --features) and build a searchable index."""
+    from glocal.errors import BadOptionError
+    from glocal.index.builder import build_from_features, build_index
+    from glocal.methods import default_method
+    from glocal.methods.options import parse_set
 
-    missing = [p for p in paths if not p.exists()]
-    if len(missing) == len(paths):
-        err.print(f"[red]error[/red]: no such file or folder: {escape(', '.join(map(str, missing)))}")
-        raise typer.Exit(EXIT_INPUT)
-    files = list_images(paths)
-    if not files:
-        err.print(f"no images found in {', '.join(map(str, paths))}")
-        raise typer.Exit(EXIT_INPUT)
-    cb = list_images([codebook_images]) if codebook_images else None
-    created = not out_path.exists()
-    conf = parse_settings(settings)
+    if bool(paths) == (features is not None):
+        raise BadOptionError("give either images (files or folders) or --features FOLDER, not both or neither")
+
+    conf = parse_set(settings)
+    shortcuts = {"codebook_size": codebook_size, "max_side": max_side, "index": global_index, "regions": regions,
+                 "detector": str(detector) if detector else None, "aggregation": aggregation}
+    conf |= {k: v for k, v in shortcuts.items() if v is not None}
     if checkpoint is not None:
-        conf["checkpoint"] = checkpoint_file(checkpoint, method)
-    if max_side is not None:
-        conf["max_side"] = max_side
-    try:
-        engine = Engine.build(files, image_names(files, paths), out_path, method=method, codebook_paths=cb,
-                              progress=show_progress(), codebook_size=codebook_size, workers=workers,
-                              regions=regions, region_detector=str(detector) if detector else None,
-                              aggregation=aggregation, codebook_from=codebook_from, **conf)
-    except (FileExistsError, ValueError, TypeError, ImportError) as exc:
-        err.print(f"[red]error[/red]: {escape(str(exc))}")
-        _remove_partial(out_path, created)
-        raise typer.Exit(EXIT_INPUT) from None
-    engine.close()
-    report_failures(engine.failures)
-    if len(engine) == 0:
-        err.print("[red]error[/red]: nothing was indexed (every image failed, see above)")
-        _remove_partial(out_path, created)
-        raise typer.Exit(EXIT_INPUT)
-    out.print(f"indexed {len(engine)} images into {out_path} ({len(engine.failures)} skipped)")
-    if engine.failures:
+        conf["checkpoint"] = checkpoint_file(checkpoint, method or default_method())
+    cb = list_images([codebook_images]) if codebook_images else None
+    if features is not None:
+        if method is not None or checkpoint is not None:
+            raise BadOptionError("--method and --checkpoint come from the features folder with --features")
+        result = build_from_features(features, out_path, settings=conf, codebook_paths=cb, codebook_from=codebook_from,
+                                     progress=show_progress(), workers=workers)
+    else:
+        files = image_files(paths)
+        result = build_index(files, image_names(files, paths), out_path, method=method, settings=conf,
+                             codebook_paths=cb, codebook_from=codebook_from, progress=show_progress(),
+                             workers=workers)
+    collection = result.collection
+    count = len(collection)
+    collection.close()
+    report_failures(result.failures)
+    out.print(f"indexed {count} images into {out_path} ({len(result.failures)} skipped)")
+    if result.failures:
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _remove_partial(out_path: Path, created: bool) -> None:
-    """Delete an index folder this command created but could not finish (never a pre-existing folder)."""
-    import shutil
+def image_files(paths: list[Path]) -> list[Path]:
+    """The image files under ``paths``; :class:`BadInputError` when none exists or none holds an image."""
+    from glocal.errors import BadInputError
 
-    if created:
-        shutil.rmtree(out_path, ignore_errors=True)
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):
+        raise BadInputError(f"no such file or folder: {', '.join(map(str, missing))}")
+    for p in missing:
+        err.print(f"[yellow]skipped[/yellow] {escape(str(p))}: no such file or folder", highlight=False)
+    files = list_images(paths)
+    if not files:
+        raise BadInputError(f"no images found in {', '.join(map(str, paths))}")
+    return files
 
 
 @app.command("add")
@@ -96,13 +105,15 @@ def add(
     workers: int = typer.Option(2, "--workers"),
 ) -> None:
     """Add images to an existing index (same method and codebook)."""
-    engine = _open(index, writable=True)
-    files = list_images(paths)
-    before = len(engine)
-    failures = engine.add(files, image_names(files, paths), progress=show_progress(), workers=workers)
-    engine.close()
+    from glocal.index.builder import add_images
+
+    files = image_files(paths)
+    with _open(index, writable=True) as collection:
+        before = len(collection)
+        failures = add_images(collection, files, image_names(files, paths), progress=show_progress(), workers=workers)
+        after = len(collection)
     report_failures(failures)
-    out.print(f"added {len(engine) - before} images; the index now holds {len(engine)}")
+    out.print(f"added {after - before} images; the index now holds {after}")
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -114,12 +125,12 @@ def remove(
 ) -> None:
     """Remove images from an index: never returned again, their entries stay on disk (tombstoned) until
     'glocal index compact'; a removed name can be added again with 'glocal index add'."""
-    engine = _open(index, writable=True)
-    missing = engine.remove(names)
+    with _open(index, writable=True) as collection:
+        missing = collection.remove(names)
+        left = len(collection)
     for n in missing:
-        err.print(f"[yellow]not in the index[/yellow]: {n}", highlight=False)
-    out.print(f"removed {len(names) - len(missing)} images; the index now holds {len(engine)}")
-    engine.close()
+        err.print(f"[yellow]not in the index[/yellow]: {escape(n)}", highlight=False)
+    out.print(f"removed {len(names) - len(missing)} images; the index now holds {left}")
     if missing:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -128,16 +139,9 @@ def remove(
 def compact(index: Path = typer.Argument(..., help="Existing index folder.")) -> None:
     """Rewrite an index without its removed images and give their disk space back (nothing is extracted again;
     surviving images keep their names and scores, their positions are renumbered)."""
-    from glocal.compact import compact_index
-    from glocal.engine import IndexError_
-    from glocal.index.manifest import IndexFormatError
-    from glocal.io.feature_file import FeatureFileError
+    from glocal.index.compact import compact_index
 
-    try:
-        report = compact_index(index, progress=show_progress())
-    except (IndexError_, FeatureFileError, IndexFormatError, OSError) as exc:
-        err.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(EXIT_INPUT) from None
+    report = compact_index(index, progress=show_progress())
     mb = 1 / 2**20
     out.print(f"dropped {report.dropped} removed images, kept {report.kept}; "
               f"{report.bytes_before * mb:,.1f} MB -> {report.bytes_after * mb:,.1f} MB")
@@ -148,21 +152,8 @@ def info(index: Path = typer.Argument(..., help="Index folder."), as_json: bool 
     """Images, visual words per image, bytes per image and total size."""
     import json
 
-    engine = _open(index)
-    sizes = {str(p.relative_to(index)): p.stat().st_size for p in Path(index).rglob("*") if p.is_file()}
-    total = sum(sizes.values())
-    n = max(len(engine), 1)
-    features = sizes.get("features.glf", 0)
-    stats = {
-        "images": len(engine),
-        "removed_images": len(engine.names) - len(engine),  # tombstoned until 'glocal index compact'
-        "method": engine.manifest["method"],
-        "shortlist": engine.shortlist.stats(),
-        "features_bytes_per_image": features / n,
-        "total_bytes": total,
-        "total_bytes_per_image": total / n,
-    }
-    engine.close()
+    with _open(index) as collection:
+        stats = collection.info()
     if as_json:
         print(json.dumps(stats))
         return
@@ -175,12 +166,6 @@ def info(index: Path = typer.Argument(..., help="Index folder."), as_json: bool 
 
 
 def _open(index: Path, writable: bool = False):
-    from glocal.engine import Engine, IndexError_
-    from glocal.index.manifest import IndexFormatError
-    from glocal.io.feature_file import FeatureFileError
+    from glocal.index.collection import Collection
 
-    try:
-        return Engine.open(index, progress=show_progress(), writable=writable)
-    except (IndexError_, FeatureFileError, IndexFormatError, OSError) as exc:
-        err.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(EXIT_INPUT) from None
+    return Collection.open(index, progress=show_progress(), writable=writable)

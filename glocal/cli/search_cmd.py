@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from glocal.cli.common import EXIT_INPUT, err, out, parse_box
-from glocal.cli.index_cmd import _open
+from glocal.cli.common import err, out, parse_box, show_progress
 
 
 def search(
@@ -28,20 +27,14 @@ def search(
     draw_top: int = typer.Option(5, "--draw-top", min=1, help="Results drawn with --draw."),
 ) -> None:
     """Search an index with a query image; prints the best matches."""
-    from glocal.io.images import ImageReadError
+    from glocal.search import Searcher
 
     box = parse_box(bbox)
-    engine = _open(index)
-    try:
-        hits = engine.search(query, box=box, top=top, rerank_top=rerank_top, query_expansion=qe,
-                             database_augmentation=dba)
-    except (ImageReadError, ValueError) as exc:
-        err.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(EXIT_INPUT) from None
-    finally:
-        engine.close()
+    with Searcher.open(index, progress=show_progress()) as searcher:
+        hits = searcher.search(query, box=box, top=top, rerank_top=rerank_top, qe=qe, dba=dba)
+        sources = searcher.collection.sources
     if draw is not None:
-        _draw_matches(engine.sources, query, box, hits[:draw_top], draw)
+        _draw_matches(sources, query, box, hits[:draw_top], draw)
     if as_json:
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return

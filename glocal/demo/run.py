@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glocal.demo.synthetic import DemoBenchmark, make_benchmark
-from glocal.engine import Engine
 from glocal.evaluate.match_drawing import draw_matches, save_rgb
 from glocal.evaluate.protocol import SetupResult, revisited_setups
+from glocal.index.builder import build_index
 from glocal.progress import Progress, as_progress
 from glocal.records import SearchHit
+from glocal.search import Searcher
 
 
 @dataclass
@@ -39,16 +40,17 @@ def run_demo(out_dir: Path, seed: int = 0, progress: bool | Progress = False, to
         import shutil
 
         shutil.rmtree(index_dir)
-    engine = Engine.build(bench.db_paths, bench.db_names, index_dir, method="sift", progress=prog, seed=seed)
+    built = build_index(bench.db_paths, bench.db_names, index_dir, settings={"codebook_seed": seed}, progress=prog)
+    searcher = Searcher(built.collection)
     seconds["index"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     all_hits, shortlist_ranks = [], []
     advance = prog("searching queries", len(bench.query_paths))
     for qpath, g in zip(bench.query_paths, bench.gnd):
-        query = engine.query_features(qpath, box=tuple(g["bbx"]))
-        all_hits.append(engine.search_features(query, top=len(engine)))
-        shortlist_ranks.append([h.index for h in engine.search_features(query, top=len(engine), rerank_top=0)])
+        query = searcher.query_features(qpath, box=tuple(g["bbx"]))
+        all_hits.append(searcher.search_features(query, top=len(searcher)))
+        shortlist_ranks.append([h.index for h in searcher.search_features(query, top=len(searcher), rerank_top=0)])
         advance(1)
     seconds["search"] = time.perf_counter() - t0
     ranks = [[h.index for h in hits] for hits in all_hits]
@@ -58,7 +60,7 @@ def run_demo(out_dir: Path, seed: int = 0, progress: bool | Progress = False, to
     t0 = time.perf_counter()
     page = write_demo_page(out_dir, bench, all_hits, setups, top=top)
     seconds["page"] = time.perf_counter() - t0
-    engine.close()
+    searcher.close()
     return DemoResult(bench, all_hits, setups, shortlist_setups, seconds, page)
 
 

@@ -1,8 +1,10 @@
-"""Visual-word codebooks: k-means training (faiss) and (multiple) assignment of descriptors to words."""
+"""Visual-word codebooks: the :class:`Codebook` record and exact (multiple) assignment of descriptors to words.
+
+Training lives in :mod:`glocal.index.kmeans` (:func:`~glocal.index.kmeans.train_codebook`), fast approximate
+assignment in :mod:`glocal.index.quantizer`; this module imports neither.
+"""
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,66 +78,3 @@ class Codebook:
 
     def state(self) -> dict[str, npt.NDArray]:
         return {"centroids": self.centroids}
-
-
-#: codebook size of the large setups (HOW, FIRe, R1M)
-DEFAULT_SIZE = 65_536
-
-
-#: from this size on, :func:`train_codebook` runs approximate k-means (two-level assignment) by default: at
-#: 65,536 words it matched faiss's error 3x faster (``benchmarks/kmeans_speed.py``); below, faiss is as fast
-APPROXIMATE_FROM = 16_384
-
-
-def train_codebook(
-    descriptors: npt.NDArray, size: int = DEFAULT_SIZE, iterations: int = 10, seed: int = 0,
-    max_sample: int | None = None, log: Callable[[str], None] | None = None, method: str = "auto",
-    on_iteration: Callable[[], None] | None = None,
-) -> Codebook:
-    """k-means on a random sample of the descriptors.
-
-    :param max_sample: descriptors used at most; default ``max(500,000, 39 x size)`` (faiss asks for >= 39
-        training points per word). The size is clipped so every word has at least 39 points.
-    :param method: ``faiss`` (exact Lloyd iterations, faiss), ``approximate``
-        (:func:`glocal.index.kmeans.approximate_kmeans`) or ``auto`` (approximate from
-        :data:`APPROXIMATE_FROM` words on).
-
-    The info records the size used, the sample size, the iterations, the method, the seed and the training
-    time; ``log`` (e.g. ``print``) receives the same as one line. ``on_iteration()`` is called once per
-    iteration (after each with the approximate method; all at the end with faiss).
-    """
-    if method not in ("auto", "faiss", "approximate"):
-        raise ValueError(f"method must be 'auto', 'faiss' or 'approximate', got {method!r}")
-    x = np.ascontiguousarray(descriptors, dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    max_sample = max(500_000, 39 * int(size)) if max_sample is None else int(max_sample)
-    if len(x) > max_sample:
-        x = x[np.sort(rng.choice(len(x), max_sample, replace=False))]
-    if len(x) < 2:
-        raise ValueError(f"cannot train a codebook from {len(x)} descriptors")
-    k = int(min(size, max(2, len(x) // 39)))  # faiss wants >= 39 training points per centroid
-    if method == "auto":
-        method = "approximate" if k >= APPROXIMATE_FROM else "faiss"
-    t0 = time.perf_counter()
-    extra: dict = {}
-    if method == "faiss":
-        import faiss  # imported lazily: only codebook training needs it
-
-        km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10_000_000)
-        km.train(x)
-        centroids = km.centroids
-        for _ in range(iterations if on_iteration is not None else 0):
-            on_iteration()
-    else:
-        from glocal.index.kmeans import approximate_kmeans
-
-        centroids, run = approximate_kmeans(x, k, iterations, seed=seed, on_iteration=on_iteration)
-        extra = {"cells": run["cells"], "nprobe": run["nprobe"],
-                 "final_mse": run["history"][-1]["mse"] if run["history"] else None}
-    seconds = time.perf_counter() - t0
-    info = {"requested_size": int(size), "size": k, "sample": int(len(x)), "iterations": iterations,
-            "method": method, "seed": seed, "seconds": round(seconds, 3)} | extra
-    if log is not None:
-        log(f"codebook: {k} words trained on {len(x):,} descriptors ({iterations} {method} k-means iterations, "
-            f"seed {seed}) in {seconds:.1f} s")
-    return Codebook(np.ascontiguousarray(centroids, dtype=np.float32), info)

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from glocal.io.atomic import FileLock, crc32_file, fsync_dir, read_versioned_json, write_json_atomic
+from glocal.io.versions import current
 
 __all__ = [
     "DATA_FILE",
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 FORMAT = "glocal-global-index"
-VERSION = 1
+VERSION = current(FORMAT)
 MANIFEST = "MANIFEST.json"
 DATA_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.faiss|MANIFEST\.json\.tmp)$")
 """Names of the files a commit writes (data files and the temporary manifest); others are never deleted."""

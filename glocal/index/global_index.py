@@ -8,7 +8,7 @@
   (one 512-D query: 57 vs 19 ms).
 - ``kind="ivfpq"``: faiss ``IndexIVFPQ`` (``nlist`` k-means cells, vectors coded by a product quantizer
   of ``m`` sub-vectors of ``nbits`` bits, ``nprobe`` cells scanned per query), trained on a sample; for
-  collections whose float vectors do not fit in memory.
+  collections whose float vectors do not fit in memory. The faiss calls: :mod:`glocal.index.ivfpq`.
 
 Rows carry the caller's int64 ids; removal writes *tombstones* (rows stay stored, never returned, until
 :meth:`GlobalIndex.compact`).
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
+from glocal.index import ivfpq
 from glocal.index.global_files import (
     FORMAT,
     MANIFEST,
@@ -128,23 +128,7 @@ class GlobalIndex:
             raise GlobalIndexError("train() is for kind='ivfpq'; an exact index needs no training")
         x = self._check_vectors(sample, "training sample")
         params = self.params or IvfPqParams.for_size(expected_size or len(x), self.dim)
-        if self.dim % params.m:
-            raise ValueError(f"IVF-PQ m={params.m} must divide the dimension {self.dim}")
-        if len(x) > params.train_size:
-            x = x[np.sort(np.random.default_rng(seed).choice(len(x), params.train_size, replace=False))]
-        if len(x) < max(params.nlist, 2**params.nbits):
-            raise ValueError(f"training sample of {len(x)} vectors is smaller than nlist={params.nlist} "
-                             f"or 2**nbits={2 ** params.nbits}")
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFPQ(quantizer, self.dim, params.nlist, params.m, params.nbits,
-                                 faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.pq.cp.seed = seed + 1
-        with limit_threads(self.threads):
-            index.train(np.ascontiguousarray(x, dtype=np.float32))
-        index.own_fields = True
-        quantizer.this.disown()  # the IVF index owns (and frees) its quantizer from now on
-        index.nprobe = params.nprobe
+        index = ivfpq.train(x, self.dim, params, seed=seed, threads=self.threads)
         self.params, self._faiss, self._faiss_dirty = params, index, True
 
     def _check_vectors(self, vectors: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
@@ -168,8 +152,7 @@ class GlobalIndex:
         if self.storage == "float16" and np.abs(x).max(initial=0.0) > np.finfo(np.float16).max:
             raise ValueError("vectors exceed the float16 range; use storage='float32'")
         if self.kind == "ivfpq":
-            with limit_threads(self.threads):
-                self._faiss.add_with_ids(np.ascontiguousarray(x), np.arange(self.rows, self.rows + len(x)))
+            ivfpq.add_rows(self._faiss, x, self.rows, threads=self.threads)
             self._faiss_dirty = True
             vec = None
         else:
@@ -230,7 +213,8 @@ class GlobalIndex:
             for b in range(0, len(q) if self.rows else 0, QUERY_BATCH):
                 qb = q[b : b + QUERY_BATCH]
                 if self.kind == "ivfpq":
-                    rows, scores = self._search_ivfpq(qb, top, nprobe)
+                    rows, scores = ivfpq.search(self._faiss, qb, top, nprobe or self.params.nprobe,  # type: ignore[union-attr]
+                                                np.flatnonzero(self._dead))
                 else:
                     acc, first = TopK(len(qb), top), 0
                     for seg in self._segments:
@@ -245,41 +229,20 @@ class GlobalIndex:
         ids[found] = self._all_ids()[out_rows[found]]
         return ids, out_scores
 
-    def _search_ivfpq(self, q: npt.NDArray[np.float32], top: int, nprobe: int | None) -> tuple[npt.NDArray, npt.NDArray]:
-        dead = np.flatnonzero(self._dead)
-        params = faiss.SearchParametersIVF()
-        params.nprobe = int(nprobe or self.params.nprobe)  # type: ignore[union-attr]
-        if len(dead):
-            batch = faiss.IDSelectorBatch(dead)  # kept referenced until the search returns
-            params.sel = faiss.IDSelectorNot(batch)
-        scores, rows = self._faiss.search(np.ascontiguousarray(q), top, params=params)
-        return rows.astype(np.int64), np.where(rows >= 0, scores, -np.inf).astype(np.float32)
-
     def compact(self) -> None:
         """Drop removed rows for good (one segment; the faiss index loses the removed codes)."""
         keep = ~self._dead
         ids = self._all_ids()[keep]
         if self.kind == "ivfpq":
-            self._faiss.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(self._dead)))
-            self._renumber_faiss(np.flatnonzero(keep))  # faiss ids are rows: the kept ones become 0..n-1
+            ivfpq.remove_rows(self._faiss, np.flatnonzero(self._dead))
+            ivfpq.renumber_rows(self._faiss, np.flatnonzero(keep))  # faiss ids are rows: the kept ones become 0..n-1
+            self._faiss_dirty = True
             vec = None
         else:
             vec = np.concatenate([np.asarray(s.vectors) for s in self._segments])[keep] if self._segments else None
         self._segments = [_Segment(ids, vec)] if len(ids) else []
         self._dead = np.zeros(len(ids), bool)
         self._cache.clear()
-
-    def _renumber_faiss(self, old_rows: npt.NDArray[np.int64]) -> None:
-        """Rewrite the ids stored in the inverted lists: row ``old_rows[i]`` becomes ``i``."""
-        invlists = faiss.extract_index_ivf(self._faiss).invlists
-        for cell in range(invlists.nlist):
-            n = invlists.list_size(cell)
-            if n:
-                stored = faiss.rev_swig_ptr(invlists.get_ids(cell), n).copy()
-                codes = faiss.rev_swig_ptr(invlists.get_codes(cell), n * invlists.code_size).copy()
-                new = np.searchsorted(old_rows, stored).astype(np.int64)
-                invlists.update_entries(cell, 0, n, faiss.swig_ptr(new), faiss.swig_ptr(codes))
-        self._faiss_dirty = True
 
     # -- statistics ------------------------------------------------------------------------------
     def stats(self) -> GlobalIndexStats:
@@ -290,9 +253,7 @@ class GlobalIndex:
             code = self.dim * np.dtype(self.storage).itemsize
             total = n * code + extra
         else:
-            p = self.params
-            code = 0 if p is None else p.m * p.nbits // 8
-            quantizers = 0 if p is None else 4 * self.dim * (p.nlist + 2**p.nbits)
+            code, quantizers = ivfpq.size_bytes(self.params, self.dim)
             total = n * (code + 8) + extra + quantizers  # faiss keeps an int64 id per code
         live = len(self)
         return GlobalIndexStats(self.kind, self.dim, live, n - live, n, code, total / max(live, 1), total)
@@ -322,7 +283,7 @@ class GlobalIndex:
         if m.get("tombstones"):
             index._dead[np.load(root / m["tombstones"], allow_pickle=False)] = True
         if m.get("faiss"):
-            index._faiss = faiss.deserialize_index(np.fromfile(root / m["faiss"], dtype=np.uint8))
+            index._faiss = ivfpq.deserialize(np.fromfile(root / m["faiss"], dtype=np.uint8))
         index._root, index._manifest = root, m
         return index
 
@@ -379,7 +340,7 @@ class GlobalIndex:
                 files[faiss_file] = old["files"][faiss_file]
             else:
                 faiss_file = f"ivfpq-{gen:06d}.faiss"
-                files[faiss_file] = write_file(root / faiss_file, faiss.serialize_index(self._faiss).tobytes())
+                files[faiss_file] = write_file(root / faiss_file, ivfpq.serialize(self._faiss))
         manifest = {"format": FORMAT, "version": VERSION, "generation": gen, "kind": self.kind, "dim": self.dim,
                     "storage": self.storage, "params": asdict(self.params) if self.params else None,
                     "rows": self.rows, "segments": segments, "tombstones": tomb, "faiss": faiss_file, "files": files}

@@ -14,11 +14,13 @@ entry ``items`` (E,) uint32 and ``codes`` (E, d / 8) uint8 (ASMK*) or (E, d) flo
 bytes per (image, non-empty word) for 128-D ASMK*, the word id being implied by the list. It also holds its
 items' owning image and size |C(item)|. Items are images, or regions in regional search (D2R eq. 3-4).
 Search maps segments read-only: only the posting lists of the query's words are touched.
+
+This module keeps the files, commits, locking and the public API; the array work on posting lists (building
+a segment's arrays, IDF weights, scoring, top-k) is :mod:`glocal.index.postings`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,8 +30,10 @@ import numpy.typing as npt
 from glocal.index import manifest as mf
 from glocal.index.asmk import AggregatedImage, aggregate
 from glocal.index.codebook import Codebook
-from glocal.index.kernel import block_similarity, gather, match_blocks, selectivity_table, take_rows
+from glocal.index.kernel import selectivity_table
 from glocal.index.layout import IndexSettings, Segment
+from glocal.index.merge import merge_segments
+from glocal.index.postings import idf_weights, item_scores, posting_arrays, top_images
 from glocal.index.quantizer import CoarseQuantizer
 from glocal.index.regional import aggregate_rasmk, aggregate_regions, feature_boxes, pool, split_items
 from glocal.index.segment_file import ArrayFile, SegmentFileError, file_crc32, write_arrays
@@ -207,26 +211,15 @@ class InvertedFile:
             return np.zeros(0, np.int64)
         m = {**self._manifest, "segments": list(self._manifest["segments"])}
         item0, image0 = int(m["items"]), int(m["images"])
-        entry_item = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
-        key = words.astype(np.uint16 if self.codebook.size <= 1 << 16 else np.int64)
-        order = np.argsort(key, kind="stable")  # radix sort for 16-bit keys; keeps items ascending per word
-        w_sorted = words[order].astype(np.int32)
-        if len(w_sorted):
-            dup = (w_sorted[1:] == w_sorted[:-1]) & (entry_item[order][1:] == entry_item[order][:-1])
-            if dup.any():
-                raise ValueError(f"{self.root}: an item lists the same visual word twice")
-        starts = np.flatnonzero(np.concatenate([[True], w_sorted[1:] != w_sorted[:-1]])) if len(w_sorted) else np.zeros(0, np.int64)
-        arrays = {
-            "words": w_sorted[starts], "bounds": np.append(starts, len(w_sorted)).astype(np.int64),
-            "items": (entry_item[order] + item0).astype(np.uint32), "codes": take_rows(codes, order),
-            "item_image": (np.repeat(np.arange(len(per_image)), per_image) + image0).astype(np.uint32),
-            "item_size": sizes.astype(np.uint32),
-        }
+        try:
+            arrays = posting_arrays(sizes, words, codes, per_image, item0, image0, self.codebook.size)
+        except ValueError as e:
+            raise ValueError(f"{self.root}: {e}") from None
         name = self._new_file(m, "seg")
         crc = write_arrays(self.root / name, arrays, {"item_start": item0, "image_start": image0})
         m["segments"].append({"file": name, "bytes": (self.root / name).stat().st_size, "crc32": crc,
                               "item_start": item0, "items": len(sizes), "image_start": image0,
-                              "images": len(per_image), "entries": len(words), "words": len(starts)})
+                              "images": len(per_image), "entries": len(words), "words": len(arrays["words"])})
         m["items"], m["images"] = item0 + len(sizes), image0 + len(per_image)
         self._commit(m)
         if len(self._segments) > self.settings.max_segments:
@@ -259,8 +252,6 @@ class InvertedFile:
 
     def compact(self, first: int = 0) -> None:
         """Merge segments ``first..`` into one, dropping entries of removed images (streamed by word range)."""
-        from glocal.index.merge import merge_segments
-
         self._require_writable()
         run = self._segments[first:]
         if not run or (len(run) == 1 and not self._removed[self._item_image[run[0].item_start:run[0].item_start + run[0].n_items]].any()):
@@ -289,18 +280,7 @@ class InvertedFile:
     def _idf(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(word weight log(N / n_c)^2, per-item sum of its words' weights), computed once per state."""
         if self._idf_cache is None:
-            counts = np.zeros(self.codebook.size, np.float64)
-            for s in self._segments:
-                counts[s.words] += np.diff(s.bounds)
-            weight = np.ones_like(counts)  # words no item has keep weight 1, as in the reference asmk
-            nz = counts > 0
-            weight[nz] = np.log(max(self.n_items, 1) / counts[nz]) ** 2
-            item_norm = np.zeros(self.n_items, np.float64)
-            for s in self._segments:
-                per_entry = np.repeat(weight[s.words], np.diff(s.bounds))
-                item_norm[s.item_start:s.item_start + s.n_items] += np.bincount(
-                    np.asarray(s.items, np.int64) - s.item_start, weights=per_entry, minlength=s.n_items)
-            self._idf_cache = (weight, item_norm)
+            self._idf_cache = idf_weights(self._segments, self.codebook.size, self.n_items)
         return self._idf_cache
 
     def _check_query(self, query: AggregatedImage) -> None:
@@ -312,34 +292,15 @@ class InvertedFile:
     def item_scores(self, query: AggregatedImage) -> npt.NDArray[np.float64]:
         """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1)."""
         self._check_query(query)
-        acc = np.zeros(self.n_items, np.float64)
         if len(query) == 0 or self.n_items == 0:
-            return acc
-        qwords = np.asarray(query.words, np.int64)
+            return np.zeros(self.n_items, np.float64)
         weight, item_norm = self._idf() if self.settings.idf else (None, self._item_size)
         if self._verify == "lazy":
             for s in self._segments:
                 if not s.verified:
                     s.verify()
-
-        def score(s: Segment) -> None:  # segments own disjoint item ranges: threads never write the same cell
-            for qrows, starts, lens in match_blocks(qwords, s.words, s.bounds):
-                sim = block_similarity(s.codes, query.codes, qrows, starts, lens, self.codebook.dim,
-                                       self.settings.alpha, self.settings.tau, self._table)
-                if weight is not None:
-                    sim = sim * np.repeat(weight[qwords[qrows]], lens)
-                acc[s.item_start:s.item_start + s.n_items] += np.bincount(
-                    gather(s.items, starts, lens) - np.uint32(s.item_start), weights=sim, minlength=s.n_items)
-
-        if self.threads > 1 and len(self._segments) > 1:
-            with ThreadPoolExecutor(self.threads) as pool:
-                list(pool.map(score, self._segments))
-        else:
-            for s in self._segments:
-                score(s)
-        q_norm = weight[qwords].sum() if weight is not None else float(len(query))
-        gamma = np.divide(1.0, np.sqrt(item_norm), out=np.zeros_like(item_norm), where=item_norm > 0)
-        return acc * gamma / np.sqrt(q_norm) if q_norm > 0 else acc * 0.0
+        return item_scores(self._segments, query, self.n_items, self.codebook.dim, self.settings, self._table,
+                           weight, item_norm, self.threads)
 
     def scores(self, query: AggregatedImage, pooling: str | None = None) -> npt.NDArray[np.float32]:
         """Similarity of the query to every image id (removed images: -inf); regions pooled by ``pooling``."""
@@ -353,14 +314,7 @@ class InvertedFile:
     def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """(image ids, scores) of the ``top`` best images, best first, ties by id (argpartition, no full sort)."""
-        s = self.scores(query, pooling)
-        top = min(int(top), len(self))
-        if top <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        cand = np.argpartition(-s, top - 1)[:top] if top < len(s) else np.arange(len(s))
-        cand = cand[np.isfinite(s[cand])]
-        order = np.lexsort((cand, -s[cand]))
-        return cand[order].astype(np.int64), s[cand[order]]
+        return top_images(self.scores(query, pooling), top, len(self))
 
     # -- aggregation with this index's codebook and settings ---------------------------------------
     def aggregate_query(self, descriptors: npt.NDArray, exact: bool = False) -> AggregatedImage:

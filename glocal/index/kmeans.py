@@ -1,4 +1,4 @@
-"""Approximate k-means for large codebooks: Lloyd iterations whose assignment step is the two-level quantizer.
+"""Codebook training: k-means, exact (faiss) or approximate with the two-level quantizer as assignment step.
 
 The paper-size ASMK codebook (65,536 words, HOW / FIRe) wants >= 39 training descriptors per word, i.e.
 2.6 M descriptors. Exact Lloyd iterations cost N x K x d multiply-adds each (43 TFLOP at that size, over half
@@ -8,6 +8,9 @@ them (``nprobe`` cells each, ~99 % of assignments exact at 65,536 words), the ap
 et al. (CVPR 2007) with a two-level quantizer instead of a k-d forest. The update is the exact mean of each
 word's descriptors; an empty word is re-seeded by splitting the most populated one (a symmetric perturbation
 of its centroid, as faiss does).
+
+:func:`train_codebook` is the entry point: it samples the descriptors and runs faiss's exact k-means or
+:func:`approximate_kmeans`. Imports go one way: ``codebook`` <- ``quantizer`` <- ``kmeans``.
 """
 from __future__ import annotations
 
@@ -103,3 +106,64 @@ def approximate_kmeans(
                 f"re-seeded, {history[-1]['seconds']:.1f} s")
     return centroids.astype(np.float32), {"assignment": "two-level", "nprobe": nprobe, "cells": cells,
                                           "history": history}
+
+
+#: codebook size of the large setups (HOW, FIRe, R1M)
+DEFAULT_SIZE = 65_536
+
+
+#: from this size on, :func:`train_codebook` runs approximate k-means (two-level assignment) by default: at
+#: 65,536 words it matched faiss's error 3x faster (``benchmarks/kmeans_speed.py``); below, faiss is as fast
+APPROXIMATE_FROM = 16_384
+
+
+def train_codebook(
+    descriptors: npt.NDArray, size: int = DEFAULT_SIZE, iterations: int = 10, seed: int = 0,
+    max_sample: int | None = None, log: Callable[[str], None] | None = None, method: str = "auto",
+    on_iteration: Callable[[], None] | None = None,
+) -> Codebook:
+    """k-means on a random sample of the descriptors.
+
+    :param max_sample: descriptors used at most; default ``max(500,000, 39 x size)`` (faiss asks for >= 39
+        training points per word). The size is clipped so every word has at least 39 points.
+    :param method: ``faiss`` (exact Lloyd iterations, faiss), ``approximate``
+        (:func:`approximate_kmeans`) or ``auto`` (approximate from
+        :data:`APPROXIMATE_FROM` words on).
+
+    The info records the size used, the sample size, the iterations, the method, the seed and the training
+    time; ``log`` (e.g. ``print``) receives the same as one line. ``on_iteration()`` is called once per
+    iteration (after each with the approximate method; all at the end with faiss).
+    """
+    if method not in ("auto", "faiss", "approximate"):
+        raise ValueError(f"method must be 'auto', 'faiss' or 'approximate', got {method!r}")
+    x = np.ascontiguousarray(descriptors, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    max_sample = max(500_000, 39 * int(size)) if max_sample is None else int(max_sample)
+    if len(x) > max_sample:
+        x = x[np.sort(rng.choice(len(x), max_sample, replace=False))]
+    if len(x) < 2:
+        raise ValueError(f"cannot train a codebook from {len(x)} descriptors")
+    k = int(min(size, max(2, len(x) // 39)))  # faiss wants >= 39 training points per centroid
+    if method == "auto":
+        method = "approximate" if k >= APPROXIMATE_FROM else "faiss"
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if method == "faiss":
+        import faiss  # imported lazily: only codebook training needs it
+
+        km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, max_points_per_centroid=10_000_000)
+        km.train(x)
+        centroids = km.centroids
+        for _ in range(iterations if on_iteration is not None else 0):
+            on_iteration()
+    else:
+        centroids, run = approximate_kmeans(x, k, iterations, seed=seed, on_iteration=on_iteration)
+        extra = {"cells": run["cells"], "nprobe": run["nprobe"],
+                 "final_mse": run["history"][-1]["mse"] if run["history"] else None}
+    seconds = time.perf_counter() - t0
+    info = {"requested_size": int(size), "size": k, "sample": int(len(x)), "iterations": iterations,
+            "method": method, "seed": seed, "seconds": round(seconds, 3)} | extra
+    if log is not None:
+        log(f"codebook: {k} words trained on {len(x):,} descriptors ({iterations} {method} k-means iterations, "
+            f"seed {seed}) in {seconds:.1f} s")
+    return Codebook(np.ascontiguousarray(centroids, dtype=np.float32), info)

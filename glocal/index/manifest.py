@@ -13,9 +13,10 @@ from typing import Any
 
 from glocal.io.atomic import FileLock, read_versioned_json, write_json_atomic
 from glocal.io.atomic import fsync_dir as fsync_dir
+from glocal.io.versions import current
 
 FORMAT = "glocal-asmk-index"
-VERSION = 1
+VERSION = current(FORMAT)
 MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
 

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from glocal.io.atomic import crc32_file
+from glocal.io.versions import check_version, current
 
 MAGIC = b"GLOCALSG"
-VERSION = 1
+VERSION = current("glocal-segment")
 _HEAD = struct.Struct("<8sII")
 _ALIGN = 64
 
@@ -144,8 +145,7 @@ class ArrayFile:
             if len(head) < _HEAD.size or head[:8] != MAGIC:
                 raise SegmentFileError(f"{self.path}: not a glocal segment file (bad magic)")
             _, version, meta_len = _HEAD.unpack(head)
-            if version > VERSION:
-                raise SegmentFileError(f"{self.path}: segment format {version} is newer than this glocal reads ({VERSION})")
+            check_version("glocal-segment", version, self.path, SegmentFileError)
             try:
                 body = json.loads(f.read(meta_len))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -52,9 +52,14 @@ def read_versioned_json(path: Path, fmt: str, version: int, error: type[Exceptio
         m = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from None
-    if m.get("format") != fmt:
-        raise error(f"{path}: format is {m.get('format')!r}, expected {fmt!r}")
-    if int(m.get("version", 0)) > version:
+    if not isinstance(m, dict) or m.get("format") != fmt:
+        found = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise error(f"{path}: format is {found!r}, expected {fmt!r}")
+    from glocal.io.versions import FORMATS, check_version
+
+    if fmt in FORMATS:
+        check_version(fmt, m.get("version"), path, error)
+    elif int(m.get("version", 0)) > version:
         raise error(f"{path}: {version_label} {m['version']} is newer than this glocal reads ({version})")
     return m
 

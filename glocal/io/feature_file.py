@@ -31,10 +31,11 @@ from typing import Any, overload
 
 import numpy as np
 
+from glocal.io.versions import check_version, current
 from glocal.records import ImageFeatures
 
 FILE_MAGIC = b"GLOCALFF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = current("glocal-feature-file")
 RECORD_MAGIC = b"REC1"
 _HEADER = struct.Struct("<8sII")
 _RECORD = struct.Struct("<4sQI")
@@ -111,10 +112,7 @@ class RecordFile:
             if len(head) < _HEADER.size or head[:8] != FILE_MAGIC:
                 raise FeatureFileError(f"{self.path}: not a glocal feature file (bad magic)")
             _, version, _ = _HEADER.unpack(head)
-            if version > FORMAT_VERSION:
-                raise FeatureFileError(
-                    f"{self.path}: format version {version} is newer than this glocal reads ({FORMAT_VERSION})"
-                )
+            check_version("glocal-feature-file", version, self.path, FeatureFileError)
             pos = _HEADER.size
             while pos < size:
                 f.seek(pos)
@@ -267,9 +265,8 @@ def features_from_record(name: str, attrs: dict, arrays: dict[str, np.ndarray]) 
 class ImageRecords:
     """:class:`ImageFeatures` kept one :class:`RecordFile` record per image (record name = image name).
 
-    The lookup, iteration and closing shared by :class:`FeatureFile` and
-    :class:`glocal.extract.local_store.LocalStore`; a subclass sets ``self.records`` and decodes one
-    record in :meth:`__getitem__`.
+    The lookup, iteration and closing of :class:`FeatureFile`; a subclass sets ``self.records`` and decodes
+    one record in :meth:`__getitem__`.
     """
 
     records: RecordFile

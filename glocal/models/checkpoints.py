@@ -61,7 +61,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-FORMAT_VERSION = 1
+from glocal.io.versions import current
+
+FORMAT_VERSION = current("glocal-checkpoint")
 _HEADS = ("arcface.", "attention_classifier.")
 
 

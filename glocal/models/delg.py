@@ -17,8 +17,9 @@ Model (paper sec. 3, and the TF2 release in ``tensorflow/models research/delf``)
 Extraction (official DELG config): max side 1024; local features on 7 scales, global on the middle 3
 (each L2-normalised, summed, re-normalised); local features with attention >= threshold (175 for the
 GLDv1 model, 454.6 for GLDv2-clean), the 1,000 strongest over all scales; keypoint = receptive-field
-centre, computed by walking the backbone (``glocal.extract.receptive_field``). DELG* packs the sign bits
-of the 128-D descriptors: ``np.packbits(d > 0)`` -> (N, 16) uint8.
+centre, computed by walking the backbone (``glocal.models.geometry.receptive_field``). DELG* packs the sign bits
+of the 128-D descriptors: ``np.packbits(d > 0)`` -> (N, 16) uint8. The extractor's settings:
+:class:`glocal.models.configs.DelgConfig` (torch-free; importable from here too).
 """
 from __future__ import annotations
 
@@ -29,16 +30,11 @@ import numpy.typing as npt
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import (
-    DELG_GLOBAL_SCALES,
-    DELG_LOCAL_SCALES,
-    PyramidLevel,
-    SelectedFeatures,
-)
-from glocal.extract.receptive_field import ReceptiveField, feature_centers_xy, receptive_field
-from glocal.models.extractor_base import GlobalLocalExtractor, normalise_global_local_scales
+from glocal.models.configs import DelgConfig
+from glocal.models.extractor_base import GlobalLocalExtractor
+from glocal.models.geometry.pyramid import PyramidLevel, SelectedFeatures
+from glocal.models.geometry.receptive_field import ReceptiveField, feature_centers_xy, receptive_field
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, ResNetBackbone
-from glocal.models.onnx_runtime import check_runtime
 
 
 @dataclass(frozen=True)
@@ -182,64 +178,6 @@ class Delg(nn.Module):
             path = self.backbone.path_to("res4")
             self._rf_cache[key] = (receptive_field(path, 0, key[0]), receptive_field(path, 1, key[1]))
         return self._rf_cache[key]
-
-
-@dataclass(frozen=True)
-class DelgConfig:
-    """Settings of the ``delg`` / ``delg-star`` extractors (rebuild with ``create_extractor(m, **asdict(c))``).
-
-    :param checkpoint: DELG weights (glocal, TF-converted ``.npz`` or state dict, see
-        :mod:`glocal.models.checkpoints`); ``None``: random init (or ImageNet backbone) and a warning.
-    :param backbone_weights: torchvision ImageNet ResNet file, used when no checkpoint is given.
-    :param backbone_style / block3_strides / attention_batchnorm: see :class:`DelgModelConfig`; use
-        ``"tf"`` / ``True`` / ``True`` with ``preprocessing="tf"`` for the official TF release.
-    :param preprocessing: a :data:`glocal.extract.pyramid.PREPROCESSING` name.
-    :param scales: local-feature scales (7 by default; pass ``global_scales`` for the 3-scale variant).
-    :param global_scales: global-feature scales.
-    :param attention_threshold: keep local features with attention >= this (175: official GLDv1 model).
-    :param binarize: DELG*: descriptors packed to (N, 16) uint8 sign bits.
-    :param device: ``"cpu"`` or ``"cuda[:i]"`` (fp16 autocast and channels_last on CUDA).
-    :param seed: seed of the random initialisation (when no checkpoint).
-    :param runtime: ``"torch"``, ``"torch-bf16"`` (bfloat16 autocast) or ``"onnx"`` (ONNX Runtime on the CPU,
-        :mod:`glocal.models.onnx_runtime`).
-    """
-
-    depth: int = 50
-    checkpoint: str | None = None
-    backbone_weights: str | None = None
-    backbone_style: str = "torchvision"
-    block3_strides: bool = False
-    attention_batchnorm: bool = True
-    preprocessing: str = "imagenet"
-    max_side: int = 1024
-    scales: tuple[float, ...] = DELG_LOCAL_SCALES
-    global_scales: tuple[float, ...] = DELG_GLOBAL_SCALES
-    max_keypoints: int = 1000
-    attention_threshold: float = 175.0
-    binarize: bool = False
-    device: str = "cpu"
-    batch_size: int = 4
-    seed: int = 0
-    runtime: str = "torch"
-
-    def __post_init__(self) -> None:
-        normalise_global_local_scales(self, "delg.py: DelgConfig")
-        check_runtime(self, "delg.py: DelgConfig")
-
-    @classmethod
-    def tf_release(cls, checkpoint: str, gldv2_clean: bool = False, **overrides: object) -> DelgConfig:
-        """Settings reproducing the official TF R50-DELG release (its variables converted to ``.npz``):
-        Keras layer layout, ``block3_strides``, attention batch norm, (x - 128) / 128 input, attention
-        threshold 175 (GLDv1 model) or 454.6 (GLDv2-clean model)."""
-        settings: dict = dict(checkpoint=checkpoint, backbone_style="tf", block3_strides=True,
-                              attention_batchnorm=True, preprocessing="tf",
-                              attention_threshold=454.6 if gldv2_clean else 175.0)
-        return cls(**(settings | overrides))
-
-    def model_config(self) -> DelgModelConfig:
-        return DelgModelConfig(depth=self.depth, backbone_weights=self.backbone_weights,
-                               backbone_style=self.backbone_style, block3_strides=self.block3_strides,
-                               attention_batchnorm=self.attention_batchnorm)
 
 
 class DelgExtractor(GlobalLocalExtractor):

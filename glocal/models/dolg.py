@@ -15,7 +15,8 @@ Resolutions (paper sec. 3.1 and 3.3): DOLG's "Res3" output f_3 and "Res4" output
 
 Ablations (Tables 3-6): ``fusion`` = orthogonal | concat (pool(f_l)) | hadamard (pool(f_l * f_g)),
 ``global_pooling`` / ``fusion_pooling`` = gem | avg, ``multi_atrous`` on / off. Extraction: 5 scales
-(0.3535 .. 1.4142), each descriptor L2-normalised, averaged, L2-normalised; DOLG has no local features.
+(0.3535 .. 1.4142), each descriptor L2-normalised, averaged, L2-normalised; DOLG has no local features. The extractor's
+settings: :class:`glocal.models.configs.DolgConfig` (torch-free; importable from here too).
 """
 from __future__ import annotations
 
@@ -27,15 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import DOLG_SCALES, PyramidLevel, fuse_global, preprocessing_by_name
 from glocal.io.images import LoadedImage
+from glocal.models.configs import FUSIONS, POOLINGS, DolgConfig
 from glocal.models.extractor_base import ModelExtractor
+from glocal.models.geometry.pyramid import PyramidLevel, fuse_global
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, MultiAtrous, ResNetBackbone, average_pool
-from glocal.models.onnx_runtime import check_runtime
 from glocal.records import ImageFeatures
-
-FUSIONS = ("orthogonal", "concat", "hadamard")
-POOLINGS = ("gem", "avg")
 
 
 @dataclass(frozen=True)
@@ -150,61 +148,6 @@ class Dolg(nn.Module):
             raise ValueError("dolg.py: losses need a model built with num_classes > 0")
         loss = self.arcface.loss(self.fusion_parts_from_features(feats)["embedding"], labels)
         return {"global": loss, "total": loss}
-
-
-@dataclass(frozen=True)
-class DolgConfig:
-    """Settings of the ``dolg`` extractor (rebuild with ``create_extractor("dolg", **asdict(c))``).
-
-    :param checkpoint: DOLG weights (glocal file or the PyTorch port's ``.pyth``); ``None``: random init
-        (or ImageNet backbone) and a warning. Port files need ``multi_atrous=False`` and
-        ``preprocessing="imagenet-bgr"``.
-    :param max_side: longest side of the loaded image; DOLG's official inference uses the native size
-        (pass ``None``), the house default is 1024.
-    :param scales: pyramid scales (DOLG's 5 by default).
-    :param device: ``"cpu"`` or ``"cuda[:i]"`` (fp16 autocast and channels_last on CUDA).
-    :param seed: seed of the random initialisation (when no checkpoint).
-    :param runtime: ``"torch"``, ``"torch-bf16"`` (bfloat16 autocast) or ``"onnx"`` (ONNX Runtime on the CPU,
-        :mod:`glocal.models.onnx_runtime`).
-    """
-
-    depth: int = 50
-    checkpoint: str | None = None
-    backbone_weights: str | None = None
-    backbone_style: str = "torchvision"
-    multi_atrous: bool = True
-    atrous_pointwise_branch: bool = False
-    fusion: str = "orthogonal"
-    global_pooling: str = "gem"
-    fusion_pooling: str = "avg"
-    preprocessing: str = "imagenet"
-    max_side: int | None = 1024
-    scales: tuple[float, ...] = DOLG_SCALES
-    device: str = "cpu"
-    batch_size: int = 4
-    seed: int = 0
-    runtime: str = "torch"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        if not self.scales:
-            raise ValueError("dolg.py: DolgConfig needs at least one scale")
-        preprocessing_by_name(self.preprocessing)
-        check_runtime(self, "dolg.py: DolgConfig")
-
-    @classmethod
-    def pytorch_port(cls, checkpoint: str, **overrides: object) -> DolgConfig:
-        """Settings for the public PyTorch DOLG port's ``.pyth`` files: no multi-atrous module (it is
-        commented out there), BGR input with ImageNet statistics."""
-        settings: dict = dict(checkpoint=checkpoint, multi_atrous=False, preprocessing="imagenet-bgr")
-        return cls(**(settings | overrides))
-
-    def model_config(self) -> DolgModelConfig:
-        return DolgModelConfig(
-            depth=self.depth, backbone_weights=self.backbone_weights, backbone_style=self.backbone_style,
-            multi_atrous=self.multi_atrous, atrous_pointwise_branch=self.atrous_pointwise_branch,
-            fusion=self.fusion, global_pooling=self.global_pooling, fusion_pooling=self.fusion_pooling,
-        )
 
 
 class DolgExtractor(ModelExtractor):

@@ -21,7 +21,9 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import (
+from glocal.io.images import LoadedImage
+from glocal.models.checkpoints import load_checkpoint
+from glocal.models.geometry.pyramid import (
     LocalCandidates,
     PyramidLevel,
     SelectedFeatures,
@@ -33,8 +35,6 @@ from glocal.extract.pyramid import (
     run_pyramid,
     select_top_features,
 )
-from glocal.io.images import LoadedImage
-from glocal.models.checkpoints import load_checkpoint
 from glocal.records import ImageFeatures
 
 ModelFn = Callable[[Tensor, PyramidLevel], dict[str, Tensor]]
@@ -43,16 +43,6 @@ ModelFn = Callable[[Tensor, PyramidLevel], dict[str, Tensor]]
 def scale_key(s: float) -> float:
     """A scale rounded to 4 decimals, to match a pyramid level's scale with a config's scale lists."""
     return round(float(s), 4)
-
-
-def normalise_global_local_scales(config: Any, what: str) -> None:
-    """``__post_init__`` of the DELG / ViTGaL extractor configs: ``scales`` and ``global_scales`` as float
-    tuples, not both empty (else ``ValueError`` starting with ``what``); ``preprocessing`` a known name."""
-    object.__setattr__(config, "scales", tuple(float(s) for s in config.scales))
-    object.__setattr__(config, "global_scales", tuple(float(s) for s in config.global_scales))
-    if not config.scales and not config.global_scales:
-        raise ValueError(f"{what} needs at least one local or global scale")
-    preprocessing_by_name(config.preprocessing)
 
 
 @contextlib.contextmanager

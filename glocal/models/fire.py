@@ -10,7 +10,8 @@ LIT output, as in the reference code), used to keep the top 1,000 over the 7 tes
 Keypoints: a Super-feature is not tied to one location; its keypoint is the **attention-weighted
 centroid** of its final attention map, sum_l alpha_ln c_l, with c_l the receptive-field centre of
 location l (eq. 4 makes every map sum to 1 over locations), mapped to original-image pixels. Its
-scale, like HOW's, is the size of one res4 cell (16 px at level scale 1) in original pixels.
+scale, like HOW's, is the size of one res4 cell (16 px at level scale 1) in original pixels. The
+extractor's settings: :class:`glocal.models.configs.FireConfig` (torch-free; importable from here too).
 """
 from __future__ import annotations
 
@@ -21,17 +22,11 @@ import numpy.typing as npt
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import PyramidLevel
 from glocal.io.images import LoadedImage
+from glocal.models.configs import FireConfig
 from glocal.models.extractor_base import seeded_init
-from glocal.models.how import (
-    PAPER_SCALES,
-    PyramidExtractor,
-    build_trunk,
-    descriptor_outputs,
-    normalise_common_config,
-    trunk_forward,
-)
+from glocal.models.geometry.pyramid import PyramidLevel
+from glocal.models.how import PyramidExtractor, build_trunk, descriptor_outputs, trunk_forward
 from glocal.models.layers.lit import LitConfig, LocalFeatureIntegrationTransformer
 from glocal.models.layers.whitening import PCAWhitening
 
@@ -79,51 +74,6 @@ class FireNet(nn.Module):
         return SuperFeatures(out.features, F.normalize(whitened, dim=-1), whitened, strengths, out.attention)
 
     forward = super_features
-
-
-@dataclass(frozen=True)
-class FireConfig:
-    """Settings of the ``fire`` method (defaults: the paper's test protocol).
-
-    :param checkpoint: official ``fire.pth`` or a glocal file; ``None`` gives random weights and a loud
-        warning.
-    :param imagenet_weights: torchvision ImageNet ResNet weights for the trunk before training.
-    :param depth: 50 (R50-) or 101.
-    :param output_dim: whitened dimension k.
-    :param num_templates: N.
-    :param iterations: T.
-    :param lit_dim: d.
-    :param scales: pyramid scales.
-    :param max_keypoints: Super-features kept over all scales (largest ||s^|| first).
-    :param max_side: images are loaded at this longest side.
-    :param l2_normalize: eq. 6 normalisation of the descriptors.
-    :param preprocessing: pixel normalisation preset.
-    :param device: torch device string.
-    :param max_batch: pyramid levels per forward pass.
-    :param seed: seed of the random initialisation (used when no checkpoint is given).
-    :param runtime: ``"torch"`` (float32) or ``"torch-bf16"`` (the R50- trunk under bfloat16 autocast, LIT and
-        whitening in float32: faster on CPUs with AMX, ``benchmarks/RESULTS.md``).
-    """
-
-    checkpoint: str | None = None
-    imagenet_weights: str | None = None
-    depth: int = 50
-    output_dim: int = 128
-    num_templates: int = 256
-    iterations: int = 6
-    lit_dim: int = 1024
-    scales: tuple[float, ...] = PAPER_SCALES
-    max_keypoints: int = 1000
-    max_side: int = 1024
-    l2_normalize: bool = True
-    preprocessing: str = "imagenet"
-    device: str = "cpu"
-    max_batch: int = 4
-    seed: int = 0
-    runtime: str = "torch"
-
-    def __post_init__(self) -> None:
-        normalise_common_config(self)
 
 
 @dataclass(frozen=True)

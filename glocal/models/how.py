@@ -12,10 +12,11 @@ g(U) = g^ / ||g^||, g^ = sum_l ||u_l|| o(u_l), with the contrastive loss of eq. 
 
 Extraction (HOW / FIRe test protocol): images at max side 1024, 7 scales {2, 1.414, 1, 0.707, 0.5,
 0.353, 0.25}, the 1,000 strongest features over all scales. Keypoints are receptive-field centres of the
-res4 cells (:mod:`glocal.extract.receptive_field`) mapped back to original-image pixels; a feature's
+res4 cells (:mod:`glocal.models.geometry.receptive_field`) mapped back to original-image pixels; a feature's
 scale is the size of one res4 cell (16 px at level scale 1) in original-image pixels. Pyramid levels are
-``round(side * scale)`` pixels (the shared :mod:`glocal.extract.pyramid`); the reference code uses
-``interpolate(scale_factor=s)``, i.e. ``floor``, so a level may differ by one pixel.
+``round(side * scale)`` pixels (the shared :mod:`glocal.models.geometry.pyramid`); the reference code uses
+``interpolate(scale_factor=s)``, i.e. ``floor``, so a level may differ by one pixel. The extractor's
+settings: :class:`glocal.models.configs.HowConfig` (torch-free; importable from here too).
 """
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import (
+from glocal.io.images import LoadedImage
+from glocal.models.configs import HowConfig, HowFireConfig
+from glocal.models.extractor_base import seeded_init, warn_if_bf16_is_slow
+from glocal.models.geometry.pyramid import (
     LocalCandidates,
     PyramidLevel,
     image_to_tensor,
@@ -42,16 +46,11 @@ from glocal.extract.pyramid import (
     run_pyramid,
     select_top_features,
 )
-from glocal.extract.receptive_field import feature_centers_xy, receptive_field
-from glocal.io.images import LoadedImage
-from glocal.models.extractor_base import seeded_init, warn_if_bf16_is_slow
+from glocal.models.geometry.receptive_field import feature_centers_xy, receptive_field
 from glocal.models.how_fire_checkpoints import load_into, save_glocal_checkpoint
 from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone
 from glocal.models.layers.whitening import PCAWhitening, stack_feature_sample
 from glocal.records import ImageFeatures
-
-#: HOW / FIRe test scales (relative to the image at max side 1024)
-PAPER_SCALES: tuple[float, ...] = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
 
 
 def build_trunk(depth: int = 50, imagenet_weights: str | None = None) -> ResNetBackbone:
@@ -142,7 +141,7 @@ class PyramidExtractor:
     name = "pyramid"
     method = ""
 
-    def __init__(self, config: Any, net: nn.Module) -> None:
+    def __init__(self, config: HowFireConfig, net: nn.Module) -> None:
         self.config = config
         self.device = torch.device(config.device)
         # channels_last convolutions (oneDNN on CPU, tensor cores on CUDA): faster, same results
@@ -201,7 +200,7 @@ class PyramidExtractor:
         with torch.inference_mode():
             tensor = image_to_tensor(image.pixels, self.preprocessing, self.device)
             return run_pyramid([tensor], scales, lambda x, lv: self._level_outputs(x, lv, raw),
-                               max_batch=self.config.max_batch, channels_last=True)[0]
+                               batch_size=self.config.batch_size, channels_last=True)[0]
 
     def extract(self, image: LoadedImage, name: str) -> ImageFeatures:
         """The ``max_keypoints`` strongest features over ``config.scales``; keypoints and scales in
@@ -243,60 +242,6 @@ def descriptor_outputs(whitened: Tensor, strengths: Tensor, normalise: bool) -> 
         "strengths": strengths,
         "global": (strengths.unsqueeze(-1) * whitened).sum(1),
     }
-
-
-@dataclass(frozen=True)
-class HowConfig:
-    """Settings of the ``how`` method (defaults: the paper's test protocol).
-
-    :param checkpoint: official HOW ``.pth`` (e.g. ``how_r50-_1000.pth``) or a glocal file; ``None`` gives
-        random weights and a loud warning.
-    :param imagenet_weights: torchvision ImageNet ResNet weights for the trunk before training.
-    :param depth: 50 (R50-) or 101 (R101-).
-    :param output_dim: whitened dimension k.
-    :param smoothing_kernel: side of the 3x3 average smoothing before o(.) (1 disables).
-    :param scales: pyramid scales.
-    :param max_keypoints: features kept over all scales, strongest (largest norm) first.
-    :param max_side: images are loaded at this longest side.
-    :param l2_normalize: L2-normalise o(u) (descriptors for ASMK).
-    :param preprocessing: pixel normalisation preset (:data:`glocal.extract.pyramid.PREPROCESSING`).
-    :param device: torch device string.
-    :param max_batch: pyramid levels per forward pass.
-    :param seed: seed of the random initialisation (used when no checkpoint is given).
-    :param runtime: ``"torch"`` (float32) or ``"torch-bf16"`` (the trunk under bfloat16 autocast, whitening
-        in float32: faster on CPUs with AMX, ``benchmarks/RESULTS.md``).
-    """
-
-    checkpoint: str | None = None
-    imagenet_weights: str | None = None
-    depth: int = 50
-    output_dim: int = 128
-    smoothing_kernel: int = 3
-    scales: tuple[float, ...] = PAPER_SCALES
-    max_keypoints: int = 1000
-    max_side: int = 1024
-    l2_normalize: bool = True
-    preprocessing: str = "imagenet"
-    device: str = "cpu"
-    max_batch: int = 4
-    seed: int = 0
-    runtime: str = "torch"
-
-    def __post_init__(self) -> None:
-        normalise_common_config(self)
-
-
-def normalise_common_config(config: Any) -> None:
-    """Plain types for fields a caller may pass as lists / paths; range checks."""
-    object.__setattr__(config, "scales", tuple(float(s) for s in config.scales))
-    if config.checkpoint is not None:
-        object.__setattr__(config, "checkpoint", str(config.checkpoint))
-    if not config.scales or min(config.scales) <= 0:
-        raise ValueError(f"{type(config).__name__}: scales must be positive, got {config.scales}")
-    if config.max_keypoints < 1 or config.max_side < 1:
-        raise ValueError(f"{type(config).__name__}: max_keypoints and max_side must be >= 1")
-    if config.runtime not in ("torch", "torch-bf16"):
-        raise ValueError(f"{type(config).__name__}: runtime must be 'torch' or 'torch-bf16', got {config.runtime!r}")
 
 
 class HowExtractor(PyramidExtractor):

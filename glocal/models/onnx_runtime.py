@@ -5,7 +5,7 @@ none) is exported once to ONNX with a dynamic batch, height and width, cached on
 ``onnxruntime.InferenceSession`` on the CPU (``intra_op_num_threads`` = torch's thread count at session
 creation, all graph optimisations). The outputs come back as torch tensors under the torch path's keys,
 so the rest of the extraction (pyramid, selection, fusion) is unchanged. CPU only: ``runtime="onnx"``
-with a CUDA device is rejected by the configs.
+with a CUDA device is rejected by the configs (:mod:`glocal.models.configs`).
 
 Exporter: ``torch.export.export`` with named dynamic dimensions, then ``torch.onnx.export(dynamo=True)``
 of that program (needs the ``onnx`` and ``onnxscript`` packages). Measured here (torch 2.14, ORT 1.32):
@@ -40,8 +40,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-#: "torch-bf16": PyTorch under bfloat16 autocast (AMX on recent Intel CPUs, ~3x faster than float32 here)
-RUNTIMES = ("torch", "torch-bf16", "onnx")
 INSTALL_HINT = "runtime='onnx' needs: pip install 'glocal[onnx]'"
 MIN_SIDE = 64
 MAX_SIDE = 16384
@@ -53,16 +51,6 @@ FORMAT = 1
 OutputsFn = Callable[[nn.Module, Tensor, tuple[bool, ...]], dict[str, Tensor]]
 
 
-def check_runtime(config: Any, what: str) -> None:
-    """``__post_init__`` check of an extractor config's ``runtime`` (and its ``device``); ``ValueError``
-    messages start with ``what``."""
-    if config.runtime not in RUNTIMES:
-        raise ValueError(f"{what}: runtime must be one of {RUNTIMES}, got {config.runtime!r}")
-    if config.runtime == "onnx" and torch.device(config.device).type != "cpu":
-        raise ValueError(f"{what}: runtime='onnx' runs on the CPU only, got device {config.device!r}; use "
-                         "runtime='torch' on a GPU")
-
-
 def _require(*modules: str) -> None:
     import importlib
 
@@ -70,7 +58,7 @@ def _require(*modules: str) -> None:
         try:
             importlib.import_module(name)
         except ImportError:
-            from glocal.models import MissingDependencyError
+            from glocal.errors import MissingDependencyError
 
             raise MissingDependencyError(f"{INSTALL_HINT} ({name} is not installed)") from None
 

@@ -5,7 +5,7 @@ square root; the result is L2-normalised and its Euclidean distance equals the H
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -24,17 +24,16 @@ def root_sift(desc: npt.NDArray[np.float32], eps: float = 1e-7) -> npt.NDArray[n
 
 @dataclass(frozen=True)
 class SiftConfig:
-    """Extraction settings (defaults used by the ``sift`` method).
+    """Extraction settings (defaults used by the ``sift`` method); each field carries one line of help."""
 
-    :param max_keypoints: keep the strongest responses, at most this many per image.
-    :param contrast_threshold: OpenCV's DoG contrast threshold (lower = more, weaker keypoints).
-    :param max_side: images are resized so their longer side is at most this.
-    """
-
-    max_keypoints: int = 2000
-    contrast_threshold: float = 0.02
-    edge_threshold: float = 10.0
-    max_side: int = 1024
+    max_keypoints: int = field(default=2000, metadata={
+        "help": "keep the strongest responses, at most this many keypoints per image"})
+    contrast_threshold: float = field(default=0.02, metadata={
+        "help": "OpenCV's DoG contrast threshold (lower: more, weaker keypoints)"})
+    edge_threshold: float = field(default=10.0, metadata={
+        "help": "OpenCV's edge threshold (higher: fewer edge-like keypoints filtered out)"})
+    max_side: int = field(default=1024, metadata={
+        "help": "images are loaded with their longest side at most this many pixels"})
 
 
 class RootSiftExtractor:

@@ -18,13 +18,14 @@ the number of patches of the level (uniform attention = 1 at every scale), so le
 centre of the token's 16 x 16 patch (sec. 3.1); levels are zero-padded at the bottom / right to a
 multiple of 16, so a border patch's centre is the centre of its part inside the image.
 
-Checkpoints (ours and the ViTGaL release's): :mod:`glocal.models.vitgal_checkpoints`.
+Checkpoints (ours and the ViTGaL release's): :mod:`glocal.models.vitgal_checkpoints`. The extractor's
+settings: :class:`glocal.models.configs.VitgalConfig` (torch-free; importable from here too).
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -32,16 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.extract.pyramid import DOLG_SCALES, PyramidLevel, SelectedFeatures
-from glocal.models.extractor_base import GlobalLocalExtractor, normalise_global_local_scales
+from glocal.models.configs import VitgalConfig
+from glocal.models.extractor_base import GlobalLocalExtractor
+from glocal.models.geometry.pyramid import PyramidLevel, SelectedFeatures
 from glocal.models.layers.arcface import ArcFace
 from glocal.models.layers.class_attention import ClassAttentionBlock, ClassAttentionOutput
 from glocal.models.layers.xcit import Mlp, Xcit, XcitConfig, init_transformer_weights, load_xcit_weights, xcit_preset
-from glocal.models.onnx_runtime import check_runtime
 from glocal.models.vitgal_checkpoints import convert_vitgal_release as convert_vitgal_release  # re-exported
 from glocal.models.vitgal_checkpoints import load_vitgal_checkpoint
-
-VITGAL_LOCAL_SCALES: tuple[float, ...] = DOLG_SCALES  # 0.3535, 0.5, 0.7071, 1.0, 1.4142 (ViTGaL sec. 4.1)
 
 
 @dataclass(frozen=True)
@@ -247,49 +246,6 @@ def patch_centers_xy(grid: tuple[int, int], size: tuple[int, int], patch: int = 
 
     xs, ys = axis(grid[1], size[1]), axis(grid[0], size[0])
     return np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
-
-
-@dataclass(frozen=True)
-class VitgalConfig:
-    """Settings of the ``vitgal`` extractor.
-
-    :param checkpoint: ViTGaL (+ autoencoder) weights, ours or the release's; ``None``: random
-        initialisation and a loud warning.
-    :param backbone_weights: timm / official XCiT ImageNet file for the trunk when no checkpoint.
-    :param variant: ``"s12"`` or ``"s24"``; ``embed_dim`` / ``depth`` / ``num_heads`` override it.
-    :param scales: local-feature scales; ``global_scales``: global (1 scale, sec. 4.1).
-    :param attention_threshold: keep local features scoring >= this (see the module notes).
-    :param runtime: ``"torch"``, ``"torch-bf16"`` (bfloat16 autocast) or ``"onnx"`` (ONNX Runtime on the CPU,
-        :mod:`glocal.models.onnx_runtime`).
-    """
-
-    checkpoint: str | None = None
-    backbone_weights: str | None = None
-    variant: str = "s12"
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    local_dim: int = 128
-    preprocessing: str = "imagenet"
-    max_side: int = 1024
-    scales: tuple[float, ...] = VITGAL_LOCAL_SCALES
-    global_scales: tuple[float, ...] = (1.0,)
-    max_keypoints: int = 1000
-    attention_threshold: float = 0.0
-    device: str = "cpu"
-    batch_size: int = 4
-    seed: int = 0
-    runtime: str = "torch"
-
-    def __post_init__(self) -> None:
-        normalise_global_local_scales(self, "vitgal.py: VitgalConfig")
-        check_runtime(self, "vitgal.py: VitgalConfig")
-
-    def model_config(self) -> VitgalModelConfig:
-        overrides = {k: v for k, v in (("embed_dim", self.embed_dim), ("depth", self.depth),
-                                       ("num_heads", self.num_heads)) if v is not None}
-        xcit = replace(xcit_preset(self.variant), **overrides) if overrides else None
-        return VitgalModelConfig(variant=self.variant, xcit=xcit, local_dim=self.local_dim)
 
 
 class VitgalExtractor(GlobalLocalExtractor):

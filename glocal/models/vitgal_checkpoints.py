@@ -5,22 +5,20 @@ The release has two model classes: ``XCiTRetrievalv2`` (the ViTGaL network; XCiT
 final norm and ArcFace weights) and ``XCiTRetrievalLocalReductionAE`` (the autoencoder, with the ViTGaL
 network under ``retrieval_back_bone.``; there the top-level ``cls_token`` / ``cls_attn_blocks.0`` /
 ``norm`` / ``head`` are the autoencoder's). Our own files are :func:`glocal.models.checkpoints.save_checkpoint`
-outputs or bare state dicts of :class:`glocal.models.vitgal.Vitgal`.
+outputs or bare state dicts of :class:`glocal.models.vitgal.Vitgal`. This module knows the network only
+through its state dict (any ``nn.Module`` with ViTGaL's parameter names), so the dependency runs one way:
+:mod:`glocal.models.vitgal` imports the loader, never the reverse.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from glocal.models.checkpoints import CheckpointMismatchError, LoadReport
 from glocal.models.layers.class_attention import fuse_qkv
 from glocal.models.layers.xcit import read_state_dict
-
-if TYPE_CHECKING:
-    from glocal.models.vitgal import Vitgal
 
 _RELEASE_RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
     (r"^(?:retrieval_back_bone\.)?(patch_embed|blocks)\.", r"backbone.\1."),
@@ -61,8 +59,9 @@ def convert_vitgal_release(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_vitgal_checkpoint(model: Vitgal, path: str | Path) -> LoadReport:
-    """Load our ViTGaL checkpoint (``save_checkpoint`` / bare state dict) or the ViTGaL release's.
+def load_vitgal_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load our ViTGaL checkpoint (``save_checkpoint`` / bare state dict) or the ViTGaL release's into
+    ``model`` (a :class:`glocal.models.vitgal.Vitgal`, or any module with its parameter names).
 
     Classifier heads absent from an inference model are ignored; anything else must fit exactly.
     :raises CheckpointMismatchError: missing / unexpected / mis-shaped parameters, naming the file.

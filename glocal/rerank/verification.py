@@ -4,7 +4,7 @@ DELG re-ranking (Cao et al., ECCV 2020, appendix): an affine model fitted by RAN
 1,000 trials, residual threshold 20 px, fixed seed; the inlier count is the verification score. The
 model maps query keypoints to database keypoints (x, y in original-image pixels).
 
-Estimators, chosen with ``method``:
+Estimators, chosen with ``estimator``:
 
 - ``"ransac"``: classic RANSAC (``cv2.RANSAC``) with confidence-based early stop and Levenberg-Marquardt
   refinement of the affine model on its inliers;
@@ -44,10 +44,10 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "DEFAULT_METHOD",
-    "METHODS",
+    "DEFAULT_ESTIMATOR",
+    "ESTIMATORS",
     "MIN_SAMPLES",
-    "ORDERED_METHODS",
+    "ORDERED_ESTIMATORS",
     "Verification",
     "VerifierOptions",
     "verify",
@@ -59,7 +59,7 @@ Model = Literal["affine", "homography"]
 # minimal sample size of each model (points)
 MIN_SAMPLES: dict[str, int] = {"affine": 3, "homography": 4}
 
-METHODS: dict[str, int] = {
+ESTIMATORS: dict[str, int] = {
     "ransac": cv2.RANSAC,
     "usac_default": cv2.USAC_DEFAULT,
     "usac_fast": cv2.USAC_FAST,
@@ -69,9 +69,9 @@ METHODS: dict[str, int] = {
 }
 
 # estimators that rely on the order of the matches (best first) and so are not permuted by the seed
-ORDERED_METHODS = frozenset({"usac_prosac"})
+ORDERED_ESTIMATORS = frozenset({"usac_prosac"})
 
-DEFAULT_METHOD = "usac_fast"
+DEFAULT_ESTIMATOR = "usac_fast"
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class VerifierOptions:
     the measured default estimator (USAC_FAST, module docstring); :meth:`delg_reference` for plain RANSAC.
 
     :param model: ``"affine"`` (DELG) or ``"homography"``.
-    :param method: estimator name, a key of :data:`METHODS`.
+    :param estimator: estimator name, a key of :data:`ESTIMATORS`.
     :param threshold_px: maximum reprojection error of an inlier, in original-image pixels.
     :param max_iters: maximum number of RANSAC trials.
     :param confidence: early-stop confidence of the estimator.
@@ -111,7 +111,7 @@ class VerifierOptions:
     """
 
     model: Model = "affine"
-    method: str = DEFAULT_METHOD
+    estimator: str = DEFAULT_ESTIMATOR
     threshold_px: float = 20.0
     max_iters: int = 1000
     confidence: float = 0.999
@@ -121,7 +121,7 @@ class VerifierOptions:
     @classmethod
     def delg_reference(cls) -> VerifierOptions:
         """DELG's reference protocol: affine, plain RANSAC, 3-point samples, 1,000 trials, 20 px."""
-        return cls(model="affine", method="ransac", threshold_px=20.0, max_iters=1000)
+        return cls(model="affine", estimator="ransac", threshold_px=20.0, max_iters=1000)
 
 
 def verify(
@@ -130,7 +130,7 @@ def verify(
     matches: npt.NDArray,
     *,
     model: Model = "affine",
-    method: str = DEFAULT_METHOD,
+    estimator: str = DEFAULT_ESTIMATOR,
     threshold_px: float = 20.0,
     max_iters: int = 1000,
     confidence: float = 0.999,
@@ -147,7 +147,7 @@ def verify(
     :param matches: (K, 2) integer rows (query index, database index), e.g. from ``match_descriptors``.
     :param model: ``"affine"`` (2x3, ``cv2.estimateAffine2D``) or ``"homography"`` (3x3,
         ``cv2.findHomography``).
-    :param method: estimator, a key of :data:`METHODS`.
+    :param estimator: a key of :data:`ESTIMATORS`.
     :param threshold_px: inlier reprojection threshold in pixels (DELG: 20).
     :param max_iters: maximum trials (DELG: 1,000).
     :param confidence: confidence for the early stop.
@@ -158,8 +158,8 @@ def verify(
     """
     if model not in MIN_SAMPLES:
         raise ValueError(f"model must be one of {sorted(MIN_SAMPLES)}, got {model!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
     matches = np.asarray(matches)
     if matches.ndim != 2 or matches.shape[1] != 2:
         raise ValueError(f"matches must be (K, 2) index pairs, got shape {matches.shape}")
@@ -173,8 +173,8 @@ def verify(
     dst = np.asarray(db_kp, np.float32)[matches[:, 1]]
     if not (np.isfinite(src).all() and np.isfinite(dst).all()):
         raise ValueError("keypoints of the matches contain NaN or infinite coordinates")
-    order = None if method in ORDERED_METHODS else np.random.default_rng(seed).permutation(num)
-    flag = METHODS[method]
+    order = None if estimator in ORDERED_ESTIMATORS else np.random.default_rng(seed).permutation(num)
+    flag = ESTIMATORS[estimator]
     try:
         if model == "affine":
             transform, mask = cv2.estimateAffine2D(
@@ -220,7 +220,7 @@ def verify_with(
         db_kp,
         matches,
         model=options.model,
-        method=options.method,
+        estimator=options.estimator,
         threshold_px=options.threshold_px,
         max_iters=options.max_iters,
         confidence=options.confidence,

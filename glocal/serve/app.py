@@ -3,7 +3,7 @@
 Endpoints (all answers are JSON; errors are ``{"detail": "<what went wrong>"}``):
 
 * ``GET /health`` -> ``{"status": "ok", "images": N}``
-* ``GET /info`` -> the index settings (:attr:`glocal.engine.Engine.settings`) and the service's own.
+* ``GET /info`` -> the index settings (:meth:`glocal.search.Searcher.settings`) and the service's own.
 * ``POST /search`` multipart ``image`` (the query); options ``top``, ``bbox`` (``x1,y1,x2,y2``), ``rerank``,
   ``qe``, ``dba``, ``matches`` as query parameters or form fields (a form field wins over a query
   parameter of the same name) -> ``{"results": [hit, ...], "ms": milliseconds spent searching}``.
@@ -16,12 +16,12 @@ Uploads are copied to a temporary file (refused with 413 past ``max_upload_mb``)
 loader as files on disk (:func:`glocal.io.images.load_image`), so a non-image, truncated file or
 decompression bomb is refused with 400 and the loader's reason.
 
-Concurrency: the engine is opened at startup and closed at shutdown (the app's lifespan), and one
+Concurrency: the searcher is opened at startup and closed at shutdown (the app's lifespan), and one
 ``threading.Lock`` serialises every call into it: requests are handled in parallel up to that point
-(upload, validation) and one at a time inside the engine. Simple and correct: searches and edits never
+(upload, validation) and one at a time inside the searcher. Simple and correct: searches and edits never
 interleave; the price is that a slow request makes the others wait. ``/health`` and ``/info`` answer
 from values kept outside the lock, so they stay quick during a long search. Run one process per index
-(``glocal serve`` does): several processes would each hold their own engine, and only one may write.
+(``glocal serve`` does): several processes would each hold their own searcher, and only one may write.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import JSONResponse
 
 from glocal import __version__
+from glocal.index.builder import add_images
 from glocal.io.images import ImageReadError, parse_box
 
 MAX_TOP = 10_000
@@ -48,7 +49,7 @@ _FORM_OVERHEAD = 1 << 20  # request bytes allowed beyond the upload limit: multi
 
 
 class _Service:
-    """The state behind one app: the engine, its lock, and values readable without the lock."""
+    """The state behind one app: the searcher, its lock, and values readable without the lock."""
 
     def __init__(self, index_path: Path, writable: bool, max_upload_mb: float) -> None:
         self.index_path = Path(index_path)
@@ -56,31 +57,32 @@ class _Service:
         self.max_upload_mb = max_upload_mb
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.lock = threading.Lock()
-        self.engine: Any = None
+        self.searcher: Any = None
         self.settings: dict = {}
         self.images = 0
 
     def open(self) -> None:
-        from glocal.engine import Engine
+        from glocal.index.collection import Collection
+        from glocal.search import Searcher
 
-        engine = Engine.open(self.index_path, writable=self.writable)
-        self.settings = _json_safe(engine.settings)  # once: it may hash a model checkpoint
-        self.images = len(engine)
-        self.engine = engine
+        searcher = Searcher(Collection.open(self.index_path, writable=self.writable))
+        self.settings = _json_safe(searcher.settings())  # once: it may hash a model checkpoint
+        self.images = len(searcher)
+        self.searcher = searcher
 
     def close(self) -> None:
         with self.lock:
-            if self.engine is not None:
-                self.engine.close()
-                self.engine = None
+            if self.searcher is not None:
+                self.searcher.close()
+                self.searcher = None
 
     @contextmanager
-    def engine_locked(self) -> Iterator[Any]:
+    def searcher_locked(self) -> Iterator[Any]:
         with self.lock:
-            if self.engine is None:
+            if self.searcher is None:
                 raise HTTPException(503, "the index is not open (the service is starting or stopping)")
-            yield self.engine
-            self.images = len(self.engine)
+            yield self.searcher
+            self.images = len(self.searcher)
 
 
 @dataclass
@@ -224,11 +226,11 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     ) -> dict:
         opts = in_form.over(in_query)
         box = parse_bbox(opts.bbox)
-        with _saved_upload(image, svc.max_upload_bytes) as path, svc.engine_locked() as engine:
+        with _saved_upload(image, svc.max_upload_bytes) as path, svc.searcher_locked() as searcher:
             t0 = time.perf_counter()
             try:
-                hits = engine.search(path, box=box, top=opts.top or 20, rerank_top=opts.rerank,
-                                     query_expansion=opts.qe, database_augmentation=opts.dba)
+                hits = searcher.search(path, box=box, top=opts.top or 20, rerank_top=opts.rerank, qe=opts.qe,
+                                     dba=opts.dba)
             except ImageReadError as exc:
                 raise HTTPException(400, f"{_label(image)}: {exc.reason}") from None
             except ValueError as exc:
@@ -243,20 +245,22 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     ) -> dict:
         if not name.strip() or not name.isprintable():
             raise HTTPException(422, f"name: expected a non-blank name without control characters, got {name!r}")
-        with _saved_upload(image, svc.max_upload_bytes) as path, svc.engine_locked() as engine:
-            if name in set(engine.live_names().values()):
+        with _saved_upload(image, svc.max_upload_bytes) as path, svc.searcher_locked() as searcher:
+            collection = searcher.collection
+            if name in set(collection.live_names().values()):
                 raise HTTPException(409, f"an image named {name!r} is already in the index "
                                          "(DELETE it first to replace it)")
-            failures = engine.add([path], [name], progress=False, workers=1)
+            failures = add_images(collection, [path], [name], progress=False, workers=1,
+                                  extractor=searcher.database_extractor)
             if failures:
                 raise HTTPException(400, f"{_label(image)}: {failures[0].reason}")
-            index = len(engine.names) - 1
+            index = len(collection.names) - 1
         return {"name": name, "index": index, "images": svc.images}
 
     @app.delete("/images/{name:path}", dependencies=[Depends(require_writable)])
     def remove_image(name: str) -> dict:
-        with svc.engine_locked() as engine:
-            missing = engine.remove([name])
+        with svc.searcher_locked() as searcher:
+            missing = searcher.collection.remove([name])
         if missing:
             raise HTTPException(404, f"no image named {name!r} in the index")
         return {"removed": name, "images": svc.images}

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from glocal.cli.eval_cmd import eval_command, hits_to_ranking, name_map, pad_rankings
-from glocal.evaluate import compute_map
+from glocal.cli.eval_cmd import eval_command
+from glocal.evaluate import compute_map, runner
+from glocal.evaluate.runner import hits_to_ranking, name_map, pad_rankings
 from glocal.records import SearchHit
 
 
@@ -35,7 +34,7 @@ def test_pad_rankings() -> None:
     assert compute_map(arr, [{"ok": [1]}, {"ok": [0]}, {"ok": [0]}])[1].tolist() == pytest.approx([0.25, 0.0, 1.0])
 
 
-class FakeEngine:
+class FakeIndex:
     """Stores names in reverse order and ranks database images by a fixed score table."""
 
     built: list[dict] = []
@@ -44,23 +43,19 @@ class FakeEngine:
         self.names = names
 
     @classmethod
-    def build(cls, paths: list[Path], names: list[str], out: Path, method: str = "sift",
-              codebook_paths: list[Path] | None = None, progress: bool = True,
-              codebook_from: Path | None = None) -> FakeEngine:
-        cls.built.append({"out": out, "method": method, "codebook_paths": codebook_paths, "n": len(paths),
-                          "codebook_from": codebook_from})
-        return cls(list(reversed(names)))
+    def open_or_build(cls, request, ds, folder: Path, progress) -> tuple[FakeIndex, list]:
+        if request.index is not None:
+            return cls(["a", "zzz-not-in-dataset", "b", "c", "d"]), []
+        cls.built.append({"out": folder, "method": request.method, "codebook_images": request.codebook_images,
+                          "n": len(ds.db_paths), "codebook_from": request.codebook_from})
+        return cls(list(reversed(ds.db_names))), []
 
-    @classmethod
-    def open(cls, path: Path) -> FakeEngine:
-        return cls(["a", "zzz-not-in-dataset", "b", "c", "d"])
-
-    @property
     def settings(self) -> dict:
-        return {"method": "fake", "max_side": 1024, "codebook": {"size": 16}, "rerank": {"top": 100},
-                "index": {"kind": "asmk*"}}
+        return {"method": "fake", "max_side": 1024, "codebook": {"size": 16}, "rerank": {"rerank_top": 100},
+                "first_stage": {"kind": "asmk*"}}
 
-    def search(self, query_path: Path, box: tuple | None = None, top: int = 100) -> list[SearchHit]:
+    def search(self, query_path: Path, box: tuple | None = None, top: int = 100, rerank_top=None, qe=None,
+               dba=None) -> list[SearchHit]:
         # query q1 likes a, b; query q2 likes d; everything else after, in name order
         likes = {"q1": ["a", "b"], "q2": ["d"]}[query_path.stem]
         order = sorted(self.names, key=lambda n: (Path(n).stem not in likes, n))
@@ -71,13 +66,11 @@ class FakeEngine:
 
 
 @pytest.fixture
-def fake_engine(monkeypatch: pytest.MonkeyPatch) -> type[FakeEngine]:
-    module = types.ModuleType("glocal.engine")
-    module.Engine = FakeEngine  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "glocal.engine", module)
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> type[FakeIndex]:
+    monkeypatch.setattr(runner, "open_or_build", FakeIndex.open_or_build)
     monkeypatch.setenv("GLOCAL_PROGRESS", "0")
-    FakeEngine.built = []
-    return FakeEngine
+    FakeIndex.built = []
+    return FakeIndex
 
 
 def make_custom(root: Path) -> None:
@@ -90,7 +83,7 @@ def make_custom(root: Path) -> None:
     }))
 
 
-def test_eval_builds_index_and_writes_outputs(tmp_path: Path, fake_engine: type[FakeEngine]) -> None:
+def test_eval_builds_index_and_writes_outputs(tmp_path: Path, fake_engine: type[FakeIndex]) -> None:
     make_custom(tmp_path)
     eval_command("custom", tmp_path, method="sift", json_out=tmp_path / "out.json", report=tmp_path / "rep", top=3)
     assert fake_engine.built[0]["n"] == 4 and fake_engine.built[0]["method"] == "sift"
@@ -101,11 +94,11 @@ def test_eval_builds_index_and_writes_outputs(tmp_path: Path, fake_engine: type[
     s = doc["settings"]
     assert s["method"] == "fake" and s["max_side"] == 1024 and s["crop"] is True
     assert s["rerank_on"] is True and s["top"] == 3 and s["dataset"] == "custom"
-    assert s["index"] == {"kind": "asmk*"}  # the engine's settings are kept
+    assert s["first_stage"] == {"kind": "asmk*"}  # the index's settings are kept
     assert (tmp_path / "rep" / "index.html").is_file()
 
 
-def test_eval_with_existing_index_maps_names(tmp_path: Path, fake_engine: type[FakeEngine]) -> None:
+def test_eval_with_existing_index_maps_names(tmp_path: Path, fake_engine: type[FakeIndex]) -> None:
     make_custom(tmp_path)
     eval_command("custom", tmp_path, index=tmp_path / "some.glx", no_crop=True, json_out=tmp_path / "o.json")
     assert fake_engine.built == []
@@ -114,7 +107,7 @@ def test_eval_with_existing_index_maps_names(tmp_path: Path, fake_engine: type[F
     assert doc["all"]["map"] == pytest.approx(100 * (19 / 24 + 1) / 2)
 
 
-def test_eval_through_typer(tmp_path: Path, fake_engine: type[FakeEngine]) -> None:
+def test_eval_through_typer(tmp_path: Path, fake_engine: type[FakeIndex]) -> None:
     make_custom(tmp_path)
     app = typer.Typer()
     app.command("eval")(eval_command)
@@ -126,9 +119,9 @@ def test_eval_through_typer(tmp_path: Path, fake_engine: type[FakeEngine]) -> No
     assert fake_engine.built[-1]["codebook_from"] == tmp_path / "cb.glx"
 
 
-def test_eval_bad_dataset_exits_with_input_error(tmp_path: Path, fake_engine: type[FakeEngine]) -> None:
-    app = typer.Typer()
-    app.command("eval")(eval_command)
-    app.command("other")(lambda: None)
+def test_eval_bad_dataset_exits_with_input_error(tmp_path: Path, fake_engine: type[FakeIndex]) -> None:
+    from glocal.cli.main import app
+
     result = CliRunner().invoke(app, ["eval", "roxford5k", "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 3
+    assert "Traceback" not in result.output and "nowhere" in result.output

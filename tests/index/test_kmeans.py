@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glocal.index.codebook import Codebook, train_codebook
-from glocal.index.kmeans import approximate_kmeans, split_for_empty, word_means
+from glocal.index.codebook import Codebook
+from glocal.index.kmeans import approximate_kmeans, split_for_empty, train_codebook, word_means
 
 
 def clustered(n: int, seed: int, dim: int = 16, modes: int = 400) -> np.ndarray:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from glocal.index.blas import blas_threads
-from glocal.index.codebook import Codebook, train_codebook
+from glocal.index.codebook import Codebook
+from glocal.index.kmeans import train_codebook
 from glocal.index.quantizer import agreement, build_coarse_quantizer, calibrate, fast_quantizer
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from glocal.extract.batch import ExtractionFailure, extract_many
 from glocal.io.images import ImageReadError, list_images, load_image, read_image_size
-from glocal.models import create_extractor
+from glocal.methods import create_extractor
 
 
 def _gradient(w: int, h: int) -> np.ndarray:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from glocal.io.images import LoadedImage
-from glocal.models import create_extractor, extractor_base
+from glocal.methods import create_extractor
+from glocal.models import extractor_base
 from glocal.models.delg import DelgConfig
 from glocal.models.fire import FireConfig, FireExtractor
 from glocal.models.how import HowConfig, HowExtractor, trunk_forward

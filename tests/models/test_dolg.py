@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from glocal.io.images import LoadedImage
-from glocal.models import create_extractor
+from glocal.methods import create_extractor
 from glocal.models.dolg import Dolg, DolgConfig, DolgModelConfig, orthogonal_component
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

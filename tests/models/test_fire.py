@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glocal.extract.receptive_field import feature_centers_xy, receptive_field
 from glocal.io.images import LoadedImage
 from glocal.models.fire import FireConfig, FireExtractor, FireNet
+from glocal.models.geometry.receptive_field import feature_centers_xy, receptive_field
 from glocal.models.how import trunk_path
 from glocal.models.layers.lit import LitConfig, LocalFeatureIntegrationTransformer
 
@@ -164,11 +164,11 @@ def test_config_round_trip_and_interface(fire_extractor: FireExtractor) -> None:
 
 def test_visualize_attention_command(tmp_path) -> None:
     """``glocal visualize attention`` end to end on a small image (paper-size LIT, random weights)."""
-    import typer
     from PIL import Image
     from typer.testing import CliRunner
 
-    from glocal.cli.visualize_cmd import attention_command, render_attention_grid
+    from glocal.cli.main import app
+    from glocal.evaluate.attention import render_attention_grid
 
     grid = render_attention_grid(np.zeros((40, 80, 3), np.uint8), np.random.rand(3, 2, 4), ["a", "b", "c"],
                                  columns=2, tile_width=64)
@@ -176,13 +176,10 @@ def test_visualize_attention_command(tmp_path) -> None:
     rng = np.random.default_rng(0)
     src = tmp_path / "in.png"
     Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(src)
-    app = typer.Typer()
-    app.command()(attention_command)
-    app.command("other")(lambda: None)  # keep the sub-command layout of the real CLI
     png = tmp_path / "grid.png"
-    result = CliRunner().invoke(app, ["attention-command", str(src), "--out", str(png), "--maps", "3", "--columns", "2"])
+    result = CliRunner().invoke(app, ["visualize", "attention", str(src), "--out", str(png), "--maps", "3", "--columns", "2"])
     assert result.exit_code == 0, result.output
     assert "NO trained weights" in result.output and png.is_file()
     assert np.asarray(Image.open(png)).shape == (2 * 171 + 4, 2 * 256 + 4, 3)
-    bad = CliRunner().invoke(app, ["attention-command", str(tmp_path / "missing.png"), "--out", str(png)])
-    assert bad.exit_code == 3
+    bad = CliRunner().invoke(app, ["visualize", "attention", str(tmp_path / "missing.png"), "--out", str(png)])
+    assert bad.exit_code == 3 and "missing.png" in bad.output and "Traceback" not in bad.output

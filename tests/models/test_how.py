@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glocal.extract.receptive_field import feature_centers_xy, receptive_field
 from glocal.io.images import LoadedImage
+from glocal.models.geometry.receptive_field import feature_centers_xy, receptive_field
 from glocal.models.how import HowConfig, HowExtractor, HowNet, fit_whitening, trunk_path
 from glocal.models.layers.whitening import PCAWhitening, fit_pca_whitening, stack_feature_sample
 

@@ -12,8 +12,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from glocal.errors import MissingDependencyError
 from glocal.io.images import LoadedImage  # noqa: E402
-from glocal.models import MissingDependencyError, create_extractor  # noqa: E402
+from glocal.methods import create_extractor  # noqa: E402
 from glocal.models.delg import DelgConfig  # noqa: E402
 from glocal.models.dolg import DolgConfig  # noqa: E402
 from glocal.models.onnx_runtime import MIN_SIDE, OnnxModel, cache_dir  # noqa: E402

@@ -129,7 +129,7 @@ def test_rerank_options_and_validation() -> None:
         candidates,
         scores,
         matcher=MatcherOptions(max_distance=1.0, ratio=0.9, mutual=True),
-        verifier=VerifierOptions(model="homography", method="usac_accurate", seed=4),
+        verifier=VerifierOptions(model="homography", estimator="usac_accurate", seed=4),
     )
     assert [r.position for r in out][:2] == [1, 3]
     reference = rerank(query, candidates, scores, verifier=VerifierOptions.delg_reference())

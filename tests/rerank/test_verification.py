@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from glocal.rerank.verification import METHODS, ORDERED_METHODS, Verification, VerifierOptions, verify, verify_with
+from glocal.rerank.verification import (
+    ESTIMATORS,
+    ORDERED_ESTIMATORS,
+    Verification,
+    VerifierOptions,
+    verify,
+    verify_with,
+)
 
 
 def _synthetic_pair(
@@ -39,10 +46,10 @@ def _check_recovery(result: Verification, truth: np.ndarray) -> None:
     assert result.inliers == int(result.inlier_mask.sum()) == len(result.matches)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_affine_recovers_inliers_with_60_percent_outliers(method: str) -> None:
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_affine_recovers_inliers_with_60_percent_outliers(estimator: str) -> None:
     q, db, matches, truth, T = _synthetic_pair("affine", seed=1)
-    result = verify(q, db, matches, model="affine", method=method, seed=0)
+    result = verify(q, db, matches, model="affine", estimator=estimator, seed=0)
     _check_recovery(result, truth)
     assert result.transform is not None and result.transform.shape == (2, 3)
     np.testing.assert_allclose(result.transform, T[:2], atol=0.05 * np.abs(T[:2]).max() + 2.0)
@@ -52,10 +59,10 @@ def test_affine_recovers_inliers_with_60_percent_outliers(method: str) -> None:
     assert result.matches.dtype == np.float32
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_homography_recovers_inliers_with_60_percent_outliers(method: str) -> None:
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_homography_recovers_inliers_with_60_percent_outliers(estimator: str) -> None:
     q, db, matches, truth, T = _synthetic_pair("homography", seed=2)
-    result = verify(q, db, matches, model="homography", method=method, seed=0)
+    result = verify(q, db, matches, model="homography", estimator=estimator, seed=0)
     _check_recovery(result, truth)
     assert result.transform is not None and result.transform.shape == (3, 3)
     H = result.transform / result.transform[2, 2]
@@ -64,12 +71,12 @@ def test_homography_recovers_inliers_with_60_percent_outliers(method: str) -> No
     np.testing.assert_allclose(pts[:, :2] / pts[:, 2:], want[:, :2] / want[:, 2:], atol=5.0)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
 @pytest.mark.parametrize("model", ["affine", "homography"])
-def test_same_seed_gives_identical_results(model: str, method: str) -> None:
+def test_same_seed_gives_identical_results(model: str, estimator: str) -> None:
     """A hard case (90 % outliers, few trials) where the sampled hypotheses matter."""
     q, db, matches, _, _ = _synthetic_pair(model, n=300, outlier_fraction=0.9, noise_px=6.0, seed=3)
-    kwargs = dict(model=model, method=method, max_iters=200, threshold_px=8.0, seed=7)
+    kwargs = dict(model=model, estimator=estimator, max_iters=200, threshold_px=8.0, seed=7)
     first = verify(q, db, matches, **kwargs)
     cv2.setRNGSeed(12345)  # disturb the global generator in between
     cv2.randu(np.zeros((100, 100), np.float32), 0, 1)
@@ -81,12 +88,12 @@ def test_same_seed_gives_identical_results(model: str, method: str) -> None:
         np.testing.assert_array_equal(first.transform, second.transform)
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - ORDERED_METHODS))
-def test_the_seed_changes_the_samples(method: str) -> None:
+@pytest.mark.parametrize("estimator", sorted(set(ESTIMATORS) - ORDERED_ESTIMATORS))
+def test_the_seed_changes_the_samples(estimator: str) -> None:
     """OpenCV's own generator ignores cv2.setRNGSeed; the seed must still reach the estimator."""
     q, db, matches, _, _ = _synthetic_pair("affine", n=300, outlier_fraction=0.9, noise_px=6.0, seed=3)
     masks = {
-        verify(q, db, matches, method=method, max_iters=200, threshold_px=8.0, seed=s).inlier_mask.tobytes()
+        verify(q, db, matches, estimator=estimator, max_iters=200, threshold_px=8.0, seed=s).inlier_mask.tobytes()
         for s in range(10)
     }
     assert len(masks) > 1
@@ -102,14 +109,14 @@ def test_fewer_matches_than_the_minimal_sample_give_zero(model: str, needed: int
     assert verify(q, db, matches[: needed + 2], model=model).inliers == needed + 2
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
 @pytest.mark.parametrize("model", ["affine", "homography"])
-def test_degenerate_configurations_do_not_crash(model: str, method: str) -> None:
+def test_degenerate_configurations_do_not_crash(model: str, estimator: str) -> None:
     same = np.full((40, 2), 123.0, np.float32)
     line = np.stack([np.arange(40), 2 * np.arange(40)], axis=1).astype(np.float32)
     matches = np.stack([np.arange(40), np.arange(40)], axis=1)
     for q, db in [(same, same), (same, line), (line, same), (line, line)]:
-        result = verify(q, db, matches, model=model, method=method)
+        result = verify(q, db, matches, model=model, estimator=estimator)
         assert isinstance(result, Verification)
         assert result.inliers == int(result.inlier_mask.sum()) or result.inliers == 0
 
@@ -130,11 +137,11 @@ def test_options_record_and_bad_arguments() -> None:
     b = verify(q, db, matches, seed=3)
     np.testing.assert_array_equal(a.inlier_mask, b.inlier_mask)
     ref = VerifierOptions.delg_reference()
-    assert (ref.model, ref.method, ref.threshold_px, ref.max_iters) == ("affine", "ransac", 20.0, 1000)
+    assert (ref.model, ref.estimator, ref.threshold_px, ref.max_iters) == ("affine", "ransac", 20.0, 1000)
     assert verify_with(q, db, matches, ref).inliers == pytest.approx(a.inliers, abs=3)
     with pytest.raises(ValueError, match="model"):
         verify(q, db, matches, model="similarity")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="method"):
-        verify(q, db, matches, method="lmeds")
+    with pytest.raises(ValueError, match="estimator"):
+        verify(q, db, matches, estimator="lmeds")
     with pytest.raises(ValueError, match="matches"):
         verify(q, db, matches[:, 0])

@@ -19,11 +19,11 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def index_path(demo_benchmark, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from glocal.engine import Engine
+    from glocal.index.builder import build_index
 
     out = tmp_path_factory.mktemp("serve") / "x.glx"
-    Engine.build(demo_benchmark.db_paths[:20], demo_benchmark.db_names[:20], out, progress=False,
-                 codebook_size=256).close()
+    build_index(demo_benchmark.db_paths[:20], demo_benchmark.db_names[:20], out, progress=False,
+                settings={"codebook_size": 256}).collection.close()
     return out
 
 
@@ -40,7 +40,7 @@ def _client(index: Path, **kwargs):
 
 @pytest.fixture(scope="module")
 def client(index_path: Path):
-    with _client(index_path) as c:  # the context runs the lifespan: engine opened, then closed
+    with _client(index_path) as c:  # the context runs the lifespan: searcher opened, then closed
         yield c
 
 
@@ -162,11 +162,10 @@ def test_writable_service_adds_and_removes(index_path: Path, demo_benchmark, tmp
         assert name not in names and len(names) == 20
         assert c.delete(f"/images/{quote(name)}").status_code == 404
     # the edits were committed to the index folder
-    from glocal.engine import Engine
+    from glocal.index.collection import Collection
 
-    eng = Engine.open(copy)
-    assert len(eng) == 20 and name not in eng.live_names().values()
-    eng.close()
+    with Collection.open(copy) as collection:
+        assert len(collection) == 20 and name not in collection.live_names().values()
 
 
 # -- glocal serve ------------------------------------------------------------------------------------
@@ -197,4 +196,4 @@ def test_serve_starts_uvicorn_on_the_index(monkeypatch, index_path: Path, tmp_pa
     assert kw["host"] == "0.0.0.0" and kw["port"] == 9123
     assert served.state.service.writable is False and served.state.service.index_path == index_path
     res = runner.invoke(cli_app, ["serve", str(tmp_path / "missing.glx")], env={"GLOCAL_PROGRESS": "0"})
-    assert res.exit_code == 3 and "not a glocal index" in " ".join(res.output.split())  # rich wraps lines
+    assert res.exit_code == 3 and "no such index folder" in " ".join(res.output.split())  # rich wraps lines

@@ -44,7 +44,7 @@ class SamePad2d(nn.Module):
 
     TF pads ``total = max((ceil(n / s) - 1) * s + k - n, 0)`` pixels, ``total // 2`` before and the rest
     after, so the padding (and the receptive-field offset) depends on the input size ``n``; ``pads(n)``
-    lets :func:`glocal.extract.receptive_field.receptive_field` follow it.
+    lets :func:`glocal.models.geometry.receptive_field.receptive_field` follow it.
     """
 
     def __init__(self, kernel_size: int, stride: int, dilation: int = 1) -> None:

@@ -1,6 +1,6 @@
 """Compaction: rewrite an index without its removed images, so their bytes are given back.
 
-``Engine.remove`` only tombstones: the removed images' features stay in ``features.glf`` (positions are
+``Collection.remove`` only tombstones: the removed images' features stay in ``features.glf`` (positions are
 image ids) and their shortlist entries stay until a merge. :func:`compact_index` writes a new index folder
 beside the old one, ``<name>.compacting``, from the live images' stored features (nothing is extracted
 again; codebook, quantizer and settings are kept, so every surviving image scores as before), then swaps it
@@ -15,19 +15,18 @@ between the two renames leaves both complete folders, and opening ``<name>`` say
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from glocal.engine import Engine
+from glocal.index.asmk_stage import AsmkStage
+from glocal.index.collection import Collection
+from glocal.index.collection_manifest import COMPACTING_SUFFIX, write_manifest
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.progress import Progress, as_progress
-from glocal.shortlists import AsmkShortlist
 
-COMPACTING_SUFFIX = ".compacting"
 OLD_SUFFIX = ".old"
 _BATCH = 64
 
@@ -51,20 +50,20 @@ def compact_index(path: Path, progress: bool | Progress = False) -> CompactionRe
     path = Path(path)
     prog = as_progress(progress)
     before = folder_bytes(path)
-    engine = Engine.open(path, progress=prog, writable=True)
+    collection = Collection.open(path, progress=prog, writable=True)
     try:
-        live = sorted(engine.live_names())
-        dropped = len(engine.names) - len(live)
+        live = sorted(collection.live_names())
+        dropped = len(collection.names) - len(live)
         if dropped == 0:
             return CompactionReport(len(live), 0, before, before)
         fresh = path.with_name(path.name + COMPACTING_SUFFIX)
         if fresh.exists():  # left by a compaction that crashed before its swap
             shutil.rmtree(fresh)
         fresh.mkdir()
-        _copy_live(engine, live, fresh, prog)
-        Engine.open(fresh, progress=prog, writable=True).close()  # indexes the copied features (_repair)
+        _copy_live(collection, live, fresh, prog)
+        Collection.open(fresh, progress=prog, writable=True).close()  # indexes the copied features
     finally:
-        engine.close()
+        collection.close()
     old = path.with_name(path.name + OLD_SUFFIX)
     if old.exists():
         shutil.rmtree(old)
@@ -74,20 +73,20 @@ def compact_index(path: Path, progress: bool | Progress = False) -> CompactionRe
     return CompactionReport(len(live), dropped, before, folder_bytes(path))
 
 
-def _copy_live(engine: Engine, live: list[int], fresh: Path, progress: Progress) -> None:
+def _copy_live(collection: Collection, live: list[int], fresh: Path, progress: Progress) -> None:
     """The new folder's manifest, features and source log for the ``live`` positions, and an empty
     shortlist sharing the old one's codebook, quantizer and settings (global indexes are built on first add)."""
-    (fresh / "manifest.json").write_text(json.dumps(engine.manifest, indent=2))
-    if isinstance(engine.shortlist, AsmkShortlist):
-        engine.shortlist.create_empty_like(fresh).close()
+    write_manifest(fresh, collection.manifest)
+    if isinstance(collection.stage, AsmkStage):
+        collection.stage.create_empty_like(fresh).close()
     features = FeatureFile(fresh / "features.glf", writable=True)
     sources = SourceLog(fresh)
     advance = progress("copying live images", len(live))
     try:
         for start in range(0, len(live), _BATCH):
-            batch = [engine.features[i] for i in live[start:start + _BATCH]]
+            batch = [collection.features[i] for i in live[start:start + _BATCH]]
             features.append(batch)
-            sources.append((f.name, p) for f in batch if (p := engine.sources.lookup(f.name)) is not None)
+            sources.append((f.name, p) for f in batch if (p := collection.sources.lookup(f.name)) is not None)
             advance(len(batch))
     finally:
         features.close()

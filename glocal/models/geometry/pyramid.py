@@ -1,15 +1,12 @@
 """Image pyramids for CNN feature extraction: normalisation, resizing, batching by size, fusion, selection.
 
-Shared by DELG and DOLG (and meant for HOW / FIRe): everything here is model-agnostic. A model is a
+Shared by the deep extractors (DELG, DOLG, HOW, FIRe, ViTGaL): everything here is model-agnostic. A model is a
 function from a (B, 3, h, w) batch to a dict of (B, ...) tensors; :func:`run_pyramid` feeds it every
 pyramid level of every image, grouping levels of equal size into one batch, and hands back the outputs
 per image and per level.
 
-Papers' scales (relative to the image loaded at max side 1024):
-* DELG (Cao et al. 2020, official config): local features over 7 scales ``DELG_LOCAL_SCALES``, global
-  over the 3 middle ones ``DELG_GLOBAL_SCALES``; the "3 scales" variant uses the 3 for both.
-* DOLG (Yang et al. 2021, sec. 4.1): 5 scales ``DOLG_SCALES``.
-* HOW / FIRe: the 7 DELG local scales.
+The papers' scales are the defaults of the extractor configs (:mod:`glocal.models.configs`, which also
+names the :data:`PREPROCESSING` presets without importing torch).
 
 Resizing is bilinear with half-pixel centres and no anti-aliasing, to ``round(side * scale)``, as both
 official pipelines do (``tf.image.resize`` in DELG, ``cv2.resize(INTER_LINEAR)`` in DOLG).
@@ -27,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DELG_LOCAL_SCALES: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
-DELG_GLOBAL_SCALES: tuple[float, ...] = (0.7071, 1.0, 1.4142)
-DOLG_SCALES: tuple[float, ...] = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
+from glocal.models.configs import PREPROCESSING_NAMES
 
 
 @dataclass(frozen=True)
@@ -56,6 +51,9 @@ PREPROCESSING: dict[str, Preprocessing] = {
     # TensorFlow DELF/DELG export: (pixel - 128) / 128, RGB
     "tf": Preprocessing((128.0, 128.0, 128.0), (128.0, 128.0, 128.0), divisor=1.0),
 }
+if tuple(PREPROCESSING) != PREPROCESSING_NAMES:  # the configs check names against the torch-free list
+    raise RuntimeError(f"pyramid.py: PREPROCESSING presets {tuple(PREPROCESSING)} differ from "
+                       f"glocal.models.configs.PREPROCESSING_NAMES {PREPROCESSING_NAMES}")
 
 
 def preprocessing_by_name(name: str) -> Preprocessing:
@@ -123,15 +121,15 @@ def plan_pyramid(sizes: Sequence[tuple[int, int]], scales: Sequence[float]) -> l
     return levels
 
 
-def batch_by_size(levels: Sequence[PyramidLevel], max_batch: int) -> list[list[PyramidLevel]]:
-    """Group levels of equal size *and* scale index into batches of at most ``max_batch`` (input order
+def batch_by_size(levels: Sequence[PyramidLevel], batch_size: int) -> list[list[PyramidLevel]]:
+    """Group levels of equal size *and* scale index into batches of at most ``batch_size`` (input order
     kept within a group), so that every level of a batch asks the model for the same outputs."""
-    if max_batch < 1:
-        raise ValueError(f"pyramid.py: max_batch must be >= 1, got {max_batch}")
+    if batch_size < 1:
+        raise ValueError(f"pyramid.py: batch_size must be >= 1, got {batch_size}")
     groups: dict[tuple[tuple[int, int], int], list[PyramidLevel]] = defaultdict(list)
     for lv in levels:
         groups[(lv.size, lv.level)].append(lv)
-    return [g[k:k + max_batch] for g in groups.values() for k in range(0, len(g), max_batch)]
+    return [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
 
 
 def inference_context(device: torch.device, bf16: bool = False) -> contextlib.AbstractContextManager:
@@ -153,7 +151,7 @@ def run_pyramid(
     images: Sequence[Tensor],
     scales: Sequence[float],
     model_fn: Callable[[Tensor, PyramidLevel], dict[str, Tensor]],
-    max_batch: int = 4,
+    batch_size: int = 4,
     channels_last: bool | None = None,
 ) -> list[list[tuple[PyramidLevel, dict[str, Tensor]]]]:
     """Run ``model_fn`` over every pyramid level of every image, batching levels of equal size.
@@ -162,7 +160,7 @@ def run_pyramid(
     :param scales: pyramid scales.
     :param model_fn: ``(batch, level) -> {name: (B, ...) tensor}``; ``level`` is the batch's first level
         (all levels of a batch share their size and scale index).
-    :param max_batch: largest batch.
+    :param batch_size: largest batch.
     :param channels_last: batches in channels_last memory format (default: on CUDA only).
     :returns: ``out[image][level] = (PyramidLevel, {name: tensor without batch dim, on CPU, float32})``.
     """
@@ -170,7 +168,7 @@ def run_pyramid(
     results: list[list[tuple[PyramidLevel, dict[str, Tensor]]] | list] = [[None] * len(scales) for _ in images]
     if channels_last is None:
         channels_last = any(t.is_cuda for t in images)
-    for batch in batch_by_size(levels, max_batch):
+    for batch in batch_by_size(levels, batch_size):
         x = torch.cat([resize(images[lv.image], lv.size) for lv in batch])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glocal.extract.regions import (
+from glocal.io.images import LoadedImage
+from glocal.models.detector import Detections
+from glocal.models.geometry.regions import (
     RegionFilter,
     add_regions,
     clean_boxes,
@@ -12,8 +14,6 @@ from glocal.extract.regions import (
     rmac_boxes,
     rmac_extra_steps,
 )
-from glocal.io.images import LoadedImage
-from glocal.models.detector import Detections
 from glocal.records import ImageFeatures
 
 

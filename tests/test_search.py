@@ -1,13 +1,27 @@
-"""End-to-end: the default sift pipeline on the generated landmark benchmark."""
+"""End-to-end: the default method's pipeline (build -> collection -> searcher) on the generated benchmark."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from glocal.engine import Engine
+from glocal.errors import BadInputError, BadOptionError, DamagedIndexError
 from glocal.evaluate.protocol import revisited_setups
+from glocal.index.builder import add_images, build_index
+from glocal.index.collection import Collection
 from glocal.io.images import ImageReadError
+from glocal.search import Searcher
+
+
+def build(paths, names, out: Path, method: str | None = None, codebook_from: Path | None = None, **settings):
+    """A searcher over a new index, and the build's failures."""
+    result = build_index(paths, names, out, method=method, settings=settings, codebook_from=codebook_from,
+                         progress=False)
+    return Searcher(result.collection), result.failures
+
+
+def writable(path: Path) -> Searcher:
+    return Searcher(Collection.open(path, writable=True))
 
 
 def test_queries_find_their_transformed_copies(demo_benchmark, demo_index) -> None:
@@ -38,7 +52,7 @@ def test_shortlist_alone_is_already_useful(demo_benchmark, demo_index) -> None:
 def test_reopen_gives_identical_results(demo_benchmark, demo_index) -> None:
     q = demo_benchmark.query_paths[1]
     first = [(h.index, h.inliers) for h in demo_index.search(q, top=20)]
-    again = Engine.open(demo_index.root)
+    again = Searcher.open(demo_index.collection.root)
     assert [(h.index, h.inliers) for h in again.search(q, top=20)] == first
     again.close()
 
@@ -47,12 +61,11 @@ def test_add_and_crash_recovery(demo_benchmark, tmp_path: Path) -> None:
     paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    eng = Engine.build(paths[:40] + [bad], names[:40] + ["corrupt"], tmp_path / "a.glx", progress=False,
-                       codebook_size=256)
-    assert len(eng) == 40 and [f.name for f in eng.failures] == ["corrupt"]
+    eng, failures = build(paths[:40] + [bad], names[:40] + ["corrupt"], tmp_path / "a.glx", codebook_size=256)
+    assert len(eng) == 40 and [f.name for f in failures] == ["corrupt"]
     eng.close()
-    eng = Engine.open(tmp_path / "a.glx", writable=True)
-    failures = eng.add(paths[40:60] + paths[:2], names[40:60] + names[:2], progress=False)
+    eng = writable(tmp_path / "a.glx")
+    failures = add_images(eng.collection, paths[40:60] + paths[:2], names[40:60] + names[:2], progress=False)
     assert len(eng) == 60
     assert [f.reason for f in failures] == ["already in the index (skipped)"] * 2
     eng.close()
@@ -62,11 +75,11 @@ def test_add_and_crash_recovery(demo_benchmark, tmp_path: Path) -> None:
 
     ff = FeatureFile(tmp_path / "a.glx" / "features.glf", writable=True)
     extractor = eng.extractor
-    from glocal.extract.batch import extract_one
+    from glocal.extract.batch import extract_one  # noqa: I001
 
     ff.append([extract_one(extractor, p, n) for p, n in zip(paths[60:65], names[60:65])])
     ff.close()
-    reopened = Engine.open(tmp_path / "a.glx", writable=True)
+    reopened = writable(tmp_path / "a.glx")
     assert len(reopened) == 65 and reopened.names == names[:65]
     # the repaired images are searchable
     target = names.index(names[63])
@@ -83,28 +96,29 @@ def test_bad_query_raises_named_error(demo_index, tmp_path: Path) -> None:
 
 
 def test_build_refuses_existing_index(demo_benchmark, demo_index) -> None:
-    with pytest.raises(FileExistsError):
-        Engine.build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], demo_index.root, progress=False)
+    with pytest.raises(BadInputError, match="already exists"):
+        build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], demo_index.collection.root)
 
 
 def test_settings_record_what_produced_results(demo_index) -> None:
-    s = demo_index.settings
+    s = demo_index.settings()
     assert s["method"] == "sift" and s["max_side"] == 1024
-    assert s["codebook"]["size"] == demo_index.shortlist.codebook.size == s["index"]["codebook_size"]
-    assert s["rerank"]["top"] == 100 and s["index"]["kind"] == "asmk*"
-    stats = demo_index.shortlist.stats()
+    stage = demo_index.collection.stage
+    assert s["codebook"]["size"] == stage.codebook.size == s["first_stage"]["codebook_size"]
+    assert s["rerank"]["rerank_top"] == 100 and s["first_stage"]["kind"] == "asmk*"
+    assert s["extractor"]["max_keypoints"] == 2000 and s["rerank"]["ratio"] == 0.9
+    stats = stage.stats()
     assert stats["images"] == len(demo_index) and stats["words_per_image"] > 100
 
 
 @pytest.mark.parametrize("aggregation", ["r-asmk", "regions"])
 def test_rmac_regions_feed_regional_asmk(demo_benchmark, tmp_path: Path, aggregation: str) -> None:
     paths, names = demo_benchmark.db_paths[:24], demo_benchmark.db_names[:24]
-    eng = Engine.build(paths, names, tmp_path / "r.glx", progress=False, codebook_size=256, regions="rmac",
-                       aggregation=aggregation)
-    assert eng.settings["regions"]["source"] == "rmac"
-    assert eng.shortlist.settings["aggregation"] == aggregation
+    eng, _ = build(paths, names, tmp_path / "r.glx", codebook_size=256, regions="rmac", aggregation=aggregation)
+    assert eng.settings()["index"]["regions"] == "rmac"
+    assert eng.collection.stage.index.settings.aggregation == aggregation
     target = next(i for i, n in enumerate(names) if not n.startswith("distractor") and "tiny" not in n)
-    stored = eng.features[target]
+    stored = eng.collection.features[target]
     assert stored.regions is not None and len(stored.regions) >= 4  # R-MAC grid, full image not stored
     h, w = stored.image_size
     assert (stored.regions[:, 2] <= w + 1e-3).all() and (stored.regions[:, 3] <= h + 1e-3).all()
@@ -118,32 +132,35 @@ def test_rmac_regions_feed_regional_asmk(demo_benchmark, tmp_path: Path, aggrega
 
 
 def test_regions_refused_for_global_methods(demo_benchmark, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="ASMK methods"):
-        Engine.build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], tmp_path / "g.glx", method="dolg",
-                     progress=False, regions="rmac")
+    with pytest.raises(BadOptionError, match="unknown key 'regions' for method 'dolg'"):
+        build(demo_benchmark.db_paths[:2], demo_benchmark.db_names[:2], tmp_path / "g.glx", method="dolg",
+              regions="rmac")
+    assert not (tmp_path / "g.glx").exists()
 
 
 def test_removed_name_can_be_added_again(demo_benchmark, tmp_path: Path) -> None:
     """remove + add under the same name (a replaced photo): the new image is searchable, the old never returns."""
     paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
-    eng = Engine.build(paths[:20], names[:20], tmp_path / "r.glx", progress=False, codebook_size=256)
-    assert eng.remove([names[5]]) == []
-    assert len(eng) == 19 and names[5] not in eng.live_names().values()
+    eng, _ = build(paths[:20], names[:20], tmp_path / "r.glx", codebook_size=256)
+    col = eng.collection
+    assert col.remove([names[5]]) == []
+    assert len(eng) == 19 and names[5] not in col.live_names().values()
     assert all(h.name != names[5] for h in eng.search(paths[5], top=20))
     # the name is free again: a different photo goes in under it
-    assert eng.add([paths[30]], [names[5]], progress=False) == []
+    assert add_images(col, [paths[30]], [names[5]], progress=False) == []
     assert len(eng) == 20
-    live = eng.live_names()
+    live = col.live_names()
     assert list(live.values()).count(names[5]) == 1 and 20 in live  # the new position
     hits = eng.search(paths[30], top=3)
     assert hits[0].index == 20 and hits[0].name == names[5]
     # still refused while it is live; removing it again removes the new one
-    assert [f.reason for f in eng.add([paths[31]], [names[5]], progress=False)] == ["already in the index (skipped)"]
+    refused = add_images(col, [paths[31]], [names[5]], progress=False)
+    assert [f.reason for f in refused] == ["already in the index (skipped)"]
     eng.close()
-    again = Engine.open(tmp_path / "r.glx", writable=True)
+    again = writable(tmp_path / "r.glx")
     assert again.search(paths[30], top=1)[0].index == 20
-    assert again.remove([names[5]]) == [] and len(again) == 19
-    assert again.remove([names[5]]) == [names[5]]  # nothing live by that name any more
+    assert again.collection.remove([names[5]]) == [] and len(again) == 19
+    assert again.collection.remove([names[5]]) == [names[5]]  # nothing live by that name any more
     again.close()
 
 
@@ -152,25 +169,25 @@ def test_codebook_reused_from_another_index(demo_benchmark, tmp_path: Path) -> N
     import numpy as np
 
     paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
-    first = Engine.build(paths[:15], names[:15], tmp_path / "a.glx", progress=False, codebook_size=128)
+    first, _ = build(paths[:15], names[:15], tmp_path / "a.glx", codebook_size=128)
     first.close()
-    second = Engine.build(paths[15:35], names[15:35], tmp_path / "b.glx", progress=False, codebook_from=tmp_path / "a.glx")
-    a, b = Engine.open(tmp_path / "a.glx"), second
-    np.testing.assert_array_equal(a.shortlist.codebook.centroids, b.shortlist.codebook.centroids)
-    assert b.manifest["codebook"]["trained_on"].startswith("reused from") and b.manifest["asmk"]["codebook_size"] == 128
-    assert b.manifest["codebook"]["sample"] == a.manifest["codebook"]["sample"]  # the donor's training record
+    second, _ = build(paths[15:35], names[15:35], tmp_path / "b.glx", codebook_from=tmp_path / "a.glx")
+    a, b = Searcher.open(tmp_path / "a.glx"), second
+    np.testing.assert_array_equal(a.collection.stage.codebook.centroids, b.collection.stage.codebook.centroids)
+    manifest_a, manifest_b = a.collection.manifest, b.collection.manifest
+    assert manifest_b["codebook"]["trained_on"].startswith("reused from")
+    assert b.collection.options.index.codebook_size == 128
+    assert manifest_b["codebook"]["sample"] == manifest_a["codebook"]["sample"]  # the donor's training record
     assert b.search(paths[20], top=1)[0].name == names[20]
     a.close()
     b.close()
-    with pytest.raises(ValueError, match="excludes codebook images and a codebook size"):
-        Engine.build(paths[:2], names[:2], tmp_path / "c.glx", progress=False, codebook_from=tmp_path / "a.glx",
-                     codebook_size=64)
-    with pytest.raises(ValueError, match="not for an ASMK index of 'how'"):
-        Engine.build(paths[:2], names[:2], tmp_path / "d.glx", method="how", progress=False,
-                     codebook_from=tmp_path / "a.glx")
-    with pytest.raises(ValueError, match="not a readable glocal index"):
-        Engine.build(paths[:2], names[:2], tmp_path / "e.glx", progress=False, codebook_from=tmp_path / "nowhere")
+    with pytest.raises(BadOptionError, match="excludes codebook images and a codebook size"):
+        build(paths[:2], names[:2], tmp_path / "c.glx", codebook_from=tmp_path / "a.glx", codebook_size=64)
+    with pytest.raises(BadOptionError, match="not for an ASMK index of 'how'"):
+        build(paths[:2], names[:2], tmp_path / "d.glx", method="how", codebook_from=tmp_path / "a.glx")
+    with pytest.raises(DamagedIndexError, match="no such index folder"):
+        build(paths[:2], names[:2], tmp_path / "e.glx", codebook_from=tmp_path / "nowhere")
     assert not (tmp_path / "c.glx").exists() and not (tmp_path / "d.glx").exists()
     (tmp_path / "a.glx" / "ivf" / "codebook.gls").write_bytes(b"damaged")
-    with pytest.raises(ValueError, match="cannot reuse its codebook"):
-        Engine.build(paths[:2], names[:2], tmp_path / "f.glx", progress=False, codebook_from=tmp_path / "a.glx")
+    with pytest.raises(DamagedIndexError, match="cannot reuse its codebook"):
+        build(paths[:2], names[:2], tmp_path / "f.glx", codebook_from=tmp_path / "a.glx")

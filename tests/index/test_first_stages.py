@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from glocal.index.global_stage import GlobalStage
+from glocal.index.query_expansion import alpha_dba, alpha_qe
 from glocal.index.topk import exact_top_k
+from glocal.methods.stages import GlobalIndexOptions, SearchOptions
 from glocal.records import ImageFeatures
-from glocal.rerank.query_expansion import alpha_dba, alpha_qe
-from glocal.shortlists import GlobalShortlist
 
 
 def _features(vectors: np.ndarray) -> list[ImageFeatures]:
@@ -28,19 +29,19 @@ def clustered() -> np.ndarray:
 
 
 def test_dba_search_equals_direct_formula(clustered: np.ndarray, tmp_path: Path) -> None:
-    shortlist = GlobalShortlist.create(tmp_path, {"kind": "exact"})
+    shortlist = GlobalStage.create(tmp_path, GlobalIndexOptions())
     feats = _features(clustered)
     shortlist.add(feats)
     augmented = alpha_dba(clustered, k=3, alpha=3.0)
     for qi in (0, 17, 42):
-        ids, scores = shortlist.search(feats[qi], top=10, database_augmentation=3)
+        ids, scores = shortlist.search(feats[qi], top=10, options=SearchOptions(dba=3))
         want_rows, want_scores = exact_top_k(clustered[qi][None], augmented, 10)
         np.testing.assert_array_equal(ids, want_rows[0])
         np.testing.assert_allclose(scores, want_scores[0], rtol=1e-5, atol=1e-6)
-        _, plain_scores = shortlist.search(feats[qi], top=10)
+        _, plain_scores = shortlist.search(feats[qi], top=10, options=SearchOptions())
         assert not np.allclose(scores, plain_scores)  # DBA changes the scores
     # QE on top of DBA expands against the augmented vectors
-    ids, scores = shortlist.search(feats[5], top=10, query_expansion=2, database_augmentation=3)
+    ids, scores = shortlist.search(feats[5], top=10, options=SearchOptions(qe=2, dba=3))
     q = alpha_qe(clustered[5][None], augmented, n=2, alpha=3.0)
     want_rows, want_scores = exact_top_k(q, augmented, 10)
     np.testing.assert_array_equal(ids, want_rows[0])
@@ -48,40 +49,41 @@ def test_dba_search_equals_direct_formula(clustered: np.ndarray, tmp_path: Path)
 
 
 def test_dba_follows_removals(clustered: np.ndarray, tmp_path: Path) -> None:
-    shortlist = GlobalShortlist.create(tmp_path, {"kind": "exact"})
+    shortlist = GlobalStage.create(tmp_path, GlobalIndexOptions())
     feats = _features(clustered)
     shortlist.add(feats)
-    first, _ = shortlist.search(feats[7], top=5, database_augmentation=2)
+    first, _ = shortlist.search(feats[7], top=5, options=SearchOptions(dba=2))
     assert first[0] == 7
     shortlist.remove([7])
-    after, _ = shortlist.search(feats[7], top=5, database_augmentation=2)
+    after, _ = shortlist.search(feats[7], top=5, options=SearchOptions(dba=2))
     assert 7 not in after.tolist()
     live = np.delete(np.arange(60), 7)
     augmented = alpha_dba(clustered[live], k=2, alpha=3.0)
     want_rows, _ = exact_top_k(clustered[7][None], augmented, 5)
     np.testing.assert_array_equal(after, live[want_rows[0]])
     # reopened from disk: same answer
-    again = GlobalShortlist.open(tmp_path, {"kind": "exact"})
-    np.testing.assert_array_equal(again.search(feats[7], top=5, database_augmentation=2)[0], after)
+    again = GlobalStage.open(tmp_path, GlobalIndexOptions())
+    np.testing.assert_array_equal(again.search(feats[7], top=5, options=SearchOptions(dba=2))[0], after)
 
 
 def test_dba_k1_is_plain_search(clustered: np.ndarray, tmp_path: Path) -> None:
-    shortlist = GlobalShortlist.create(tmp_path, {"kind": "exact"})
+    shortlist = GlobalStage.create(tmp_path, GlobalIndexOptions())
     feats = _features(clustered)
     shortlist.add(feats)
-    a = shortlist.search(feats[3], top=8, database_augmentation=1)
-    b = shortlist.search(feats[3], top=8)
+    a = shortlist.search(feats[3], top=8, options=SearchOptions(dba=1))
+    b = shortlist.search(feats[3], top=8, options=SearchOptions())
     np.testing.assert_array_equal(a[0], b[0])
 
 
 @pytest.mark.parametrize("aggregation", ["asmk", "r-asmk", "regions"])
 def test_asmk_batch_add_equals_one_image_at_a_time(aggregation: str, tmp_path: Path) -> None:
-    """AsmkShortlist.add quantises a batch's descriptors together; the index equals one built image by image."""
+    """AsmkStage.add quantises a batch's descriptors together; the index equals one built image by image."""
+    from glocal.index.asmk_stage import AsmkStage
     from glocal.index.codebook import Codebook
     from glocal.index.inverted_file import InvertedFile
     from glocal.index.layout import IndexSettings
     from glocal.index.quantizer import build_coarse_quantizer
-    from glocal.shortlists import AsmkShortlist
+    from glocal.methods.stages import AsmkIndexOptions
 
     rng = np.random.default_rng(2)
     codebook = Codebook(rng.standard_normal((512, 16)).astype(np.float32))
@@ -93,7 +95,7 @@ def test_asmk_batch_add_equals_one_image_at_a_time(aggregation: str, tmp_path: P
         feats.append(ImageFeatures(f"im{i}", (100, 100), rng.standard_normal((n, 16)).astype(np.float32), kp,
                                    np.ones(n, np.float32), np.ones(n, np.float32),
                                    regions=np.array([[0, 0, 50, 50], [40, 40, 100, 90]], np.float32)))
-    batched = AsmkShortlist(InvertedFile.create(tmp_path / "a", codebook, settings, quantizer=quantizer), {})
+    batched = AsmkStage(InvertedFile.create(tmp_path / "a", codebook, settings, quantizer=quantizer), AsmkIndexOptions())
     batched.add(feats)
     single = InvertedFile.create(tmp_path / "b", codebook, settings, quantizer=quantizer)
     single.add([single.aggregate_database(f) for f in feats])
@@ -103,3 +105,28 @@ def test_asmk_batch_add_equals_one_image_at_a_time(aggregation: str, tmp_path: P
     assert np.count_nonzero(single.item_scores(query)) > 0
     batched.close()
     single.close()
+
+
+def test_ivfpq_stage_trains_on_the_collection_and_agrees_with_exact(tmp_path: Path) -> None:
+    """index=ivfpq: trained once on the vectors it is prepared with, then codes are added; on clustered data
+    its top result matches exact search for most queries, and it reopens from disk."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 32))
+    x = np.repeat(centres, 25, axis=0) + 0.3 * rng.normal(size=(1000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    feats = _features(x)
+    exact = GlobalStage.create(tmp_path / "e", GlobalIndexOptions())
+    approx = GlobalStage.create(tmp_path / "a", GlobalIndexOptions(index="ivfpq"))
+    approx.prepare(x, expected_size=len(x))
+    for start in range(0, 1000, 64):  # batches, as a collection adds them
+        exact.add(feats[start:start + 64])
+        approx.add(feats[start:start + 64])
+    assert approx.index.kind == "ivfpq" and len(approx) == 1000
+    same = sum(approx.search(feats[i], top=1, options=SearchOptions())[0][0]
+               == exact.search(feats[i], top=1, options=SearchOptions())[0][0] for i in range(0, 1000, 10))
+    assert same >= 80, same
+    again = GlobalStage.open(tmp_path / "a", GlobalIndexOptions(index="ivfpq"))
+    np.testing.assert_array_equal(again.search(feats[5], top=10, options=SearchOptions())[0],
+                                  approx.search(feats[5], top=10, options=SearchOptions())[0])
+    with pytest.raises(Exception, match="dba"):
+        approx.search(feats[5], top=10, options=SearchOptions(dba=2))

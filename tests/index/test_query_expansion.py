@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from glocal.index.global_index import GlobalIndex, exact_top_k
-from glocal.rerank.query_expansion import QueryExpansion, alpha_dba, alpha_qe, expand_with_index
+from glocal.index.query_expansion import QueryExpansion, alpha_dba, alpha_qe, expand_with_index
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

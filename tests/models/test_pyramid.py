@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from glocal.extract.pyramid import (
-    DELG_GLOBAL_SCALES,
-    DELG_LOCAL_SCALES,
-    DOLG_SCALES,
+from glocal.models.configs import PREPROCESSING_NAMES
+from glocal.models.geometry.pyramid import (
     PREPROCESSING,
     LocalCandidates,
     PyramidLevel,
@@ -22,10 +20,8 @@ from glocal.extract.pyramid import (
 )
 
 
-def test_paper_scales() -> None:
-    assert DELG_LOCAL_SCALES == (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
-    assert DELG_GLOBAL_SCALES == (0.7071, 1.0, 1.4142)
-    assert DOLG_SCALES == (0.3535, 0.5, 0.7071, 1.0, 1.4142)
+def test_preprocessing_presets_are_the_torch_free_names() -> None:
+    assert tuple(PREPROCESSING) == PREPROCESSING_NAMES
 
 
 def test_plan_sizes_and_factors() -> None:
@@ -37,12 +33,12 @@ def test_plan_sizes_and_factors() -> None:
 
 def test_batch_by_size_groups_equal_sizes_and_caps_batch() -> None:
     levels = plan_pyramid([(64, 64), (64, 64), (64, 64), (32, 48)], (1.0, 0.5))
-    batches = batch_by_size(levels, max_batch=2)
+    batches = batch_by_size(levels, batch_size=2)
     for b in batches:
         assert len({(lv.size, lv.level) for lv in b}) == 1 and len(b) <= 2
     assert sorted(len(b) for b in batches) == [1, 1, 1, 1, 2, 2]
     assert sum(len(b) for b in batches) == len(levels)
-    with pytest.raises(ValueError, match="max_batch"):
+    with pytest.raises(ValueError, match="batch_size"):
         batch_by_size(levels, 0)
 
 
@@ -54,7 +50,7 @@ def test_run_pyramid_batches_and_routes_outputs() -> None:
         calls.append(tuple(x.shape))
         return {"mean": x.mean(dim=(1, 2, 3)), "size": torch.tensor([x.shape[2:]] * len(x))}
 
-    out = run_pyramid(images, (1.0, 0.5), model_fn, max_batch=4)
+    out = run_pyramid(images, (1.0, 0.5), model_fn, batch_size=4)
     assert sorted(calls) == [(3, 3, 20, 30), (3, 3, 40, 60)]
     for i in range(3):
         for j, side in enumerate((40, 20)):

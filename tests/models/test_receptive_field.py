@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from glocal.extract.receptive_field import ReceptiveFieldError, feature_centers_xy, receptive_field
 from glocal.models.extractor_base import torch_threads
+from glocal.models.geometry.receptive_field import ReceptiveFieldError, feature_centers_xy, receptive_field
 from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone, SamePad2d
 
 

@@ -1,0 +1,147 @@
+"""Where extraction runs: the :class:`ExtractionBackend` seam and the local backend.
+
+``glocal extract`` splits the images into shards (:mod:`glocal.extract.shards`) and hands a backend one
+:class:`ShardTask` per unfinished shard. A task carries only plain data (the method's name and options as
+a mapping, the shard's files, the features folder), so a backend may run it anywhere the folder is
+reachable: :class:`LocalBackend` runs them here, one after the other, with threads inside each shard; a
+distributed backend (e.g. Ray workers) implements the same :meth:`ExtractionBackend.run`. The driver (the
+caller of :func:`extract_to_shards`) alone records finished shards, so workers never write the manifest.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from glocal import methods
+from glocal.extract.batch import ExtractionFailure
+from glocal.extract.shards import FeatureShards, ShardJob, plan_shards
+from glocal.extract.stage import create_extractors, extract_into
+from glocal.io.sources import SourceLog
+from glocal.methods.spec import MethodOptions, MethodSpec
+from glocal.progress import Progress, no_progress
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to extract one shard (plain data: it can be sent to another process)."""
+
+    job: ShardJob
+    features: Path
+    method: str
+    options: dict[str, Any]
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """A shard written by a worker: how many images it holds, the files that failed, each image's file."""
+
+    job: ShardJob
+    count: int
+    failures: tuple[ExtractionFailure, ...] = ()
+    sources: tuple[tuple[str, str], ...] = ()
+
+
+class ExtractionBackend(Protocol):
+    """Runs shard tasks and yields their results as they finish (any order)."""
+
+    def run(self, tasks: Sequence[ShardTask], on_image: Callable[[int], None]) -> Iterator[ShardResult]: ...
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def _database_extractor(method: str, options: dict[str, Any]) -> Any:
+    """The database extractor of a task, made once per process and options (a model loads once)."""
+    key = json.dumps([method, options], sort_keys=True)
+    if key not in _EXTRACTORS:
+        spec = methods.get(method)
+        _EXTRACTORS.clear()  # one model at a time
+        _EXTRACTORS[key] = create_extractors(spec, spec.options_from_dict(options, "shard task"))[1]
+    return _EXTRACTORS[key]
+
+
+def run_shard(task: ShardTask, on_image: Callable[[int], None] | None = None) -> ShardResult:
+    """Extract one shard into ``features/shard-NNNNN.glf`` (a half-written file from before is replaced)."""
+    from glocal.io.feature_file import FeatureFile
+
+    extractor = _database_extractor(task.method, task.options)
+    path = task.features / task.job.filename
+    path.unlink(missing_ok=True)
+    shard = FeatureFile(path, writable=True)
+    sources: list[tuple[str, str]] = []
+
+    def sink(batch: list, origin: list) -> None:
+        shard.append(batch, shadow=False)
+        sources.extend((n, str(p)) for n, p in origin)
+
+    def progress(_: str, __: int) -> Callable[[int], None]:
+        return on_image or (lambda n: None)
+
+    try:
+        failures = extract_into(sink, extractor, task.job.paths, task.job.names, progress, "extracting",
+                                task.threads)
+        count = len(shard)
+    finally:
+        shard.close()
+    return ShardResult(task.job, count, tuple(failures), tuple(sources))
+
+
+@dataclass
+class LocalBackend:
+    """Runs every shard in this process, one after the other (threads inside a shard)."""
+
+    def run(self, tasks: Sequence[ShardTask], on_image: Callable[[int], None]) -> Iterator[ShardResult]:
+        for task in tasks:
+            yield run_shard(task, on_image)
+
+
+@dataclass
+class ExtractionReport:
+    """What :func:`extract_to_shards` did."""
+
+    features: Path
+    extracted: int = 0
+    kept_shards: int = 0
+    written_shards: int = 0
+    failures: list[ExtractionFailure] = field(default_factory=list)
+
+
+def extract_to_shards(paths: Sequence[Path], names: Sequence[str], out: Path, spec: MethodSpec,
+                      options: MethodOptions, backend: ExtractionBackend | None = None, shard_size: int = 1000,
+                      threads: int = 2, progress: Progress = no_progress) -> ExtractionReport:
+    """Extract images into the features folder ``out`` in shards; complete shards of an earlier run of the
+    same command are kept (resume). Repeated names are skipped and reported."""
+    shards = FeatureShards.create_or_resume(out, spec, options)
+    report = ExtractionReport(Path(out))
+    unique_paths, unique_names = _unique(paths, names, report.failures)
+    jobs = plan_shards(unique_paths, unique_names, shard_size)
+    pending = [j for j in jobs if not shards.is_done(j)]
+    report.kept_shards = len(jobs) - len(pending)
+    tasks = [ShardTask(j, Path(out), spec.name, options.to_dict(), threads) for j in pending]
+    advance = progress("extracting", sum(len(j.paths) for j in pending))
+    sources = SourceLog(out)
+    for result in (backend or LocalBackend()).run(tasks, advance):
+        shards.mark_done(result.job, result.count)
+        sources.append((n, Path(p)) for n, p in result.sources)
+        report.extracted += result.count
+        report.written_shards += 1
+        report.failures.extend(result.failures)
+    return report
+
+
+def _unique(paths: Iterable[Path], names: Iterable[str], failures: list[ExtractionFailure]
+            ) -> tuple[list[Path], list[str]]:
+    seen: set[str] = set()
+    out_p, out_n = [], []
+    for p, n in zip(paths, names):
+        if n in seen:
+            failures.append(ExtractionFailure(str(p), n, "repeated name (skipped)"))
+            continue
+        seen.add(n)
+        out_p.append(Path(p))
+        out_n.append(n)
+    return out_p, out_n

@@ -1,0 +1,235 @@
+"""Building and growing a collection from image files: extraction stage -> feature file -> first stage.
+
+:func:`build_index` makes a new index folder (features of every image, the codebook of an ASMK method
+trained on them, on other images, or reused from another index, then the first stage); :func:`add_images`
+extracts more images into an open, writable collection. A failed build leaves no half-built folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glocal import methods
+from glocal.errors import BadInputError, BadOptionError
+from glocal.extract.batch import ExtractionFailure
+from glocal.extract.stage import create_extractors, extract_into
+from glocal.index.asmk_stage import AsmkStage, codebook_donor, descriptor_sample, train_asmk_stage
+from glocal.index.collection import Collection
+from glocal.index.collection_manifest import manifest_options, new_manifest, read_manifest, write_manifest
+from glocal.io.feature_file import FeatureFile
+from glocal.io.sources import SourceLog
+from glocal.methods.spec import MethodOptions
+from glocal.methods.stages import AsmkIndexOptions
+from glocal.progress import Progress, as_progress
+
+
+@dataclass
+class BuildResult:
+    """A new collection (open for writing: close it) and the files that could not be indexed."""
+
+    collection: Collection
+    failures: list[ExtractionFailure] = field(default_factory=list)
+
+
+def build_index(
+    paths: Sequence[Path],
+    names: Sequence[str],
+    out: Path,
+    method: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    options: MethodOptions | None = None,
+    codebook_paths: Sequence[Path] | None = None,
+    codebook_from: Path | None = None,
+    progress: bool | Progress = True,
+    workers: int = 2,
+) -> BuildResult:
+    """Index ``paths`` into a new collection at ``out``.
+
+    :param method: a registered method (default: the weight-free default).
+    :param settings: ``--set`` values, routed to the method's option groups (:meth:`MethodSpec.configure`).
+    :param options: typed options to start from (default: the method's defaults).
+    :param codebook_paths: ASMK methods: train the codebook on these images (the papers' protocol: another
+        dataset than the one searched) instead of the indexed ones.
+    :param codebook_from: ASMK methods: reuse this index's codebook and fast quantizer (same method).
+    :raises BadInputError: ``out`` exists and is not empty, or no image could be indexed.
+    :raises BadOptionError: bad settings or a codebook donor that cannot serve.
+    """
+    out = Path(out)
+    spec = methods.get(method or methods.default_method())
+    settings = dict(settings or {})
+    opts = spec.configure(settings, base=options)
+    _check_new(out)
+    donor = _donor(codebook_from, codebook_paths, settings, spec.name)
+    query_extractor, db_extractor = create_extractors(spec, opts)
+
+    def fill(out: Path, progress: Progress) -> list[ExtractionFailure]:
+        return _extract_database(out, db_extractor, paths, names, progress, workers)
+
+    return _build(out, spec, opts, fill, lambda: query_extractor, donor, codebook_paths, progress, workers)
+
+
+def build_from_features(features: Path, out: Path, settings: Mapping[str, Any] | None = None,
+                        codebook_paths: Sequence[Path] | None = None, codebook_from: Path | None = None,
+                        progress: bool | Progress = True, workers: int = 2) -> BuildResult:
+    """Index the features folder written by ``glocal extract`` (:mod:`glocal.extract.shards`) into a new
+    collection at ``out``; nothing is extracted again. ``settings`` may change the index, search and
+    re-ranking options, not the extractor's (the features fix them).
+
+    :raises BadInputError: not a features folder, or it holds no image.
+    :raises BadOptionError: an extractor option in ``settings``, or a codebook donor that cannot serve.
+    """
+    from glocal.extract.shards import FeatureShards
+
+    shards = FeatureShards.open(Path(features))
+    spec, settings = shards.spec, dict(settings or {})
+    opts = spec.configure(settings, base=shards.options)
+    if opts.extractor != shards.options.extractor or getattr(opts.index, "regions", None) != getattr(
+            shards.options.index, "regions", None):
+        raise BadOptionError(f"{features}: the extractor options and regions are those the features were extracted "
+                             "with; extract again to change them")
+    if len(shards) == 0:
+        raise BadInputError(f"{features}: holds no extracted image")
+    out = Path(out)
+    _check_new(out)
+    donor = _donor(codebook_from, codebook_paths, settings, spec.name)
+
+    def fill(out: Path, progress: Progress) -> list[ExtractionFailure]:
+        target = FeatureFile(out / "features.glf", writable=True)
+        advance = progress("copying features", len(shards))
+        try:
+            batch: list = []
+            for f in shards:
+                batch.append(f)
+                if len(batch) >= 64:
+                    target.append(batch, shadow=False)
+                    advance(len(batch))
+                    batch = []
+            if batch:
+                target.append(batch, shadow=False)
+                advance(len(batch))
+        finally:
+            target.close()
+        log = Path(features) / "sources.jsonl"
+        if log.is_file():
+            shutil.copyfile(log, out / "sources.jsonl")
+        return []
+
+    return _build(out, spec, opts, fill, lambda: spec.create_extractor(opts.extractor), donor, codebook_paths,
+                  progress, workers)
+
+
+def _check_new(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInputError(f"{out}: already exists and is not empty (use 'glocal index add' to extend it)")
+
+
+def _donor(codebook_from: Path | None, codebook_paths: Sequence[Path] | None, settings: Mapping[str, Any],
+           method: str) -> Any:
+    """The codebook donor of ``--codebook-from`` (or None), checked against the new index's method."""
+    if codebook_from is None:
+        return None
+    if codebook_paths or "codebook_size" in settings:
+        raise BadOptionError("a reused codebook (--codebook-from) excludes codebook images and a codebook size")
+    donor_manifest = read_manifest(Path(codebook_from))
+    donor_spec, donor_opts = manifest_options(donor_manifest, Path(codebook_from))
+    return codebook_donor(Path(codebook_from), donor_spec.name, isinstance(donor_opts.index, AsmkIndexOptions),
+                          donor_manifest.get("codebook", {}), method)
+
+
+def _build(out: Path, spec: Any, opts: MethodOptions, fill: Callable[[Path, Progress], list[ExtractionFailure]],
+           extractor: Callable[[], Any], donor: Any, codebook_paths: Sequence[Path] | None,
+           progress: bool | Progress, workers: int) -> BuildResult:
+    """The steps every build shares: fill ``features.glf``, make the first stage (codebook), write the
+    manifest, open the collection (which indexes the features); a failure removes what it made."""
+    prog = as_progress(progress)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        failures = fill(out, prog)
+        extra: dict[str, Any] = {}
+        if isinstance(opts.index, AsmkIndexOptions):
+            extra["codebook"] = _create_asmk_stage(out, opts.index, donor, extractor, codebook_paths, prog, workers)
+            if donor is not None:
+                opts = opts.replace(index=dataclasses.replace(opts.index, codebook_size=donor[0].size))
+        write_manifest(out, new_manifest(spec, opts, **extra))
+        collection = Collection.open(out, writable=True, progress=prog)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:  # an empty folder the user made: leave it empty
+            for p in out.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        raise
+    return BuildResult(collection, failures)
+
+
+def _extract_database(out: Path, extractor: Any, paths: Sequence[Path], names: Sequence[str], progress: Progress,
+                      workers: int) -> list[ExtractionFailure]:
+    features = FeatureFile(out / "features.glf", writable=True)
+    sources = SourceLog(out)
+
+    def sink(batch: list, origin: list) -> None:
+        features.append(batch, shadow=False)
+        sources.append(origin)
+
+    try:
+        failures = extract_into(sink, extractor, paths, names, progress, "extracting database", workers)
+        if len(features) == 0:
+            shown = "; ".join(f"{f.path}: {f.reason}" for f in failures[:3])
+            raise BadInputError(f"nothing to index: all {len(failures)} images failed ({shown}"
+                                f"{'; ...' if len(failures) > 3 else ''})")
+    finally:
+        features.close()
+    return failures
+
+
+def _create_asmk_stage(out: Path, options: AsmkIndexOptions, donor: Any, extractor: Callable[[], Any],
+                       codebook_paths: Sequence[Path] | None, progress: Progress, workers: int) -> dict:
+    """The empty ASMK stage of the new index (donor's codebook, or one trained on the database or on
+    ``codebook_paths``); returns the codebook's provenance record for the manifest."""
+    if donor is not None:
+        codebook, quantizer, provenance = donor
+        AsmkStage.create(out, options, codebook, quantizer=quantizer).close()
+        return provenance
+    per_image = options.codebook_descriptors_per_image
+    if codebook_paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            cb = FeatureFile(Path(tmp) / "codebook.glf", writable=True)
+            try:
+                names = [f"cb{i}:{Path(p).name}" for i, p in enumerate(codebook_paths)]
+                extract_into(lambda batch, _: cb.append(batch, shadow=False), extractor(), codebook_paths, names,
+                             progress, "extracting codebook set", workers)
+                sample = descriptor_sample(cb, per_image, options.codebook_seed, source="codebook images")
+            finally:
+                cb.close()
+        trained_on = "codebook_paths"
+    else:
+        features = FeatureFile(out / "features.glf")
+        try:
+            sample = descriptor_sample(features, per_image, options.codebook_seed, source=str(out / "features.glf"))
+        finally:
+            features.close()
+        trained_on = "database"
+    stage, info = train_asmk_stage(out, options, sample, progress)
+    stage.close()
+    return info | {"trained_on": trained_on}
+
+
+def add_images(collection: Collection, paths: Sequence[Path], names: Sequence[str],
+               progress: bool | Progress = True, workers: int = 2, extractor: Any = None) -> list[ExtractionFailure]:
+    """Extract and index more images into a writable collection. Names already searchable are skipped
+    (reported); a removed name can be added again (a new image under the old name).
+
+    :param extractor: the database extractor to use (default: made from the collection's options).
+    """
+    db_extractor = extractor or create_extractors(collection.spec, collection.options)[1]
+    prog = as_progress(progress)
+    failures = extract_into(lambda batch, origin: collection.append(batch, origin), db_extractor, paths, names,
+                            prog, "extracting", workers, taken=set(collection.live_names().values()))
+    collection.index_pending(prog)
+    return failures

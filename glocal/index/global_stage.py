@@ -1,0 +1,144 @@
+"""First stage over one global descriptor per image (DELG, DOLG, ViTGaL): exact inner products or IVF-PQ,
+with alpha-QE / alpha-DBA (Radenovic et al., TPAMI 2019) at query time.
+
+Files: ``global/`` (a :class:`glocal.index.global_index.GlobalIndex` folder); ids are database positions.
+An IVF-PQ stage is trained once, on the global descriptors of the images present when it is first filled
+(:meth:`GlobalStage.prepare`), then grows by adding codes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from glocal.errors import BadInputError, BadOptionError
+from glocal.index.global_files import MANIFEST
+from glocal.index.global_index import GlobalIndex
+from glocal.index.global_params import IvfPqParams
+from glocal.index.query_expansion import alpha_dba, alpha_qe, expand_with_index
+from glocal.index.topk import exact_top_k
+from glocal.methods.stages import GlobalIndexOptions, SearchOptions
+from glocal.records import ImageFeatures
+
+
+def global_vector(f: ImageFeatures) -> npt.NDArray[np.float32]:
+    """The image's global descriptor; :class:`BadInputError` when the method produced none."""
+    if f.global_descriptor is None or len(f.global_descriptor) == 0:
+        raise BadInputError(f"{f.name}: the method produced no global descriptor")
+    return np.asarray(f.global_descriptor[0], np.float32)
+
+
+class GlobalStage:
+    """The global-descriptor first stage of one index (see module docstring)."""
+
+    def __init__(self, root: Path, options: GlobalIndexOptions, index: GlobalIndex | None) -> None:
+        self.root = Path(root)
+        self.options = options
+        self.index = index
+        self._dba: dict = {}
+
+    @classmethod
+    def create(cls, root: Path, options: GlobalIndexOptions) -> GlobalStage:
+        return cls(root, options, None)
+
+    @classmethod
+    def open(cls, root: Path, options: GlobalIndexOptions, writable: bool = False) -> GlobalStage:
+        folder = Path(root) / "global"
+        return cls(root, options, GlobalIndex.open(folder) if (folder / MANIFEST).exists() else None)
+
+    @property
+    def count(self) -> int:
+        return 0 if self.index is None else self.index.rows
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    def prepare(self, sample: npt.NDArray[np.float32], expected_size: int) -> None:
+        """Train an empty IVF-PQ index on ``sample`` (all or part of the collection's vectors); a no-op for an
+        exact index or one that exists already."""
+        if self.index is not None or self.options.index != "ivfpq":
+            return
+        params = IvfPqParams.for_size(max(expected_size, 1), sample.shape[1])
+        if self.options.ivfpq_nprobe is not None:
+            params = IvfPqParams(params.nlist, params.m, params.nbits, self.options.ivfpq_nprobe, params.train_size)
+        index = GlobalIndex(sample.shape[1], "ivfpq", params=params)
+        index.train(sample, expected_size=expected_size)
+        self.index = index
+
+    def add(self, features: Sequence[ImageFeatures]) -> None:
+        if not features:
+            return
+        vectors = np.stack([global_vector(f) for f in features])
+        ids = np.arange(self.count, self.count + len(features))
+        if self.index is None:
+            if self.options.index == "ivfpq":
+                self.prepare(vectors, len(vectors))
+                assert self.index is not None
+                self.index.add(vectors, ids)
+            else:
+                self.index = GlobalIndex.build(vectors, ids, kind="exact")
+        else:
+            self.index.add(vectors, ids)
+        self.index.save(self.root / "global")
+
+    def search(self, query: ImageFeatures, top: int, options: SearchOptions
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top images by inner product.
+
+        With ``options.qe`` = n > 1 the query is first replaced by its alpha-QE with the n - 1 best database
+        vectors; with ``options.dba`` = k > 1 every database vector is replaced by its alpha-DBA with its
+        k - 1 best neighbours (computed once per open index and kept in memory; QE then runs against the
+        augmented vectors).
+        """
+        if self.index is None or self.count == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q = global_vector(query)[None]
+        if options.dba > 1:
+            ids, vectors = self._augmented(options.dba, options.dba_alpha)
+            if options.qe > 1:
+                q = alpha_qe(q, vectors, n=options.qe, alpha=options.qe_alpha)
+            rows, scores = exact_top_k(q, vectors, min(top, len(ids)))
+            keep = rows[0] >= 0
+            return ids[rows[0][keep]], scores[0][keep]
+        if options.qe > 1:
+            q = expand_with_index(self.index, q, n=options.qe, alpha=options.qe_alpha)
+        ids, scores = self.index.search(q, top=min(top, self.count))
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def _augmented(self, k: int, alpha: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(live ids, their alpha-DBA vectors) for ``k``, cached until the index changes."""
+        assert self.index is not None
+        if self.index.kind != "exact":
+            raise BadOptionError("database-side augmentation (dba) needs the stored vectors of an exact "
+                                 f"global index; this one is {self.index.kind!r}")
+        key = (k, float(alpha), self.index.rows, len(self.index))
+        if self._dba.get("key") != key:
+            ids = self.index.ids
+            self._dba = {"key": key, "ids": ids, "vectors": alpha_dba(self.index.vectors(ids), k=k, alpha=alpha)}
+        return self._dba["ids"], self._dba["vectors"]
+
+    def removed(self) -> npt.NDArray[np.bool_]:
+        """(count,) True at the positions of removed images."""
+        dead = np.ones(self.count, bool)
+        if self.index is not None:
+            dead[self.index.ids] = False
+        return dead
+
+    def remove(self, positions: Sequence[int]) -> None:
+        if self.index is not None:
+            self.index.remove(positions)
+            self.index.save(self.root / "global")
+
+    def stats(self) -> dict:
+        return {"kind": self.settings["kind"], "images": len(self)} | (
+            self.index.stats().as_dict() if self.index is not None else {})
+
+    @property
+    def settings(self) -> dict:
+        return {"kind": "global-" + self.options.index}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,28 @@
+"""``dolg`` (Yang et al., ICCV 2021): local and global branches of one ResNet fused orthogonally (the local
+feature's component orthogonal to the global one, eq. 3-4) into a single global descriptor; one stage."""
+from __future__ import annotations
+
+from glocal.methods.spec import MethodSpec
+from glocal.methods.stages import GlobalIndexOptions, RerankOptions
+from glocal.models.configs import DolgConfig
+
+
+def _build(config: DolgConfig) -> object:
+    from glocal.models.dolg import DolgExtractor
+
+    return DolgExtractor(config)
+
+
+SPECS = (
+    MethodSpec(
+        name="dolg",
+        summary="global descriptor from orthogonal local/global fusion; no re-ranking",
+        paper="Yang et al., DOLG: single-stage image retrieval with deep orthogonal fusion, ICCV 2021",
+        extractor=DolgConfig(),
+        build_extractor=_build,
+        index=GlobalIndexOptions(),
+        rerank=RerankOptions(rerank_top=0),
+        training="classification",
+        extras=("deep",),
+    ),
+)

@@ -1,0 +1,97 @@
+"""Typed options of the stages after extraction: the first stage (index), the search and the re-ranking.
+
+A method spec (:mod:`glocal.methods.spec`) holds one instance of each group as its defaults; ``--set`` and
+the manifest replace fields through :func:`glocal.methods.options.with_values`. The index and re-ranking
+code read these records; nothing here imports them (rooms import leftwards).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from glocal.methods.options import option
+
+ASMK_AGGREGATIONS = ("asmk", "r-asmk", "regions")
+REGION_SOURCES = ("none", "rmac", "detector")
+GLOBAL_INDEX_KINDS = ("exact", "ivfpq")
+VERIFIER_MODELS = ("affine", "homography")
+ESTIMATORS = ("ransac", "usac_default", "usac_fast", "usac_accurate", "usac_magsac", "usac_prosac")
+
+
+@dataclass(frozen=True)
+class AsmkIndexOptions:
+    """First stage ASMK / ASMK* (Tolias et al., ICCV 2013) over local descriptors; with regions, R-ASMK or
+    regional search (Detect-to-Retrieve, Teichmann et al., CVPR 2019, eq. 3-4 and 8-9)."""
+
+    binary: bool = option(True, "ASMK*: residuals binarised to sign bits (False: float ASMK)")
+    alpha: float = option(3.0, "selectivity exponent of the kernel sigma_alpha(u) = sign(u)|u|^alpha")
+    tau: float = option(0.0, "selectivity threshold: similarities below it count as 0")
+    db_assignments: int = option(1, "visual words per database descriptor")
+    query_assignments: int = option(5, "visual words per query descriptor (multiple assignment)")
+    codebook_size: int = option(65536, "visual words (clipped to training descriptors / 39)")
+    codebook_descriptors_per_image: int = option(1000, "descriptors per image sampled to train the codebook")
+    codebook_seed: int = option(0, "seed of the codebook sample, k-means and quantizer calibration")
+    aggregation: str = option("asmk", "asmk; r-asmk (regions aggregated per image, D2R eq. 8-9); regions "
+                              "(each region stored, image scored by its best region, D2R eq. 3-4)",
+                              choices=ASMK_AGGREGATIONS)
+    regions: str = option("none", "database regions: none, rmac (R-MAC grid) or detector (landmark boxes)",
+                          choices=REGION_SOURCES)
+    detector: str | None = option(None, "landmark detector weights for regions=detector")
+
+    def __post_init__(self) -> None:
+        for name in ("db_assignments", "query_assignments", "codebook_size", "codebook_descriptors_per_image"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.aggregation != "asmk" and self.regions == "none":
+            raise ValueError(f"aggregation={self.aggregation!r} needs regions (regions=rmac or detector)")
+        if self.regions == "detector" and not self.detector:
+            raise ValueError("regions=detector needs detector=PATH (landmark detector weights)")
+
+
+@dataclass(frozen=True)
+class GlobalIndexOptions:
+    """First stage over one global descriptor per image: exact inner products or faiss IVF-PQ."""
+
+    index: str = option("exact", "exact (every vector scored) or ivfpq (product-quantised, approximate)",
+                        choices=GLOBAL_INDEX_KINDS)
+    ivfpq_nprobe: int | None = option(None, "IVF-PQ cells scanned per query (None: chosen by collection size)")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Query-time settings of the first stage: query expansion and database augmentation (global methods,
+    Radenovic et al., TPAMI 2019: alpha-QE and alpha-DBA, weights sim^alpha)."""
+
+    qe: int = option(1, "alpha-QE: average the query with this many vectors, itself included (1: off)")
+    qe_alpha: float = option(3.0, "alpha of alpha-QE")
+    dba: int = option(1, "alpha-DBA: each database vector averaged with this many, itself included (1: off)")
+    dba_alpha: float = option(3.0, "alpha of alpha-DBA")
+
+    def __post_init__(self) -> None:
+        if self.qe < 1 or self.dba < 1:
+            raise ValueError("qe and dba count vectors, the query itself included: >= 1")
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """Spatial verification of the shortlist (DELG, Cao et al., ECCV 2020, appendix: putative matches ->
+    robust affine fit -> inlier count), ordered by (inliers, shortlist score)."""
+
+    rerank_top: int = option(0, "shortlisted images verified (0: no re-ranking)")
+    max_distance: float | None = option(None, "keep a match only below this descriptor distance "
+                                        "(L2; Hamming bits for binary codes)")
+    ratio: float | None = option(None, "Lowe's ratio test: keep a match if d1 < ratio * d2")
+    mutual: bool = option(False, "keep only mutual nearest neighbours")
+    model: str = option("affine", "geometric model fitted to the matches", choices=VERIFIER_MODELS)
+    estimator: str = option("usac_fast", "robust estimator (OpenCV)", choices=ESTIMATORS)
+    threshold_px: float = option(20.0, "largest reprojection error of an inlier, in original pixels")
+    max_iters: int = option(1000, "largest number of RANSAC trials")
+    confidence: float = option(0.999, "early-stop confidence of the estimator")
+    ransac_seed: int = option(0, "seed of the order in which matches reach the estimator")
+
+    def __post_init__(self) -> None:
+        if self.rerank_top < 0:
+            raise ValueError(f"rerank_top must be >= 0, got {self.rerank_top}")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")

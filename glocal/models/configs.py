@@ -1,0 +1,293 @@
+"""Settings of the deep extractors (DELG, DOLG, HOW, FIRe, ViTGaL), importable without torch.
+
+Every config is a frozen dataclass whose fields carry one line of help, and the values they may take where
+there is a fixed set, as ``metadata={"help": ..., "choices": ...}`` (what ``glocal methods show`` prints and
+``--set`` checks). :class:`DeepExtractorConfig` holds what every deep extractor has (checkpoint, pixel
+preprocessing, image size, device, batch size, seed, runtime) and checks it in ``__post_init__``; the model
+configs add their own fields and checks. Bad values raise ``ValueError`` naming the config and the field.
+
+The networks read these configs; their architecture configs (``DelgModelConfig``, ...) live with the network
+code and are built by each config's ``model_config()`` (which imports torch, at call time only). This module
+imports neither torch nor any module that does.
+
+Papers' scales (relative to the image loaded at max side 1024):
+
+* DELG (Cao et al. 2020, official config): local features over 7 scales :data:`DELG_LOCAL_SCALES`, global
+  over the 3 middle ones :data:`DELG_GLOBAL_SCALES`; the "3 scales" variant uses the 3 for both.
+* DOLG (Yang et al. 2021, sec. 4.1) and ViTGaL's local features (Phan et al. 2022, sec. 4.1): 5 scales
+  :data:`DOLG_SCALES`.
+* HOW / FIRe test protocol: 7 scales :data:`PAPER_SCALES`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from glocal.models.delg import DelgModelConfig
+    from glocal.models.dolg import DolgModelConfig
+    from glocal.models.vitgal import VitgalModelConfig
+
+DELG_LOCAL_SCALES: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
+DELG_GLOBAL_SCALES: tuple[float, ...] = (0.7071, 1.0, 1.4142)
+DOLG_SCALES: tuple[float, ...] = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
+VITGAL_LOCAL_SCALES: tuple[float, ...] = DOLG_SCALES
+#: HOW / FIRe test scales
+PAPER_SCALES: tuple[float, ...] = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
+
+#: names of the pixel normalisation presets (their values: :data:`glocal.models.geometry.pyramid.PREPROCESSING`)
+PREPROCESSING_NAMES: tuple[str, ...] = ("imagenet", "imagenet-bgr", "tf")
+#: "torch-bf16": PyTorch under bfloat16 autocast (AMX on recent Intel CPUs); "onnx": ONNX Runtime on the CPU
+#: (:mod:`glocal.models.onnx_runtime`)
+RUNTIMES: tuple[str, ...] = ("torch", "torch-bf16", "onnx")
+TORCH_RUNTIMES: tuple[str, ...] = ("torch", "torch-bf16")
+RESNET_DEPTHS: tuple[int, ...] = (50, 101)
+BACKBONE_STYLES: tuple[str, ...] = ("torchvision", "tf")
+FUSIONS: tuple[str, ...] = ("orthogonal", "concat", "hadamard")
+POOLINGS: tuple[str, ...] = ("gem", "avg")
+XCIT_VARIANTS: tuple[str, ...] = ("s12", "s24")
+
+
+def option(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:  # noqa: A002
+    """A dataclass field with its one line of help and, where there is a fixed set, its choices."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta)
+
+
+def _one_of(choices: tuple[Any, ...]) -> str:
+    if len(choices) == 2:
+        return f"{choices[0]!r} or {choices[1]!r}"
+    return f"one of {choices}"
+
+
+def is_cpu_device(device: Any) -> bool:
+    """Whether a torch device string names the CPU (``"cpu"``, ``"cpu:0"``), without importing torch."""
+    device = str(device)
+    return device == "cpu" or device.startswith("cpu")
+
+
+def check_choices(config: Any, what: str) -> None:
+    """Every field of ``config`` with ``choices`` in its metadata holds one of them."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"{what}: {f.name} must be {_one_of(choices)}, got {value!r}")
+
+
+def check_runtime_device(config: Any, what: str) -> None:
+    """``runtime="onnx"`` runs on the CPU only (the runtime's value itself is one of the field's choices)."""
+    if config.runtime == "onnx" and not is_cpu_device(config.device):
+        raise ValueError(f"{what}: runtime='onnx' runs on the CPU only, got device {config.device!r}; use "
+                         "runtime='torch' on a GPU")
+
+
+def float_scales(config: Any, name: str, what: str) -> tuple[float, ...]:
+    """Set ``config.<name>`` to a tuple of floats (callers may pass lists or ints); each must be > 0."""
+    scales = tuple(float(s) for s in getattr(config, name))
+    if any(s <= 0 for s in scales):
+        raise ValueError(f"{what}: {name} must be positive, got {scales}")
+    object.__setattr__(config, name, scales)
+    return scales
+
+
+def normalise_global_local_scales(config: Any, what: str) -> None:
+    """DELG / ViTGaL: ``scales`` and ``global_scales`` as float tuples, not both empty."""
+    if not float_scales(config, "scales", what) + float_scales(config, "global_scales", what):
+        raise ValueError(f"{what}: scales and global_scales are both empty; give at least one local or global "
+                         "scale")
+
+
+def normalise_common_config(config: Any, what: str) -> None:
+    """HOW / FIRe: ``scales`` a non-empty float tuple, ``max_keypoints`` >= 1."""
+    if not float_scales(config, "scales", what):
+        raise ValueError(f"{what}: scales must be positive and not empty, got ()")
+    if config.max_keypoints < 1:
+        raise ValueError(f"{what}: max_keypoints must be >= 1, got {config.max_keypoints}")
+
+
+@dataclass(frozen=True)
+class DeepExtractorConfig:
+    """What every deep extractor has. Rebuild a config with ``type(c)(**dataclasses.asdict(c))``."""
+
+    checkpoint: str | None = option(
+        None, "weights file (glocal, or the official release's format); None: random weights and a warning")
+    preprocessing: str = option("imagenet", "pixel normalisation preset (imagenet: torchvision RGB statistics, "
+                                "imagenet-bgr: the DOLG port, tf: the TF DELG release)", PREPROCESSING_NAMES)
+    max_side: int = option(1024, "images are loaded with their longest side at most this many pixels")
+    device: str = option("cpu", "torch device: cpu, cuda or cuda:i")
+    batch_size: int = option(4, "pyramid levels of equal size run through the network in one batch")
+    seed: int = option(0, "seed of the random initialisation (used when no checkpoint is given)")
+    runtime: str = option("torch", "torch (float32), torch-bf16 (bfloat16 autocast) or onnx (ONNX Runtime, "
+                          "CPU only)", RUNTIMES)
+
+    def __post_init__(self) -> None:
+        what = type(self).__name__
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        check_choices(self, what)
+        check_runtime_device(self, what)
+        if self.max_side is not None and self.max_side < 1:
+            raise ValueError(f"{what}: max_side must be >= 1, got {self.max_side}")
+        if self.batch_size < 1:
+            raise ValueError(f"{what}: batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DelgConfig(DeepExtractorConfig):
+    """Settings of the ``delg`` / ``delg-star`` extractors (:mod:`glocal.models.delg`). The checkpoint is a
+    glocal file, a TF-converted ``.npz`` or a state dict (:mod:`glocal.models.checkpoints`); for the official
+    TF release use :meth:`tf_release` (``backbone_style="tf"``, ``block3_strides``, ``preprocessing="tf"``)."""
+
+    depth: int = option(50, "ResNet depth", RESNET_DEPTHS)
+    backbone_weights: str | None = option(None, "torchvision ImageNet ResNet file, used when no checkpoint is given")
+    backbone_style: str = option("torchvision", "ResNet layer layout: torchvision, or tf (Keras, the TF release)",
+                                 BACKBONE_STYLES)
+    block3_strides: bool = option(False, "stride 2 at the end of res4 (TF release): local grid at stride 32")
+    attention_batchnorm: bool = option(True, "batch norm after the attention's first convolution (TF release)")
+    scales: tuple[float, ...] = option(DELG_LOCAL_SCALES, "pyramid scales of the local features")
+    global_scales: tuple[float, ...] = option(DELG_GLOBAL_SCALES, "pyramid scales of the global descriptor")
+    max_keypoints: int = option(1000, "local features kept over all scales, highest attention first")
+    attention_threshold: float = option(175.0, "keep local features with attention >= this (175: official "
+                                        "GLDv1 model, 454.6: GLDv2-clean)")
+    binarize: bool = option(False, "DELG*: local descriptors packed to 16-byte sign codes")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        normalise_global_local_scales(self, type(self).__name__)
+
+    @classmethod
+    def tf_release(cls, checkpoint: str, gldv2_clean: bool = False, **overrides: object) -> DelgConfig:
+        """Settings reproducing the official TF R50-DELG release (its variables converted to ``.npz``):
+        Keras layer layout, ``block3_strides``, attention batch norm, (x - 128) / 128 input, attention
+        threshold 175 (GLDv1 model) or 454.6 (GLDv2-clean model)."""
+        settings: dict = dict(checkpoint=checkpoint, backbone_style="tf", block3_strides=True,
+                              attention_batchnorm=True, preprocessing="tf",
+                              attention_threshold=454.6 if gldv2_clean else 175.0)
+        return cls(**(settings | overrides))
+
+    def model_config(self) -> DelgModelConfig:
+        """The network's architecture config (imports torch)."""
+        from glocal.models.delg import DelgModelConfig
+
+        return DelgModelConfig(depth=self.depth, backbone_weights=self.backbone_weights,
+                               backbone_style=self.backbone_style, block3_strides=self.block3_strides,
+                               attention_batchnorm=self.attention_batchnorm)
+
+
+@dataclass(frozen=True)
+class DolgConfig(DeepExtractorConfig):
+    """Settings of the ``dolg`` extractor (:mod:`glocal.models.dolg`). Checkpoints: glocal files or the
+    public PyTorch port's ``.pyth`` (those need :meth:`pytorch_port`: no multi-atrous, BGR input)."""
+
+    max_side: int | None = option(1024, "images are loaded with their longest side at most this many pixels "
+                                  "(None: native size, as DOLG's official inference)")
+    depth: int = option(50, "ResNet depth", RESNET_DEPTHS)
+    backbone_weights: str | None = option(None, "torchvision ImageNet ResNet file, used when no checkpoint is given")
+    backbone_style: str = option("torchvision", "ResNet layer layout: torchvision, or tf (Keras)", BACKBONE_STYLES)
+    multi_atrous: bool = option(True, "multi-atrous module on the local branch (off in the PyTorch port)")
+    atrous_pointwise_branch: bool = option(False, "add a 1x1 branch to the multi-atrous module")
+    fusion: str = option("orthogonal", "local/global fusion (DOLG Tables 3-6 ablations)", FUSIONS)
+    global_pooling: str = option("gem", "pooling of the global branch", POOLINGS)
+    fusion_pooling: str = option("avg", "pooling of the fused local map", POOLINGS)
+    scales: tuple[float, ...] = option(DOLG_SCALES, "pyramid scales (descriptors averaged over them)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not float_scales(self, "scales", type(self).__name__):
+            raise ValueError(f"{type(self).__name__}: scales is empty; give at least one scale")
+
+    @classmethod
+    def pytorch_port(cls, checkpoint: str, **overrides: object) -> DolgConfig:
+        """Settings for the public PyTorch DOLG port's ``.pyth`` files: no multi-atrous module (it is
+        commented out there), BGR input with ImageNet statistics."""
+        settings: dict = dict(checkpoint=checkpoint, multi_atrous=False, preprocessing="imagenet-bgr")
+        return cls(**(settings | overrides))
+
+    def model_config(self) -> DolgModelConfig:
+        """The network's architecture config (imports torch)."""
+        from glocal.models.dolg import DolgModelConfig
+
+        return DolgModelConfig(
+            depth=self.depth, backbone_weights=self.backbone_weights, backbone_style=self.backbone_style,
+            multi_atrous=self.multi_atrous, atrous_pointwise_branch=self.atrous_pointwise_branch,
+            fusion=self.fusion, global_pooling=self.global_pooling, fusion_pooling=self.fusion_pooling,
+        )
+
+
+@dataclass(frozen=True)
+class HowFireConfig(DeepExtractorConfig):
+    """What HOW and FIRe share (defaults: the papers' test protocol); they run in PyTorch only."""
+
+    imagenet_weights: str | None = option(None, "torchvision ImageNet ResNet file for the trunk, used when no "
+                                          "checkpoint is given")
+    depth: int = option(50, "ResNet depth of the trunk (R50- or R101-: without the last stage)", RESNET_DEPTHS)
+    output_dim: int = option(128, "dimension k of the PCA-whitened descriptors")
+    scales: tuple[float, ...] = option(PAPER_SCALES, "pyramid scales")
+    max_keypoints: int = option(1000, "local features kept over all scales, strongest first")
+    l2_normalize: bool = option(True, "L2-normalise the whitened descriptors (for ASMK)")
+    runtime: str = option("torch", "torch (float32) or torch-bf16 (the trunk under bfloat16 autocast, the heads "
+                          "in float32)", TORCH_RUNTIMES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        normalise_common_config(self, type(self).__name__)
+
+
+@dataclass(frozen=True)
+class HowConfig(HowFireConfig):
+    """Settings of the ``how`` extractor (:mod:`glocal.models.how`); checkpoint: official HOW ``.pth``
+    (e.g. ``how_r50-_1000.pth``) or a glocal file."""
+
+    smoothing_kernel: int = option(3, "side of the average smoothing before the whitening (1: none)")
+
+
+@dataclass(frozen=True)
+class FireConfig(HowFireConfig):
+    """Settings of the ``fire`` extractor (:mod:`glocal.models.fire`); checkpoint: official ``fire.pth``
+    or a glocal file."""
+
+    num_templates: int = option(256, "LIT templates N (Super-features per scale)")
+    iterations: int = option(6, "LIT iterations T")
+    lit_dim: int = option(1024, "LIT dimension d")
+
+
+@dataclass(frozen=True)
+class VitgalConfig(DeepExtractorConfig):
+    """Settings of the ``vitgal`` extractor (:mod:`glocal.models.vitgal`); checkpoint: ViTGaL (+ autoencoder)
+    weights, ours or the ViTGaL release's."""
+
+    backbone_weights: str | None = option(None, "timm / official XCiT ImageNet file for the trunk, used when no "
+                                          "checkpoint is given")
+    variant: str = option("s12", "XCiT trunk: s12 (XCiT-S12/16) or s24 (XCiT-S24/16)", XCIT_VARIANTS)
+    embed_dim: int | None = option(None, "overrides the variant's token dimension (None: the variant's)")
+    depth: int | None = option(None, "overrides the variant's number of XCiT blocks (None: the variant's)")
+    num_heads: int | None = option(None, "overrides the variant's attention heads (None: the variant's)")
+    local_dim: int = option(128, "dimension of the autoencoded local descriptors")
+    scales: tuple[float, ...] = option(VITGAL_LOCAL_SCALES, "pyramid scales of the local features")
+    global_scales: tuple[float, ...] = option((1.0,), "pyramid scales of the global descriptor (1 in the paper)")
+    max_keypoints: int = option(1000, "local features kept over all scales, highest score first")
+    attention_threshold: float = option(0.0, "keep local features scoring >= this (uniform attention scores 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        normalise_global_local_scales(self, type(self).__name__)
+
+    def model_config(self) -> VitgalModelConfig:
+        """The network's architecture config (imports torch)."""
+        from dataclasses import replace
+
+        from glocal.models.layers.xcit import xcit_preset
+        from glocal.models.vitgal import VitgalModelConfig
+
+        overrides = {k: v for k, v in (("embed_dim", self.embed_dim), ("depth", self.depth),
+                                       ("num_heads", self.num_heads)) if v is not None}
+        xcit = replace(xcit_preset(self.variant), **overrides) if overrides else None
+        return VitgalModelConfig(variant=self.variant, xcit=xcit, local_dim=self.local_dim)
+
+
+#: the extractor configs of this module, by class name
+EXTRACTOR_CONFIGS: tuple[type[DeepExtractorConfig], ...] = (DelgConfig, DolgConfig, HowConfig, FireConfig,
+                                                            VitgalConfig)

@@ -1,0 +1,134 @@
+"""Searching a collection: first stage, then spatial verification of the shortlist.
+
+A :class:`Searcher` reads a :class:`~glocal.index.collection.Collection` (it never writes it) with the
+options the index was built with. The extractor is created lazily, the first time a query image must
+become features, so opening a searcher costs no model. Search with a file (:meth:`Searcher.search`) or
+with features already extracted (:meth:`Searcher.search_features`).
+
+Re-ranking (DELG, Cao et al., ECCV 2020, appendix): putative matches between the query's and each
+shortlisted image's local features, a robust affine fit, and the final order by (inliers, first-stage
+score) for the verified top ``rerank_top``; the rest keep their first-stage order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glocal.extract.batch import extract_one
+from glocal.extract.stage import create_extractors, with_regions
+from glocal.index.collection import Collection
+from glocal.methods.stages import RerankOptions, SearchOptions
+from glocal.progress import Progress
+from glocal.records import ImageFeatures, SearchHit
+from glocal.rerank.matching import MatcherOptions
+from glocal.rerank.shortlist import rerank
+from glocal.rerank.verification import VerifierOptions
+
+Box = tuple[float, float, float, float]
+
+
+def matcher_options(options: RerankOptions) -> MatcherOptions:
+    return MatcherOptions(max_distance=options.max_distance, ratio=options.ratio, mutual=options.mutual)
+
+
+def verifier_options(options: RerankOptions) -> VerifierOptions:
+    return VerifierOptions(model=options.model, estimator=options.estimator, threshold_px=options.threshold_px,
+                           max_iters=options.max_iters, confidence=options.confidence, seed=options.ransac_seed)
+
+
+class Searcher:
+    """Answers queries against one collection (see module docstring)."""
+
+    def __init__(self, collection: Collection, workers: int = 2) -> None:
+        self.collection = collection
+        self.workers = workers  # threads for re-ranking
+        self._extractor: Any = None
+
+    @classmethod
+    def open(cls, path: Path, progress: bool | Progress = False, workers: int = 2) -> Searcher:
+        """A searcher over the index at ``path``, opened read-only."""
+        return cls(Collection.open(path, writable=False, progress=progress), workers=workers)
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def extractor(self) -> Any:
+        """The method's query extractor, created on first use (this is where PyTorch is imported)."""
+        if self._extractor is None:
+            self._extractor = create_extractors(self.collection.spec, self.collection.options)[0]
+        return self._extractor
+
+    @property
+    def database_extractor(self) -> Any:
+        """The extractor for images added to the collection (with regions when the index uses them)."""
+        return with_regions(self.extractor, self.collection.options)
+
+    @property
+    def names(self) -> list[str]:
+        return self.collection.names
+
+    def __len__(self) -> int:
+        return len(self.collection)
+
+    def query_features(self, query_path: Path, box: Box | None = None) -> ImageFeatures:
+        """Features of a query image (cropped to ``box`` = x1, y1, x2, y2 in original pixels).
+
+        :raises glocal.io.images.ImageReadError: the file cannot be read as an image.
+        """
+        return extract_one(self.extractor, Path(query_path), Path(query_path).name, box=box)
+
+    def search(self, query_path: Path, box: Box | None = None, top: int = 100, rerank_top: int | None = None,
+               qe: int | None = None, dba: int | None = None) -> list[SearchHit]:
+        """Search with an image file; see :meth:`search_features`."""
+        return self.search_features(self.query_features(query_path, box), top=top, rerank_top=rerank_top,
+                                    qe=qe, dba=dba)
+
+    def search_features(self, query: ImageFeatures, top: int = 100, rerank_top: int | None = None,
+                        qe: int | None = None, dba: int | None = None) -> list[SearchHit]:
+        """The best ``top`` images for already extracted query features.
+
+        :param rerank_top: shortlisted images verified (default: the index's; 0 turns re-ranking off).
+        :param qe: alpha-QE with this many vectors, the query included (global methods).
+        :param dba: alpha-DBA of the database with this many vectors each (global methods; computed at the
+            first search that asks for it and kept while the searcher is open).
+        """
+        opts = self.collection.options
+        search_options: SearchOptions = opts.search
+        changes = {k: v for k, v in (("qe", qe), ("dba", dba)) if v is not None}
+        if changes:
+            search_options = dataclasses.replace(search_options, **changes)
+        n_verify = opts.rerank.rerank_top if rerank_top is None else rerank_top
+        idx, scores = self.collection.stage.search(query, top=max(top, n_verify), options=search_options)
+        names = self.collection.features.names
+        hits = [SearchHit(int(i), names[i], float(s), float(s)) for i, s in zip(idx, scores)]
+        if n_verify > 0 and hits and query.num_features > 0:
+            head, tail = hits[:n_verify], hits[n_verify:]
+            verified = rerank(
+                query, self.collection.features.view([h.index for h in head]),
+                np.array([h.shortlist_score for h in head], np.float32),
+                matcher=matcher_options(opts.rerank), verifier=verifier_options(opts.rerank), workers=self.workers,
+            )
+            head = [SearchHit(head[r.position].index, head[r.position].name, r.score,
+                              head[r.position].shortlist_score, r.inliers, r.matches) for r in verified]
+            hits = head + tail
+        return hits[:top]
+
+    def settings(self) -> dict[str, Any]:
+        """The collection's settings (what reproduces a result), with the checkpoint's digest when one is set."""
+        out = self.collection.settings()
+        checkpoint = getattr(self.collection.options.extractor, "checkpoint", None)
+        if checkpoint:
+            from glocal.io.atomic import sha256_file
+
+            out["checkpoint_sha256"] = sha256_file(Path(checkpoint)) if Path(checkpoint).is_file() else None
+        return out
+
+    def close(self) -> None:
+        self.collection.close()

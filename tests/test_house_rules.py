@@ -1,0 +1,48 @@
+"""Rules of the house that code review alone would let slip."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from glocal import methods
+
+ROOT = Path(__file__).resolve().parents[1] / "glocal"
+
+
+def _string_constants(tree: ast.AST) -> list[ast.Constant]:
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def test_method_names_are_spelled_only_in_their_spec_files() -> None:
+    """Outside ``glocal/methods/`` (and the model code a spec points to), no code branches on or names a
+    method: everything is derived from the registry."""
+    names = set(methods.names())
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        room = path.relative_to(ROOT).parts[0]
+        if room in ("methods", "models"):
+            continue
+        for node in _string_constants(ast.parse(path.read_text(encoding="utf-8"))):
+            if node.value in names:
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: {node.value!r}")
+    assert not found, "method names outside their spec files:\n" + "\n".join(found)
+
+
+def test_cli_modules_do_not_reach_into_retrieval_internals() -> None:
+    """The CLI parses and prints; it calls the library's entry points (builder, collection, searcher,
+    runner), never the first stages, re-ranking or models directly."""
+    internal = ("glocal.rerank", "glocal.index.asmk", "glocal.index.inverted_file", "glocal.index.global_index",
+                "glocal.index.asmk_stage", "glocal.index.global_stage", "glocal.models.")
+    found = []
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(internal):
+                found.append(f"{path.name}:{node.lineno}: {node.module}")
+    assert not found, found
