@@ -1,3 +1,3 @@
-from glocal.cli.main import app
+from glocal.cli.main import run
 
-app(prog_name="glocal")
+run()

@@ -14,9 +14,13 @@ class                           exit status  meaning
 :class:`MissingDependencyError` 4            an optional extra (PyTorch, ONNX Runtime, FastAPI) is missing
 :class:`BadOptionError`         2            an unknown option, or a value of the wrong type or range
 :class:`BusyIndexError`         5            another process is writing to the index
+any other exception             70           an internal error (a bug): ``error: internal error: ...``
 ==============================  ===========  ==============================================================
 
-Exit status 0 means done, 1 done but some inputs were skipped (each named on stderr), 2 bad usage.
+Exit status 0 means done, 1 done but some inputs were skipped (each named on stderr), 2 bad usage (click's
+own usage errors too), 70 an internal error: an exception outside this family, a bug (``--debug`` shows the
+traceback; please report it). A failed download (:class:`glocal.evaluate.download.DownloadError`) is a
+:class:`BadInputError`: the files the job needs could not be had, status 3.
 Subclasses also derive from the built-in exception a caller would naturally catch (``ValueError``,
 ``OSError``, ``ImportError``), so older ``except ValueError`` code keeps working.
 """
@@ -34,6 +38,8 @@ EXIT_INPUT = 3
 EXIT_DEPENDENCY = 4
 #: The index is being written by another process.
 EXIT_BUSY = 5
+#: An unexpected exception (a bug): not a :class:`GlocalError`.
+EXIT_INTERNAL = 70
 
 
 class GlocalError(Exception):

@@ -111,12 +111,13 @@ def test_settings_record_what_produced_results(demo_index) -> None:
     assert stats["images"] == len(demo_index) and stats["words_per_image"] > 100
 
 
-@pytest.mark.parametrize("aggregation", ["r-asmk", "regions"])
-def test_rmac_regions_feed_regional_asmk(demo_benchmark, tmp_path: Path, aggregation: str) -> None:
+@pytest.mark.parametrize("aggregation, used", [("auto", "r-asmk"), ("regions", "regions")])
+def test_rmac_regions_feed_regional_asmk(demo_benchmark, tmp_path: Path, aggregation: str, used: str) -> None:
+    """With regions, the default aggregation is R-ASMK (D2R eq. 8-9); ``regions`` stores each region."""
     paths, names = demo_benchmark.db_paths[:24], demo_benchmark.db_names[:24]
     eng, _ = build(paths, names, tmp_path / "r.glx", codebook_size=256, regions="rmac", aggregation=aggregation)
     assert eng.settings()["index"]["regions"] == "rmac"
-    assert eng.collection.stage.index.settings.aggregation == aggregation
+    assert eng.collection.stage.index.settings.aggregation == used
     target = next(i for i, n in enumerate(names) if not n.startswith("distractor") and "tiny" not in n)
     stored = eng.collection.features[target]
     assert stored.regions is not None and len(stored.regions) >= 4  # R-MAC grid, full image not stored

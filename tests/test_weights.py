@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 import pytest
 from typer.testing import CliRunner
 
+from glocal import methods
 from glocal.cli.main import app
-from glocal.weights import REGISTRY, WeightsError, fetch, resolve_checkpoint
+from glocal.errors import BadCheckpointError
+from glocal.weights import REGISTRY, WeightsError, fetch, published, resolve_checkpoint
 
 if TYPE_CHECKING:  # the server fixture lives in tests/conftest.py
     from conftest import FileServer
@@ -27,7 +29,18 @@ def mirror(server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_registry_names_official_files() -> None:
     assert REGISTRY["fire"].url == "http://download.europe.naverlabs.com/ComputerVision/FIRe/official/fire.pth"
     assert REGISTRY["how-r50"].url.endswith("/how/models/how_r50-.pth")
-    assert {w.method for w in REGISTRY.values()} <= {"how", "fire", "delg", "dolg", "vitgal"}
+    assert (REGISTRY["how-r50"].method, REGISTRY["fire"].method) == ("how", "fire")
+    assert {w.method for w in REGISTRY.values()} <= set(methods.names())
+
+
+def test_registry_is_derived_from_the_method_specs() -> None:
+    """Every spec's published weights, each with its method, and nothing else."""
+    expected = {w.name: (spec.name, w) for spec in methods.all_specs() for w in spec.weights}
+    assert {name: tuple(entry) for name, entry in published().items()} == expected
+    assert dict(REGISTRY) == published() and len(REGISTRY) == len(expected) and "nope" not in REGISTRY
+    method, weights = REGISTRY["fire"]
+    assert method == "fire" and weights in methods.get("fire").weights and weights.filename == "fire.pth"
+    assert issubclass(WeightsError, BadCheckpointError) and WeightsError.exit_status == 3
 
 
 def test_fetch_downloads_once_and_notices_damage(mirror: FileServer, tmp_path: Path) -> None:
@@ -66,6 +79,9 @@ def test_cli_download_and_bad_checkpoint(mirror: FileServer, tmp_path: Path, pho
     res = runner.invoke(app, ["index", "build", str(photo_path), "--out", str(tmp_path / "x.glx"),
                               "--method", "how", "--checkpoint", "nope"])
     assert res.exit_code == 3 and "not a published checkpoint name" in res.output
+    res = runner.invoke(app, ["weights", "download", "nope"])
+    assert res.exit_code == 3 and res.output.startswith("error: unknown weights 'nope'; known: fire, how-r50")
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_published_name_loads_into_the_extractor(mirror: FileServer, tmp_path: Path) -> None:

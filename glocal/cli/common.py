@@ -8,11 +8,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-#: Exit codes scripts can rely on.
-EXIT_OK = 0
-EXIT_PARTIAL = 1  # the job finished, but some input files were skipped (listed on stderr)
-EXIT_USAGE = 2  # bad command-line arguments (typer/click's own code)
-EXIT_INPUT = 3  # the job could not run: index or query missing, unreadable or corrupt
+#: Exit codes scripts can rely on (the table is in :mod:`glocal.errors`).
+from glocal.errors import (  # noqa: F401  (re-exported for the command modules)
+    EXIT_BUSY,
+    EXIT_DEPENDENCY,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+)
 
 out = Console()
 err = Console(stderr=True)
@@ -72,17 +77,13 @@ def show_progress() -> bool:
 
 
 def checkpoint_file(value: str | Path | None, method: str) -> str | None:
-    """``--checkpoint``: a file path, or a published name (:data:`glocal.weights.REGISTRY`) downloaded into
-    the cache on first use; exits with :data:`EXIT_INPUT` and the reason when neither works."""
-    import typer
-    from rich.markup import escape
+    """``--checkpoint``: a file path, or a published name (:data:`glocal.weights.REGISTRY`, from the method
+    registry) downloaded into the cache on first use.
 
-    from glocal.weights import WeightsError, resolve_checkpoint
+    :raises glocal.weights.WeightsError: neither works (the CLI prints it on one line, exit status 3).
+    """
+    from glocal.weights import resolve_checkpoint
 
     if value is None:
         return None
-    try:
-        return str(resolve_checkpoint(value, method, progress=show_progress()))
-    except WeightsError as exc:
-        err.print(f"[red]error[/red]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_INPUT) from None
+    return str(resolve_checkpoint(value, method, progress=show_progress()))

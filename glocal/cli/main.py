@@ -1,20 +1,79 @@
-"""The ``glocal`` command line: thin wrappers around the library."""
+"""The ``glocal`` command line: thin wrappers around the library.
+
+Errors are reported in one place, :class:`GlocalGroup` (the click group behind :data:`app`): any
+:class:`glocal.errors.GlocalError` a command raises becomes ``error: <message>`` on one line of stderr and
+its :attr:`~glocal.errors.GlocalError.exit_status`; any other exception becomes ``error: internal error:
+...`` and :data:`glocal.errors.EXIT_INTERNAL`. ``--debug`` (or ``GLOCAL_DEBUG=1``) also prints the
+traceback. The console script (:func:`run`), ``python -m glocal`` and ``CliRunner().invoke(app, ...)`` all
+go through the group's ``main``, so they behave the same. Click's usage errors keep status 2.
+"""
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from glocal import __version__
-from glocal.cli import index_cmd
+from glocal.cli import index_cmd, methods_cmd
 from glocal.cli.common import out
 from glocal.cli.search_cmd import search
+from glocal.errors import EXIT_INTERNAL, GlocalError
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get("GLOCAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+class GlocalGroup(TyperGroup):
+    """The top-level group: runs the command and maps the error family to one line and an exit status."""
+
+    #: set while parsing by the ``--debug`` option (eager), reset by every :meth:`main`
+    debug = False
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        GlocalGroup.debug = _debug_from_env()
+        if not standalone_mode:  # a caller that asked for exceptions gets them
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:  # typer's own main has already turned its usage errors, Exit and Abort into SystemExit
+            return super().main(*args, standalone_mode=True, **kwargs)
+        except GlocalError as exc:
+            _report(exc, f"error: {_one_line(str(exc)) or type(exc).__name__}")
+            sys.exit(exc.exit_status)
+        except Exception as exc:
+            detail = _one_line(str(exc))
+            _report(exc, f"error: internal error: {type(exc).__name__}{': ' + detail if detail else ''}"
+                    + ("" if GlocalGroup.debug else " (run with --debug for the traceback)"))
+            sys.exit(EXIT_INTERNAL)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report(exc: BaseException, line: str) -> None:
+    if GlocalGroup.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(line, err=True)
+
+
+def _set_debug(value: bool) -> bool:
+    if value:
+        GlocalGroup.debug = True
+    return value
+
 
 app = typer.Typer(
+    cls=GlocalGroup,
     help="glocal: landmark and instance-level image retrieval (index a folder, search it, evaluate).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(methods_cmd.app, name="methods")
 app.add_typer(index_cmd.app, name="index")
 app.command("search")(search)
 
@@ -61,7 +120,9 @@ def _register_optional() -> None:
     except ImportError:  # pragma: no cover
         pass
     from glocal.cli import weights_cmd
+    from glocal.cli.extract_cmd import extract_command
 
+    app.command("extract")(extract_command)
     app.add_typer(weights_cmd.app, name="weights")
     # imports FastAPI / uvicorn only when run; without the [serve] extras it exits with EXIT_INPUT and a hint
     from glocal.cli.serve_cmd import serve_command
@@ -81,11 +142,20 @@ _register_optional()
 
 
 @app.callback(invoke_without_command=True)
-def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+def main(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", is_eager=True, callback=_set_debug,
+                               help="Show the traceback of an error (also GLOCAL_DEBUG=1)."),
+) -> None:
     if version:
         out.print(f"glocal {__version__}")
         raise typer.Exit(0)
 
 
+def run() -> None:
+    """The ``glocal`` console script and ``python -m glocal``: errors are mapped by :class:`GlocalGroup`."""
+    app(prog_name="glocal")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

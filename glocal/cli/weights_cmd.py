@@ -1,14 +1,14 @@
-"""``glocal weights list|download``: the published checkpoints that ``--checkpoint NAME`` accepts."""
+"""``glocal weights list|download``: the published checkpoints that ``--checkpoint NAME`` accepts (each
+method's spec names its own; :mod:`glocal.weights.published` collects them)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from glocal.cli.common import EXIT_INPUT, err, out, show_progress
+from glocal.cli.common import out, show_progress
 
 app = typer.Typer(help="Published model weights: list them, download them into the cache.", no_args_is_help=True)
 
@@ -16,12 +16,12 @@ app = typer.Typer(help="Published model weights: list them, download them into t
 @app.command("list")
 def list_command() -> None:
     """The published checkpoints, their method, source and whether they are in the cache."""
-    from glocal.weights import REGISTRY, cache_dir
+    from glocal.weights import cache_dir, published
 
     table = Table(title=f"published weights (cache: {cache_dir()})")
     for col in ("name", "method", "cached", "description", "url"):
         table.add_column(col)
-    for w in REGISTRY.values():
+    for w in published().values():
         cached = "yes" if (cache_dir() / w.filename).is_file() else "no"
         table.add_row(w.name, w.method, cached, w.description, w.url)
     out.print(table)
@@ -33,11 +33,7 @@ def download_command(
     to: Optional[Path] = typer.Option(None, "--to", help="Folder to download into instead of the cache."),
 ) -> None:
     """Download (resumably, verified) a published checkpoint; prints its path."""
-    from glocal.weights import WeightsError, fetch
+    from glocal.weights import fetch
 
-    try:
-        path = fetch(name, progress=show_progress(), dest_dir=to)
-    except WeightsError as exc:
-        err.print(f"[red]error[/red]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_INPUT) from None
+    path = fetch(name, progress=show_progress(), dest_dir=to)  # WeightsError: one line, exit status 3
     out.print(str(path), highlight=False)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from glocal.errors import BadInputError
 from glocal.io.images import IMAGE_SUFFIXES
 from glocal.io.safe_pickle import safe_load_pickle
 
@@ -45,7 +46,7 @@ REVISITED_NAMES = ("roxford5k", "rparis6k")
 R1M_LIST = "revisitop1m.txt"
 
 
-class DatasetError(Exception):
+class DatasetError(BadInputError):
     """A dataset folder or ground-truth file is missing or malformed; the message names the file."""
 
 

@@ -28,6 +28,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from glocal.errors import BadInputError
 from glocal.io.atomic import sha256_file
 
 CHUNK = 1 << 16
@@ -37,7 +38,7 @@ PARIS_BASE = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings"
 R1M_BASE = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
 
 
-class DownloadError(Exception):
+class DownloadError(BadInputError):
     """A download or extraction failed; the message names the URL or file and the problem."""
 
 

@@ -54,7 +54,7 @@ class AsmkStage:
             quantizer = fast_quantizer(codebook, held_out, seed=options.codebook_seed, k=options.db_assignments,
                                        query_k=options.query_assignments)
         settings = IndexSettings(
-            binary=options.binary, aggregation=options.aggregation, alpha=options.alpha, tau=options.tau,
+            binary=options.binary, aggregation=options.resolved_aggregation, alpha=options.alpha, tau=options.tau,
             db_assignments=options.db_assignments, query_assignments=min(options.query_assignments, codebook.size),
         )
         return cls(InvertedFile.create(Path(root) / "ivf", codebook, settings, quantizer=quantizer), options)

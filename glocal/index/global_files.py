@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from glocal.errors import DamagedIndexError
 from glocal.io.atomic import FileLock, crc32_file, fsync_dir, read_versioned_json, write_json_atomic
 from glocal.io.versions import current
 
@@ -46,7 +47,7 @@ DATA_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.fais
 """Names of the files a commit writes (data files and the temporary manifest); others are never deleted."""
 
 
-class GlobalIndexError(Exception):
+class GlobalIndexError(DamagedIndexError):
     """A global index folder is missing, not ours, of a newer version, damaged, or misused."""
 
 

@@ -61,6 +61,11 @@ class GlobalStage:
         if self.index is not None or self.options.index != "ivfpq":
             return
         params = IvfPqParams.for_size(max(expected_size, 1), sample.shape[1])
+        needed = max(params.nlist, 2 ** params.nbits)
+        if len(sample) < needed:
+            raise BadOptionError(f"index=ivfpq needs at least {needed} images to train its product quantizer; this "
+                                 f"collection has {len(sample)}: use index=exact (the default), which is exact and "
+                                 "fast at this size")
         if self.options.ivfpq_nprobe is not None:
             params = IvfPqParams(params.nlist, params.m, params.nbits, self.options.ivfpq_nprobe, params.train_size)
         index = GlobalIndex(sample.shape[1], "ivfpq", params=params)

@@ -11,6 +11,7 @@ import os  # noqa: F401  (tests reach os.replace as ``manifest.os.replace`` to s
 from pathlib import Path
 from typing import Any
 
+from glocal.errors import DamagedIndexError
 from glocal.io.atomic import FileLock, read_versioned_json, write_json_atomic
 from glocal.io.atomic import fsync_dir as fsync_dir
 from glocal.io.versions import current
@@ -21,7 +22,7 @@ MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
 
 
-class IndexFormatError(Exception):
+class IndexFormatError(DamagedIndexError):
     """An index folder is missing, not an ASMK index, of an unknown version, or damaged."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from glocal.errors import DamagedIndexError
 from glocal.io.atomic import crc32_file
 from glocal.io.versions import check_version, current
 
@@ -30,7 +31,7 @@ _HEAD = struct.Struct("<8sII")
 _ALIGN = 64
 
 
-class SegmentFileError(Exception):
+class SegmentFileError(DamagedIndexError):
     """A segment file is missing, truncated, not one of ours, or fails its checksum."""
 
 

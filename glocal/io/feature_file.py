@@ -31,6 +31,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from glocal.errors import DamagedIndexError
 from glocal.io.versions import check_version, current
 from glocal.records import ImageFeatures
 
@@ -42,7 +43,7 @@ _RECORD = struct.Struct("<4sQI")
 _ALIGN = 16
 
 
-class FeatureFileError(Exception):
+class FeatureFileError(DamagedIndexError):
     """A feature file is not one of ours, has an unknown version, or a record is corrupt."""
 
 

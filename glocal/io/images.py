@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from glocal.errors import BadInputError
+
 DEFAULT_MAX_SIDE = 1024
 #: Images with more pixels than this are refused as decompression bombs (about 13.4k x 13.4k): Pillow's own
 #: hard limit, twice ``PIL.Image.MAX_IMAGE_PIXELS`` (its warning threshold, 89.5 M pixels, is not an error
@@ -22,7 +24,7 @@ MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
-class ImageReadError(Exception):
+class ImageReadError(BadInputError):
     """An image could not be used; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -11,6 +11,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from glocal.errors import BadInputError
+
 _ALLOWED = {
     ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
     ("builtins", "frozenset"), ("builtins", "int"), ("builtins", "float"), ("builtins", "complex"),
@@ -25,7 +27,7 @@ _ALLOWED = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(BadInputError, pickle.UnpicklingError):
     """The pickle asked for a global outside the allowed list."""
 
 

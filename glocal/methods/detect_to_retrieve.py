@@ -23,7 +23,7 @@ SPECS = (
         paper="Teichmann et al., Detect-to-Retrieve: efficient regional aggregation, CVPR 2019",
         extractor=_BASE.extractor,
         build_extractor=_BASE.build_extractor,
-        index=AsmkIndexOptions(codebook_size=4096, regions="rmac", aggregation="r-asmk"),
+        index=AsmkIndexOptions(codebook_size=4096, regions="rmac"),
         rerank=_BASE.rerank,
         training="detector",
         needs_weights=False,

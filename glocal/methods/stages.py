@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from glocal.methods.options import option
 
-ASMK_AGGREGATIONS = ("asmk", "r-asmk", "regions")
+ASMK_AGGREGATIONS = ("auto", "asmk", "r-asmk", "regions")
 REGION_SOURCES = ("none", "rmac", "detector")
 GLOBAL_INDEX_KINDS = ("exact", "ivfpq")
 VERIFIER_MODELS = ("affine", "homography")
@@ -30,9 +30,9 @@ class AsmkIndexOptions:
     codebook_size: int = option(65536, "visual words (clipped to training descriptors / 39)")
     codebook_descriptors_per_image: int = option(1000, "descriptors per image sampled to train the codebook")
     codebook_seed: int = option(0, "seed of the codebook sample, k-means and quantizer calibration")
-    aggregation: str = option("asmk", "asmk; r-asmk (regions aggregated per image, D2R eq. 8-9); regions "
-                              "(each region stored, image scored by its best region, D2R eq. 3-4)",
-                              choices=ASMK_AGGREGATIONS)
+    aggregation: str = option("auto", "asmk; r-asmk (regions aggregated per image, D2R eq. 8-9); regions "
+                              "(each region stored, image scored by its best region, D2R eq. 3-4); auto: "
+                              "r-asmk with regions, else asmk", choices=ASMK_AGGREGATIONS)
     regions: str = option("none", "database regions: none, rmac (R-MAC grid) or detector (landmark boxes)",
                           choices=REGION_SOURCES)
     detector: str | None = option(None, "landmark detector weights for regions=detector")
@@ -41,10 +41,17 @@ class AsmkIndexOptions:
         for name in ("db_assignments", "query_assignments", "codebook_size", "codebook_descriptors_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.aggregation != "asmk" and self.regions == "none":
+        if self.aggregation not in ("auto", "asmk") and self.regions == "none":
             raise ValueError(f"aggregation={self.aggregation!r} needs regions (regions=rmac or detector)")
         if self.regions == "detector" and not self.detector:
             raise ValueError("regions=detector needs detector=PATH (landmark detector weights)")
+
+    @property
+    def resolved_aggregation(self) -> str:
+        """The aggregation used: ``auto`` is R-ASMK with regions, plain ASMK without."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return "asmk" if self.regions == "none" else "r-asmk"
 
 
 @dataclass(frozen=True)

@@ -61,13 +61,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from glocal.errors import BadCheckpointError
 from glocal.io.versions import current
 
 FORMAT_VERSION = current("glocal-checkpoint")
 _HEADS = ("arcface.", "attention_classifier.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadCheckpointError):
     """A checkpoint file that cannot be read safely, or of an unknown kind."""
 
 

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from glocal.models.checkpoints import CheckpointError
+
 GLOCAL_VERSION = "glocal-how-fire/1"
 
 #: official prefix -> our prefix, for the R50- backbone (``features`` Sequential -> ResNetBackbone)
@@ -73,10 +75,6 @@ LIT_NAMES: dict[str, str] = {
 #: parameters a checkpoint may lack without harm
 _OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 _OPTIONAL_KEYS = ("whiten.fitted",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
 def _plain_dict(default_factory: Any = None) -> dict:

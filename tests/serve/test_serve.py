@@ -61,7 +61,8 @@ def test_health_and_info(client) -> None:
     assert client.get("/health").json() == {"status": "ok", "images": 20}
     info = client.get("/info").json()
     assert info["method"] == "sift" and info["images"] == 20
-    assert info["index"]["kind"] == "asmk*" and info["index"]["codebook_size"] == 256
+    assert info["first_stage"]["kind"] == "asmk*" and info["first_stage"]["codebook_size"] == 256
+    assert info["index"]["codebook_size"] == 256 and info["rerank"]["rerank_top"] == 100
     assert info["service"]["writable"] is False
 
 
