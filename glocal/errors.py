@@ -19,7 +19,7 @@ any other exception             70           an internal error (a bug): ``error:
 
 Exit status 0 means done, 1 done but some inputs were skipped (each named on stderr), 2 bad usage (click's
 own usage errors too), 70 an internal error: an exception outside this family, a bug (``--debug`` shows the
-traceback; please report it). A failed download (:class:`glocal.evaluate.download.DownloadError`) is a
+traceback; please report it). A failed download (:class:`glocal.io.download.DownloadError`) is a
 :class:`BadInputError`: the files the job needs could not be had, status 3.
 Subclasses also derive from the built-in exception a caller would naturally catch (``ValueError``,
 ``OSError``, ``ImportError``), so older ``except ValueError`` code keeps working.

@@ -46,3 +46,33 @@ def test_cli_modules_do_not_reach_into_retrieval_internals() -> None:
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(internal):
                 found.append(f"{path.name}:{node.lineno}: {node.module}")
     assert not found, found
+
+
+#: the rooms in the order a photo travels (docs/ARCHITECTURE.md); a room imports only from rooms before it
+ROOMS = ["errors", "records", "progress", "io", "models", "methods", "extract", "index", "rerank", "search",
+         "train", "weights", "evaluate", "serve", "demo", "cli", "__main__"]
+BASE = {"errors", "records", "progress"}
+
+
+def _room(module: str, names: list[str]) -> str | None:
+    parts = module.split(".")
+    if len(parts) > 1:
+        return parts[1]
+    return names[0] if names and names[0] in ROOMS else None  # from glocal import methods
+
+
+def test_rooms_import_leftwards_only() -> None:
+    """Every import inside glocal (module level or inside a function) goes to a room before its own."""
+    rank = {r: i for i, r in enumerate(ROOMS)}
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        own = parts[0]
+        if own not in rank:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "glocal":
+                target = _room(node.module, [a.name for a in node.names])
+                if target in rank and rank[target] > rank[own] and not {own, target} <= BASE:
+                    wrong.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: {own} -> {target}")
+    assert not wrong, "imports against the flow of rooms:\n" + "\n".join(wrong)

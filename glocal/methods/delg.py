@@ -8,7 +8,7 @@ matches them under Hamming distance; the L2 threshold 1.1 becomes 1.1^2 * 128 / 
 """
 from __future__ import annotations
 
-from glocal.methods.spec import MethodSpec
+from glocal.methods.spec import MethodSpec, lazy_extractor
 from glocal.methods.stages import GlobalIndexOptions, RerankOptions
 from glocal.models.configs import DelgConfig
 
@@ -18,10 +18,7 @@ _DELG_RERANK = RerankOptions(rerank_top=100, max_distance=1.0, estimator="ransac
 _STAR_HAMMING = 1.1 ** 2 * 128 / 4
 
 
-def _build(config: DelgConfig) -> object:
-    from glocal.models.delg import DelgExtractor
-
-    return DelgExtractor(config)
+_build = lazy_extractor("glocal.models.delg", "DelgExtractor")
 
 
 SPECS = (

@@ -2,15 +2,11 @@
 feature's component orthogonal to the global one, eq. 3-4) into a single global descriptor; one stage."""
 from __future__ import annotations
 
-from glocal.methods.spec import MethodSpec
+from glocal.methods.spec import MethodSpec, lazy_extractor
 from glocal.methods.stages import GlobalIndexOptions, RerankOptions
 from glocal.models.configs import DolgConfig
 
-
-def _build(config: DolgConfig) -> object:
-    from glocal.models.dolg import DolgExtractor
-
-    return DolgExtractor(config)
+_build = lazy_extractor("glocal.models.dolg", "DolgExtractor")
 
 
 SPECS = (

@@ -3,17 +3,14 @@
 ASMK* like HOW."""
 from __future__ import annotations
 
-from glocal.methods.spec import MethodSpec, PublishedWeights
+from glocal.methods.spec import MethodSpec, PublishedWeights, lazy_extractor
 from glocal.methods.stages import AsmkIndexOptions, RerankOptions
 from glocal.models.configs import FireConfig
 
 _BASE = "http://download.europe.naverlabs.com/ComputerVision/FIRe"
 
 
-def _build(config: FireConfig) -> object:
-    from glocal.models.fire import FireExtractor
-
-    return FireExtractor(config)
+_build = lazy_extractor("glocal.models.fire", "FireExtractor")
 
 
 SPECS = (

@@ -3,17 +3,14 @@ their norm (attention), PCA-whitened to 128-D, searched with ASMK* (binary, alph
 database descriptor, five per query descriptor, 65,536 words)."""
 from __future__ import annotations
 
-from glocal.methods.spec import MethodSpec, PublishedWeights
+from glocal.methods.spec import MethodSpec, PublishedWeights, lazy_extractor
 from glocal.methods.stages import AsmkIndexOptions, RerankOptions
 from glocal.models.configs import HowConfig
 
 _BASE = "http://ptak.felk.cvut.cz/personal/toliageo/share/how/models"
 
 
-def _build(config: HowConfig) -> object:
-    from glocal.models.how import HowExtractor
-
-    return HowExtractor(config)
+_build = lazy_extractor("glocal.models.how", "HowExtractor")
 
 
 SPECS = (

@@ -8,15 +8,11 @@ is clipped to the training sample anyway. Ratio 0.9 and USAC_FAST were measured 
 """
 from __future__ import annotations
 
-from glocal.methods.spec import MethodSpec
+from glocal.methods.spec import MethodSpec, lazy_extractor
 from glocal.methods.stages import AsmkIndexOptions, RerankOptions
 from glocal.models.sift import SiftConfig
 
-
-def _build(config: SiftConfig) -> object:
-    from glocal.models.sift import RootSiftExtractor
-
-    return RootSiftExtractor(config)
+_build = lazy_extractor("glocal.models.sift", "RootSiftExtractor")
 
 
 SPECS = (

@@ -199,6 +199,19 @@ class MethodSpec:
         return self.build_extractor(options)
 
 
+def lazy_extractor(module: str, name: str) -> Callable[[Any], Any]:
+    """A ``build_extractor`` that imports ``module`` (the network code, e.g. PyTorch) only when called and
+    returns ``module.name(config)``: listing or reading methods never imports a model."""
+
+    def build(config: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(config)
+
+    build.__qualname__ = build.__name__ = f"build_{name}"
+    return build
+
+
 #: modules each extra provides (checked before a method that needs the extra is used)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {"deep": ("torch",), "onnx": ("onnxruntime",),
                                              "serve": ("fastapi", "uvicorn")}

@@ -3,15 +3,11 @@ descriptor (the class token) for the shortlist and autoencoded patch features re
 (section 4: L2 distance 1.0, affine RANSAC, 1,000 trials, 20 px)."""
 from __future__ import annotations
 
-from glocal.methods.spec import MethodSpec
+from glocal.methods.spec import MethodSpec, lazy_extractor
 from glocal.methods.stages import GlobalIndexOptions, RerankOptions
 from glocal.models.configs import VitgalConfig
 
-
-def _build(config: VitgalConfig) -> object:
-    from glocal.models.vitgal import VitgalExtractor
-
-    return VitgalExtractor(config)
+_build = lazy_extractor("glocal.models.vitgal", "VitgalExtractor")
 
 
 SPECS = (

@@ -4,7 +4,7 @@
 method specs (:attr:`glocal.methods.MethodSpec.weights`, see :mod:`glocal.weights.published`): a method
 publishes a checkpoint by naming it in its spec file, nowhere else. A name is downloaded once into the
 cache (``$GLOCAL_CACHE/weights`` or ``~/.cache/glocal/weights``) through
-:func:`glocal.evaluate.download.download_file` (resumes with HTTP ``Range``, checks the size, checks the
+:func:`glocal.io.download.download_file` (resumes with HTTP ``Range``, checks the size, checks the
 sha256 where it is known, shows progress) and then loaded like any file. The sha256 of every finished
 download is recorded next to it (``<file>.sha256``) and checked again on later use, so a damaged cache is
 noticed. ``GLOCAL_WEIGHTS_URL`` replaces the hosts (a mirror, or a local server in the tests): the file
@@ -51,8 +51,8 @@ def fetch(name: str, *, progress: bool = True, dest_dir: Path | None = None) -> 
 
     :raises WeightsError: unknown name, failed download, or a cached file whose digest changed.
     """
-    from glocal.evaluate.download import DownloadError, download_file
     from glocal.io.atomic import sha256_file
+    from glocal.io.download import DownloadError, download_file
 
     w = _lookup(name)
     folder = Path(dest_dir) if dest_dir is not None else cache_dir()
