@@ -12,11 +12,13 @@ score) for the verified top ``rerank_top``; the rest keep their first-stage orde
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glocal.errors import BadOptionError
 from glocal.extract.batch import extract_one
 from glocal.extract.stage import create_extractors, with_regions
 from glocal.index.collection import Collection
@@ -42,15 +44,30 @@ def verifier_options(options: RerankOptions) -> VerifierOptions:
 class Searcher:
     """Answers queries against one collection (see module docstring)."""
 
-    def __init__(self, collection: Collection, workers: int = 2) -> None:
+    def __init__(self, collection: Collection, workers: int = 2, settings: Mapping[str, Any] | None = None) -> None:
+        """:param settings: ``--set`` values for this searcher's search and re-ranking options (the extractor and
+            index options are fixed by the index: changing them is refused)."""
         self.collection = collection
         self.workers = workers  # threads for re-ranking
         self._extractor: Any = None
+        self.options = collection.options
+        if settings:
+            self.options = collection.spec.configure(settings, base=collection.options)
+            if self.options.extractor != collection.options.extractor or self.options.index != collection.options.index:
+                raise BadOptionError("--set: extractor and index options are fixed when the index is built; at search "
+                                     "time only search and rerank options can change (see 'glocal methods show "
+                                     f"{collection.spec.name}')")
 
     @classmethod
-    def open(cls, path: Path, progress: bool | Progress = False, workers: int = 2) -> Searcher:
-        """A searcher over the index at ``path``, opened read-only."""
-        return cls(Collection.open(path, writable=False, progress=progress), workers=workers)
+    def open(cls, path: Path, progress: bool | Progress = False, workers: int = 2,
+             settings: Mapping[str, Any] | None = None) -> Searcher:
+        """A searcher over the index at ``path``, opened read-only (``settings``: see :meth:`__init__`)."""
+        collection = Collection.open(path, writable=False, progress=progress)
+        try:
+            return cls(collection, workers=workers, settings=settings)
+        except BaseException:
+            collection.close()
+            raise
 
     def __enter__(self) -> Searcher:
         return self
@@ -99,7 +116,7 @@ class Searcher:
         :param dba: alpha-DBA of the database with this many vectors each (global methods; computed at the
             first search that asks for it and kept while the searcher is open).
         """
-        opts = self.collection.options
+        opts = self.options
         search_options: SearchOptions = opts.search
         changes = {k: v for k, v in (("qe", qe), ("dba", dba)) if v is not None}
         if changes:
@@ -122,7 +139,8 @@ class Searcher:
 
     def settings(self) -> dict[str, Any]:
         """The collection's settings (what reproduces a result), with the checkpoint's digest when one is set."""
-        out = self.collection.settings()
+        out = self.collection.settings() | {"search": self.options.to_dict()["search"],
+                                            "rerank": self.options.to_dict()["rerank"]}
         checkpoint = getattr(self.collection.options.extractor, "checkpoint", None)
         if checkpoint:
             from glocal.io.atomic import sha256_file

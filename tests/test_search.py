@@ -192,3 +192,20 @@ def test_codebook_reused_from_another_index(demo_benchmark, tmp_path: Path) -> N
     (tmp_path / "a.glx" / "ivf" / "codebook.gls").write_bytes(b"damaged")
     with pytest.raises(DamagedIndexError, match="cannot reuse its codebook"):
         build(paths[:2], names[:2], tmp_path / "f.glx", codebook_from=tmp_path / "a.glx")
+
+
+def test_search_time_options_change_search_and_rerank_only(demo_benchmark, demo_index) -> None:
+    """``--set`` at search time: re-ranking options apply to this searcher; extractor and index options are
+    fixed by the index and refused."""
+    q = demo_benchmark.query_paths[0]
+    box = tuple(demo_benchmark.gnd[0]["bbx"])
+    root = demo_index.collection.root
+    with Searcher.open(root, settings={"ratio": 0.9}) as same, Searcher.open(root, settings={"ratio": 0.6}) as strict:
+        loose_hits, strict_hits = same.search(q, box=box, top=5), strict.search(q, box=box, top=5)
+        assert strict.options.rerank.ratio == 0.6 and strict.settings()["rerank"]["ratio"] == 0.6
+    assert [(h.name, h.inliers) for h in loose_hits] == [(h.name, h.inliers) for h in demo_index.search(q, box=box,
+                                                                                                       top=5)]
+    assert strict_hits[0].inliers < loose_hits[0].inliers  # a stricter ratio test keeps fewer matches
+    for fixed in ({"max_keypoints": 100}, {"codebook_size": 64}):
+        with pytest.raises(BadOptionError, match="fixed when the index is built"):
+            Searcher.open(root, settings=fixed)

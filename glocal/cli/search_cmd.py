@@ -25,12 +25,15 @@ def search(
     draw: Optional[Path] = typer.Option(None, "--draw", help="Folder for pictures of the query beside each "
                                         "verified result, with the inlier matches (PNG)."),
     draw_top: int = typer.Option(5, "--draw-top", min=1, help="Results drawn with --draw."),
+    settings: list[str] = typer.Option([], "--set", help="Search or re-ranking option KEY=VALUE for this search "
+                                       "(e.g. ratio=0.8); 'glocal methods show METHOD' lists them; repeatable."),
 ) -> None:
     """Search an index with a query image; prints the best matches."""
+    from glocal.methods.options import parse_set
     from glocal.search import Searcher
 
     box = parse_box(bbox)
-    with Searcher.open(index, progress=show_progress()) as searcher:
+    with Searcher.open(index, progress=show_progress(), settings=parse_set(settings)) as searcher:
         hits = searcher.search(query, box=box, top=top, rerank_top=rerank_top, qe=qe, dba=dba)
         sources = searcher.collection.sources
     if draw is not None:

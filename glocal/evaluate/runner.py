@@ -98,8 +98,8 @@ def open_or_build(request: EvalRequest, ds: RetrievalDataset, folder: Path, prog
     from glocal.io.images import list_images
     from glocal.search import Searcher
 
-    if request.index is not None:
-        return Searcher.open(request.index), []
+    if request.index is not None:  # its extractor and index options are fixed; --set may change the rest
+        return Searcher.open(request.index, settings=request.settings), []
     cb_paths = list_images([request.codebook_images]) if request.codebook_images is not None else None
     built = build_index(ds.db_paths, ds.db_names, folder, method=request.method, settings=request.settings,
                         codebook_paths=cb_paths, codebook_from=request.codebook_from, progress=progress)

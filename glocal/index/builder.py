@@ -2,11 +2,14 @@
 
 :func:`build_index` makes a new index folder (features of every image, the codebook of an ASMK method
 trained on them, on other images, or reused from another index, then the first stage); :func:`add_images`
-extracts more images into an open, writable collection. A failed build leaves no half-built folder.
+extracts more images into an open, writable collection. A failed build leaves no half-built folder: the
+index is built in a sibling folder ``<out>.building-<pid>`` and renamed to ``<out>`` when complete; the
+leftover of a killed build (its process gone) is removed by the next build to the same ``out``.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +24,7 @@ from glocal.extract.stage import create_extractors, extract_into
 from glocal.index.asmk_stage import AsmkStage, codebook_donor, descriptor_sample, train_asmk_stage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import manifest_options, new_manifest, read_manifest, write_manifest
+from glocal.io.atomic import fsync_dir
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions
@@ -141,31 +145,72 @@ def _donor(codebook_from: Path | None, codebook_paths: Sequence[Path] | None, se
                           donor_manifest.get("codebook", {}), method)
 
 
+#: a build in progress writes into ``<out>`` + BUILDING_SUFFIX + ``<pid>``, a sibling of ``out``
+BUILDING_SUFFIX = ".building-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_builds(out: Path) -> list[Path]:
+    """Delete the ``<out>.building-<pid>`` folders left by builds whose process is gone (killed); a build
+    still running (its pid alive, another process) is left alone. Returns the folders removed."""
+    removed = []
+    parent = out.parent
+    if not parent.is_dir():
+        return removed
+    prefix = out.name + BUILDING_SUFFIX
+    for p in parent.iterdir():
+        if not p.name.startswith(prefix) or not p.is_dir():
+            continue
+        tail = p.name[len(prefix):]
+        if not tail.isdigit():
+            continue
+        pid = int(tail)
+        if pid == os.getpid() or not _pid_alive(pid):  # our own pid: an earlier build of this process
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def _build(out: Path, spec: Any, opts: MethodOptions, fill: Callable[[Path, Progress], list[ExtractionFailure]],
            extractor: Callable[[], Any], donor: Any, codebook_paths: Sequence[Path] | None,
            progress: bool | Progress, workers: int) -> BuildResult:
     """The steps every build shares: fill ``features.glf``, make the first stage (codebook), write the
-    manifest, open the collection (which indexes the features); a failure removes what it made."""
+    manifest, index the features, then rename the finished folder to ``out`` and open it there. Everything is
+    built in ``<out>.building-<pid>`` (same parent, so the rename is atomic): a failure removes it, a kill
+    leaves it for the next build to remove, and ``out`` only ever appears complete."""
     prog = as_progress(progress)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(out)
+    work = out.with_name(out.name + BUILDING_SUFFIX + str(os.getpid()))
+    work.mkdir()
     try:
-        failures = fill(out, prog)
+        failures = fill(work, prog)
         extra: dict[str, Any] = {}
         if isinstance(opts.index, AsmkIndexOptions):
-            extra["codebook"] = _create_asmk_stage(out, opts.index, donor, extractor, codebook_paths, prog, workers)
+            extra["codebook"] = _create_asmk_stage(work, opts.index, donor, extractor, codebook_paths, prog, workers)
             if donor is not None:
                 opts = opts.replace(index=dataclasses.replace(opts.index, codebook_size=donor[0].size))
-        write_manifest(out, new_manifest(spec, opts, **extra))
-        collection = Collection.open(out, writable=True, progress=prog)
+        write_manifest(work, new_manifest(spec, opts, **extra))
+        Collection.open(work, writable=True, progress=prog).close()  # indexes the features
+        _check_new(out)  # nobody made it meanwhile
+        os.rename(work, out)  # replaces an empty folder the user made
+        fsync_dir(out.parent)
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:  # an empty folder the user made: leave it empty
-            for p in out.iterdir():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(work, ignore_errors=True)
         raise
-    return BuildResult(collection, failures)
+    return BuildResult(Collection.open(out, writable=True, progress=prog), failures)
 
 
 def _extract_database(out: Path, extractor: Any, paths: Sequence[Path], names: Sequence[str], progress: Progress,

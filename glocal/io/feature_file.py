@@ -5,7 +5,11 @@ must be readable one image at a time (re-ranking reads only the shortlist), and 
 the middle of an append.  HDF5 would add a compiled dependency and a crash during a write can corrupt
 the whole file; ``.npz`` cannot be appended to.  Here every image is one self-describing record,
 checksummed, written at the end of the file; a torn last record is detected on open and ignored (and cut
-off by the next writer), so nothing committed before it is lost.
+off by the next writer), so nothing committed before it is lost. Every read of a record's arrays checks its
+CRC32: a record damaged later (bit rot, a bad disk) raises :class:`FeatureFileError` naming the file, the
+record number and the image name, never returns wrong features. A middle record whose metadata cannot be
+parsed is kept as a damaged placeholder (its position stays, so later records keep their ids) and raises when
+read; :meth:`RecordFile.check` CRC-checks every record (``glocal index verify``).
 
 Layout (little endian)::
 
@@ -81,6 +85,7 @@ class RecordInfo:
     payload_len: int
     crc: int
     data_offset: int  # absolute offset of the first array byte
+    damaged: str | None = None  # why the record cannot be used (metadata unreadable), found at open
 
 
 class RecordFile:
@@ -127,16 +132,26 @@ class RecordFile:
                 if start + plen > size:
                     return self._torn(pos, "record extends past the end of the file")
                 (mlen,) = struct.unpack("<I", f.read(4))
+                last = pos + _RECORD.size + plen == size
                 try:
-                    meta = json.loads(f.read(mlen))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    return self._torn(pos, "record metadata is not valid JSON")
-                if pos + _RECORD.size + plen == size:
+                    meta = json.loads(f.read(min(mlen, plen)))
+                    name, attrs, arrays = meta["name"], meta["attrs"], meta["arrays"]
+                    if not isinstance(name, str):
+                        raise TypeError("name is not a string")
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    if last:
+                        return self._torn(pos, "record metadata is not valid JSON")
+                    # damage in the middle: keep the position (ids of later records), refuse reading it
+                    self.records.append(RecordInfo("", {}, {}, start, plen, crc, start, damaged=(
+                        "its metadata is unreadable")))
+                    pos = start + plen
+                    continue
+                if last:
                     # last record: check its checksum, a crash may have left it half written
                     f.seek(start)
                     if zlib.crc32(f.read(plen)) != crc:
                         return self._torn(pos, "checksum mismatch in the last record")
-                info = RecordInfo(meta["name"], meta["attrs"], meta["arrays"], start, plen, crc, start + 4 + mlen)
+                info = RecordInfo(name, attrs, arrays, start, plen, crc, start + 4 + mlen)
                 self._by_name[info.name] = len(self.records)
                 self.records.append(info)
                 pos = start + plen
@@ -170,10 +185,12 @@ class RecordFile:
     def read(self, i: int, verify: bool = True) -> tuple[str, dict, dict[str, np.ndarray]]:
         """Read record ``i``: (name, attrs, arrays). With ``verify`` the CRC32 is checked."""
         info = self.records[i]
+        if info.damaged:
+            raise self._damage(i, info.damaged)
         # pread: no shared file position, so concurrent readers (re-ranking threads) are safe
         payload = os.pread(self._fh.fileno(), info.payload_len, info.payload_offset)
-        if verify and zlib.crc32(payload) != info.crc:
-            raise FeatureFileError(f"{self.path}: record {info.name!r} is corrupt (checksum mismatch)")
+        if verify and (len(payload) != info.payload_len or zlib.crc32(payload) != info.crc):
+            raise self._damage(i, "checksum mismatch")
         base = info.data_offset - info.payload_offset
         arrays = {}
         for key, spec in info.arrays.items():
@@ -182,6 +199,25 @@ class RecordFile:
             arr = np.frombuffer(payload, dtype=dtype, count=count, offset=base + spec["offset"])
             arrays[key] = arr.reshape(spec["shape"])
         return info.name, info.attrs, arrays
+
+    def _damage(self, i: int, why: str) -> FeatureFileError:
+        name = self.records[i].name
+        image = f" (image {name!r})" if name else " (image name unknown)"
+        return FeatureFileError(f"{self.path}: record {i}{image} is damaged ({why}); rebuild the index or "
+                                "remove the image")
+
+    def check(self) -> list[tuple[int, str, str]]:
+        """CRC-check every record (reads the whole file once); returns (record number, image name or "",
+        why) for each damaged one."""
+        bad = []
+        for i, info in enumerate(self.records):
+            if info.damaged:
+                bad.append((i, info.name, info.damaged))
+                continue
+            payload = os.pread(self._fh.fileno(), info.payload_len, info.payload_offset)
+            if len(payload) != info.payload_len or zlib.crc32(payload) != info.crc:
+                bad.append((i, info.name, "checksum mismatch"))
+        return bad
 
     def __iter__(self) -> Iterator[tuple[str, dict, dict[str, np.ndarray]]]:
         for i in range(len(self.records)):
