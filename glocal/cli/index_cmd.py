@@ -1,4 +1,4 @@
-"""``glocal index build|add|remove|compact|info``: thin wrappers around :mod:`glocal.index`."""
+"""``glocal index build|add|remove|compact|verify|info``: thin wrappers around :mod:`glocal.index`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -145,6 +145,36 @@ def compact(index: Path = typer.Argument(..., help="Existing index folder.")) ->
     mb = 1 / 2**20
     out.print(f"dropped {report.dropped} removed images, kept {report.kept}; "
               f"{report.bytes_before * mb:,.1f} MB -> {report.bytes_after * mb:,.1f} MB")
+
+
+@app.command("verify")
+def verify(
+    index: Path = typer.Argument(..., help="Index folder."),
+    repair: bool = typer.Option(False, "--repair", help="Drop the images of damaged segments (and damaged feature "
+                                "records) from search and compact the index; other damage needs a rebuild."),
+) -> None:
+    """Check every checksum of every file of an index; one line per damaged part (exit 3 when damaged)."""
+    from glocal.errors import DamagedIndexError
+    from glocal.index.verify import repair_index, verify_index
+
+    report = verify_index(index)
+    for d in report.damage:
+        out.print(f"damaged: {escape(d.line())}", highlight=False)
+    if report.ok:
+        out.print(f"{escape(str(index))}: {report.files_checked} files checked, no damage", highlight=False)
+        return
+    if not repair:
+        raise DamagedIndexError(f"{index}: {len(report.damage)} damaged parts (see above); 'glocal index verify "
+                                "--repair' drops the images of damaged segments, other damage needs a rebuild")
+    fixed = repair_index(index, report)
+    for d, why in fixed.unrepaired:
+        err.print(f"cannot repair {escape(d.file)}: {escape(why)}", highlight=False)
+    for n in fixed.dropped:
+        out.print(f"dropped: {escape(n)}", highlight=False)
+    if fixed.after is None or not fixed.after.ok:
+        raise DamagedIndexError(f"{index}: damage remains after repair; rebuild the index")
+    out.print(f"repaired: dropped {len(fixed.dropped)} images; {fixed.after.files_checked} files checked, no damage",
+              highlight=False)
 
 
 @app.command("info")

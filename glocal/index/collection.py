@@ -8,7 +8,7 @@ Folder layout::
       sources.jsonl   each image's file, for drawing matches
       ivf/            ASMK methods: the persistent inverted file (codebook included)
       global/         global methods: the global-descriptor index
-      WRITER.LOCK     held by the one process that may write
+      WRITER.LOCK     held by the one process that may write (:mod:`glocal.index.writer_lock`)
 
 Appends go to ``features.glf`` first and to the first stage second, each committed (fsync); an image whose
 features were written but not its first-stage entry (a crash in between) is indexed again when the
@@ -31,7 +31,7 @@ from glocal.index.collection_manifest import (
     write_manifest,
 )
 from glocal.index.global_stage import GlobalStage, global_vector
-from glocal.io.atomic import FileLock
+from glocal.index.writer_lock import IndexWriterLock
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions, MethodSpec
@@ -56,7 +56,7 @@ class Collection:
     """The images of one index folder: features, names, sources, removals and the first stage."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], spec: MethodSpec, options: MethodOptions,
-                 stage: FirstStage, writable: bool, writer: FileLock | None, progress: Progress) -> None:
+                 stage: FirstStage, writable: bool, writer: IndexWriterLock | None, progress: Progress) -> None:
         self.root = Path(root)
         self.manifest = manifest
         self.spec = spec
@@ -70,25 +70,26 @@ class Collection:
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: Path, writable: bool = False, progress: bool | Progress = False) -> Collection:
+    def open(cls, path: Path, writable: bool = False, progress: bool | Progress = False,
+             lock: IndexWriterLock | None = None) -> Collection:
         """Open the index folder at ``path``; ``writable`` takes the writer lock (one writer, any readers) and
         indexes any committed features missing from the first stage.
 
+        :param lock: (``writable``) the writer lock of ``path``, taken by the caller, who keeps it after
+            :meth:`close` (compaction holds it across its folder swap).
         :raises DamagedIndexError: missing, not an index, damaged, or an unreadable version.
         :raises BusyIndexError: ``writable`` while another process writes.
         """
         path = Path(path)
-        manifest = read_manifest(path)
-        spec, options = manifest_options(manifest, path)
-        writer = None
-        if writable:
-            try:
-                writer = FileLock(path / "WRITER.LOCK")
-            except BlockingIOError:
-                raise BusyIndexError(f"{path}: another process is writing to this index (add, remove or "
-                                     "compact); open it read-only or try again later") from None
-            except OSError as exc:
-                raise DamagedIndexError(f"{path}: cannot take the writer lock ({exc.strerror or exc})") from None
+        # a writer locks before it reads: what it read earlier may be a folder that a compaction swapped away
+        writer = IndexWriterLock.take(path) if writable and lock is None else None
+        try:
+            manifest = read_manifest(path)
+            spec, options = manifest_options(manifest, path)
+        except BaseException:
+            if writer is not None:
+                writer.release()
+            raise
         stage = None
         try:
             stage = open_first_stage(path, options, writable)

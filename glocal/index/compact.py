@@ -5,8 +5,9 @@ image ids) and their shortlist entries stay until a merge. :func:`compact_index`
 beside the old one, ``<name>.compacting``, from the live images' stored features (nothing is extracted
 again; codebook, quantizer and settings are kept, so every surviving image scores as before), then swaps it
 in with two renames: ``<name>`` -> ``<name>.old``, ``<name>.compacting`` -> ``<name>``, and deletes the old
-folder. The old index stays open for writing throughout (its writer lock), so no ``add`` or ``remove`` runs
-meanwhile; readers (``glocal serve``) keep the files they have open and see the new index when they reopen.
+folder. The writer lock (:mod:`glocal.index.writer_lock`, whose file beside the folder does not move with
+it) is held from before the copy until after both renames, so no ``add`` or ``remove`` runs meanwhile, nor
+opens a half-swapped folder (it is told the index is busy); readers (``glocal serve``) keep the files they have open and see the new index when they reopen.
 
 It needs free disk space for the copy (about the live images' share of the folder). Image positions change
 (they are renumbered densely); names do not. A crash before the first rename leaves
@@ -23,6 +24,7 @@ from pathlib import Path
 from glocal.index.asmk_stage import AsmkStage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import COMPACTING_SUFFIX, write_manifest
+from glocal.index.writer_lock import IndexWriterLock
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.progress import Progress, as_progress
@@ -49,27 +51,38 @@ def compact_index(path: Path, progress: bool | Progress = False) -> CompactionRe
     """Rewrite the index at ``path`` without its removed images (module docstring); a no-op when none are."""
     path = Path(path)
     prog = as_progress(progress)
-    before = folder_bytes(path)
-    collection = Collection.open(path, progress=prog, writable=True)
+    # the old folder's lock is held from before the copy until after both renames, the new one's from before
+    # the second rename: no writer adds to the old folder once its live images are being copied, nor opens
+    # a half-swapped index (it is told the index is busy)
+    lock = IndexWriterLock.take(path)
+    fresh_lock = None
     try:
-        live = sorted(collection.live_names())
-        dropped = len(collection.names) - len(live)
-        if dropped == 0:
-            return CompactionReport(len(live), 0, before, before)
-        fresh = path.with_name(path.name + COMPACTING_SUFFIX)
-        if fresh.exists():  # left by a compaction that crashed before its swap
-            shutil.rmtree(fresh)
-        fresh.mkdir()
-        _copy_live(collection, live, fresh, prog)
-        Collection.open(fresh, progress=prog, writable=True).close()  # indexes the copied features
-    finally:
-        collection.close()
-    old = path.with_name(path.name + OLD_SUFFIX)
-    if old.exists():
+        before = folder_bytes(path)
+        collection = Collection.open(path, progress=prog, writable=True, lock=lock)
+        try:
+            live = sorted(collection.live_names())
+            dropped = len(collection.names) - len(live)
+            if dropped == 0:
+                return CompactionReport(len(live), 0, before, before)
+            fresh = path.with_name(path.name + COMPACTING_SUFFIX)
+            if fresh.exists():  # left by a compaction that crashed before its swap
+                shutil.rmtree(fresh)
+            fresh.mkdir()
+            _copy_live(collection, live, fresh, prog)
+            fresh_lock = IndexWriterLock.take_new(fresh)
+            Collection.open(fresh, progress=prog, writable=True, lock=fresh_lock).close()  # indexes the copy
+        finally:
+            collection.close()
+        old = path.with_name(path.name + OLD_SUFFIX)
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(path, old)
+        os.rename(fresh, path)
         shutil.rmtree(old)
-    os.rename(path, old)
-    os.rename(fresh, path)
-    shutil.rmtree(old)
+    finally:
+        if fresh_lock is not None:
+            fresh_lock.release()
+        lock.release()
     return CompactionReport(len(live), dropped, before, folder_bytes(path))
 
 

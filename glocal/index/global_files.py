@@ -28,6 +28,7 @@ __all__ = [
     "DATA_FILE",
     "FORMAT",
     "MANIFEST",
+    "NAMED_FILE",
     "VERSION",
     "GlobalIndexError",
     "commit_lock",
@@ -45,6 +46,8 @@ VERSION = current(FORMAT)
 MANIFEST = "MANIFEST.json"
 DATA_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.faiss|MANIFEST\.json\.tmp)$")
 """Names of the files a commit writes (data files and the temporary manifest); others are never deleted."""
+NAMED_FILE = re.compile(r"^(seg-\d+\.(vec|ids)\.npy|tomb-\d+\.npy|ivfpq-\d+\.faiss)$")
+"""Names a manifest may give its data files: plain names in the folder, as a commit writes them."""
 
 
 class GlobalIndexError(DamagedIndexError):
@@ -72,7 +75,25 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.exists():
         raise GlobalIndexError(f"{root}: not a global index (no {MANIFEST})")
-    return read_versioned_json(path, FORMAT, VERSION, GlobalIndexError)
+    manifest = read_versioned_json(path, FORMAT, VERSION, GlobalIndexError)
+    _check_file_names(path, manifest)
+    return manifest
+
+
+def _check_file_names(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest naming a data file other than the plain names a commit writes (no path, no ``..``),
+    so that nothing outside the folder is ever read, kept or deleted on its word."""
+    try:
+        names = list(manifest["files"])
+        for seg in manifest["segments"]:
+            names += [seg[k] for k in ("ids", "vectors") if seg.get(k) is not None]
+        names += [manifest[k] for k in ("tombstones", "faiss") if manifest.get(k) is not None]
+    except (KeyError, TypeError) as e:
+        raise GlobalIndexError(f"{path}: incomplete or inconsistent manifest ({e!r})") from None
+    for name in names:
+        if not isinstance(name, str) or not NAMED_FILE.match(name):
+            raise GlobalIndexError(f"{path}: names the data file {name!r}, which is not a plain index file name; "
+                                   "the manifest is damaged or crafted, rebuild the index")
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ manifest names is complete. Files no manifest names (left by a crash) are delete
 from __future__ import annotations
 
 import os  # noqa: F401  (tests reach os.replace as ``manifest.os.replace`` to simulate a crash)
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ FORMAT = "glocal-asmk-index"
 VERSION = current(FORMAT)
 MANIFEST = "MANIFEST.json"
 LOCK = "LOCK"
+#: names of the data files a writer creates (``codebook.gls``, ``seg-00000001.gls``, ``tomb-00000004.gls``);
+#: a manifest naming anything else (a path, ``..``) is refused, so no file outside the folder is ever touched
+DATA_FILE = re.compile(r"^(codebook|seg-\d{8,}|tomb-\d{8,})\.gls$")
 
 
 class IndexFormatError(DamagedIndexError):
@@ -30,7 +34,28 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.exists():
         raise IndexFormatError(f"{root}: not an ASMK index (no {MANIFEST})")
-    return read_versioned_json(path, FORMAT, VERSION, IndexFormatError, "index version")
+    manifest = read_versioned_json(path, FORMAT, VERSION, IndexFormatError, "index version")
+    check_file_names(path, manifest)
+    return manifest
+
+
+def check_file_names(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest (at ``path``) naming a data file other than the plain names a writer creates.
+
+    :raises IndexFormatError: the manifest and the bad name.
+    """
+    try:
+        entries = [manifest["codebook"], *manifest["segments"]]
+        if manifest.get("tombstones"):
+            entries.append(manifest["tombstones"])
+        names = [e["file"] for e in entries]
+    except (KeyError, TypeError) as e:
+        raise IndexFormatError(f"{path}: incomplete manifest ({e!r})") from None
+    for name in names:
+        if not isinstance(name, str) or not DATA_FILE.match(name):
+            raise IndexFormatError(f"{path}: names the data file {name!r}, which is not a plain index file name "
+                                   "(codebook.gls, seg-<n>.gls, tomb-<n>.gls); the manifest is damaged or "
+                                   "crafted, rebuild the index")
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 Segments are each sorted by visual word, and consecutive segments hold consecutive item ids, so the merged
 posting list of a word is the concatenation of that word's lists in segment order (items stay ascending).
 The output is written through a writable memory map, a range of words at a time, so memory stays bounded
-by ``chunk`` entries whatever the index size; entries of removed images are dropped on the way.
+by ``chunk`` entries whatever the index size; entries of removed images are dropped on the way. Every input
+is checked against its checksum first: a damaged segment is refused, never rewritten under a valid one.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from glocal.index.segment_file import ArrayWriter
+from glocal.index.segment_file import ArrayWriter, SegmentFileError
 
 if TYPE_CHECKING:
     from glocal.index.layout import Segment
@@ -44,7 +45,15 @@ def merge_segments(run: Sequence[Segment], dead_items: npt.NDArray[np.bool_], ou
     """Write the merge of ``run`` (consecutive segments) to ``out``; returns its manifest entry (no file name).
 
     :param dead_items: (all items,) True for items whose image was removed: their entries are dropped.
+    :raises SegmentFileError: an input segment fails its checksum (nothing is written: a merge must not give
+        damaged entries a fresh, valid checksum).
     """
+    for s in run:  # every input, verified or not before: its bytes may have changed since
+        try:
+            s.verify()
+        except SegmentFileError as e:
+            raise SegmentFileError(f"{e}; refusing to merge it into {out.name}, the index is left as it "
+                                   "was") from None
     union = np.unique(np.concatenate([np.asarray(s.words) for s in run]))
     totals = np.zeros(len(union), np.int64)
     for s in run:

@@ -79,6 +79,10 @@ class FileLock:
             self._fh.close()
             raise
 
+    def fileno(self) -> int:
+        """The locked file's descriptor (e.g. to ``fstat`` which file is locked)."""
+        return self._fh.fileno()
+
     def release(self) -> None:
         if not self._fh.closed:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)

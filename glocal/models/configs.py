@@ -1,4 +1,4 @@
-"""Settings of the deep extractors (DELG, DOLG, HOW, FIRe, ViTGaL), importable without torch.
+"""Settings of the deep extractors (DELG, DOLG, HOW, FIRe, ViTGaL, GeM), importable without torch.
 
 Every config is a frozen dataclass whose fields carry one line of help, and the values they may take where
 there is a fixed set, as ``metadata={"help": ..., "choices": ...}`` (what ``glocal methods show`` prints and
@@ -36,7 +36,7 @@ VITGAL_LOCAL_SCALES: tuple[float, ...] = DOLG_SCALES
 PAPER_SCALES: tuple[float, ...] = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
 
 #: names of the pixel normalisation presets (their values: :data:`glocal.models.geometry.pyramid.PREPROCESSING`)
-PREPROCESSING_NAMES: tuple[str, ...] = ("imagenet", "imagenet-bgr", "tf")
+PREPROCESSING_NAMES: tuple[str, ...] = ("imagenet", "imagenet-bgr", "tf", "tf-127")
 #: "torch-bf16": PyTorch under bfloat16 autocast (AMX on recent Intel CPUs); "onnx": ONNX Runtime on the CPU
 #: (:mod:`glocal.models.onnx_runtime`)
 RUNTIMES: tuple[str, ...] = ("torch", "torch-bf16", "onnx")
@@ -46,6 +46,7 @@ BACKBONE_STYLES: tuple[str, ...] = ("torchvision", "tf")
 FUSIONS: tuple[str, ...] = ("orthogonal", "concat", "hadamard")
 POOLINGS: tuple[str, ...] = ("gem", "avg")
 XCIT_VARIANTS: tuple[str, ...] = ("s12", "s24")
+EFFICIENTNET_LITE_BACKBONES: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 def option(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:  # noqa: A002
@@ -115,7 +116,7 @@ class DeepExtractorConfig:
     checkpoint: str | None = option(
         None, "weights file (glocal, or the official release's format); None: random weights and a warning")
     preprocessing: str = option("imagenet", "pixel normalisation preset (imagenet: torchvision RGB statistics, "
-                                "imagenet-bgr: the DOLG port, tf: the TF DELG release)", PREPROCESSING_NAMES)
+                                "imagenet-bgr: the DOLG port, tf: the TF DELG release, tf-127: EfficientNet-Lite)", PREPROCESSING_NAMES)
     max_side: int = option(1024, "images are loaded with their longest side at most this many pixels")
     device: str = option("cpu", "torch device: cpu, cuda or cuda:i")
     batch_size: int = option(4, "pyramid levels of equal size run through the network in one batch")
@@ -288,6 +289,31 @@ class VitgalConfig(DeepExtractorConfig):
         return VitgalModelConfig(variant=self.variant, xcit=xcit, local_dim=self.local_dim)
 
 
+@dataclass(frozen=True)
+class GemConfig(DeepExtractorConfig):
+    """Settings of the ``gem`` extractor (:mod:`glocal.models.gem`): GeM pooling (Radenovic et al., TPAMI
+    2019) of an ImageNet EfficientNet-Lite's last map, off the shelf; PyTorch only."""
+
+    checkpoint: str | None = option(
+        None, "glocal weights file of a fine-tuned network; None: the ImageNet weights of the pretrained extra")
+    preprocessing: str = option("tf-127", "pixel normalisation preset (tf-127: (x - 127) / 128 RGB, what the "
+                                "EfficientNet-Lite weights were trained with)", PREPROCESSING_NAMES)
+    runtime: str = option("torch", "torch (float32) or torch-bf16 (bfloat16 autocast)", TORCH_RUNTIMES)
+    backbone: str = option("efficientnet-lite2", "ImageNet EfficientNet-Lite trunk (its 1280-D map at stride 32)",
+                           EFFICIENTNET_LITE_BACKBONES)
+    gem_p: float = option(3.0, "GeM power p (1: average pooling, large: max pooling)")
+    scales: tuple[float, ...] = option((1.0,), "pyramid scales (L2-normalised descriptors summed over them)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        what = type(self).__name__
+        if not float_scales(self, "scales", what):
+            raise ValueError(f"{what}: scales is empty; give at least one scale")
+        object.__setattr__(self, "gem_p", float(self.gem_p))
+        if not self.gem_p > 0:
+            raise ValueError(f"{what}: gem_p must be > 0, got {self.gem_p}")
+
+
 #: the extractor configs of this module, by class name
 EXTRACTOR_CONFIGS: tuple[type[DeepExtractorConfig], ...] = (DelgConfig, DolgConfig, HowConfig, FireConfig,
-                                                            VitgalConfig)
+                                                            VitgalConfig, GemConfig)

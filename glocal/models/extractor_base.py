@@ -108,8 +108,7 @@ class ModelExtractor:
             self.model = build()
         if cfg.checkpoint:
             self._load_checkpoint(cfg.checkpoint)
-        else:
-            which = self._random_init()
+        elif which := self._random_init():
             warnings.warn(f"{self.label.lower()}.py: no {self.label} checkpoint given: {which}; the features are "
                           "meaningless", stacklevel=4)
         self.model.eval().to(self.device)
@@ -146,7 +145,8 @@ class ModelExtractor:
         load_checkpoint(self.model, path)
 
     def _random_init(self) -> str:
-        """Without a checkpoint: load what partial weights there are and say what stays random."""
+        """Without a checkpoint: load what partial weights there are and say what stays random (an empty
+        string when nothing does: the network came with meaningful weights, e.g. ``gem``'s ImageNet trunk)."""
         if self.config.backbone_weights:
             return f"the heads use RANDOM weights (ImageNet backbone from {self.config.backbone_weights})"
         return "backbone and heads use RANDOM weights"

@@ -50,6 +50,8 @@ PREPROCESSING: dict[str, Preprocessing] = {
     "imagenet-bgr": Preprocessing((0.406, 0.456, 0.485), (0.225, 0.224, 0.229), bgr=True),
     # TensorFlow DELF/DELG export: (pixel - 128) / 128, RGB
     "tf": Preprocessing((128.0, 128.0, 128.0), (128.0, 128.0, 128.0), divisor=1.0),
+    # TensorFlow EfficientNet-Lite: (pixel - 127) / 128, RGB
+    "tf-127": Preprocessing((127.0, 127.0, 127.0), (128.0, 128.0, 128.0), divisor=1.0),
 }
 if tuple(PREPROCESSING) != PREPROCESSING_NAMES:  # the configs check names against the torch-free list
     raise RuntimeError(f"pyramid.py: PREPROCESSING presets {tuple(PREPROCESSING)} differ from "
