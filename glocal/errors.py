@@ -14,6 +14,7 @@ class                           exit status  meaning
 :class:`MissingDependencyError` 4            an optional extra (PyTorch, ONNX Runtime, FastAPI) is missing
 :class:`BadOptionError`         2            an unknown option, or a value of the wrong type or range
 :class:`BusyIndexError`         5            another process is writing to the index
+:class:`StorageError`           3            the disk is full, over quota, read-only or not writable
 any other exception             70           an internal error (a bug): ``error: internal error: ...``
 ==============================  ===========  ==============================================================
 
@@ -85,6 +86,16 @@ class BusyIndexError(GlocalError, OSError):
     """Another process holds the index's writer lock."""
 
     exit_status = EXIT_BUSY
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StorageError(GlocalError, OSError):
+    """Writing failed because of the storage (disk full, quota exceeded, read-only file system, permission
+    denied); the message says what was being written and that nothing already committed was lost."""
+
+    exit_status = EXIT_INPUT
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

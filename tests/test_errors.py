@@ -24,12 +24,14 @@ from glocal.errors import (
     DamagedIndexError,
     GlocalError,
     MissingDependencyError,
+    StorageError,
 )
 
 runner = CliRunner()
 
 FAMILY = [(BadInputError, EXIT_INPUT), (DamagedIndexError, EXIT_INPUT), (BadCheckpointError, EXIT_INPUT),
-          (MissingDependencyError, EXIT_DEPENDENCY), (BadOptionError, EXIT_USAGE), (BusyIndexError, EXIT_BUSY)]
+          (MissingDependencyError, EXIT_DEPENDENCY), (BadOptionError, EXIT_USAGE), (BusyIndexError, EXIT_BUSY),
+          (StorageError, EXIT_INPUT)]
 
 
 def _adopted() -> list[tuple[type, type]]:

@@ -47,6 +47,7 @@ def build(
     detector: Optional[Path] = typer.Option(None, "--detector", help="Landmark detector weights for --regions detector."),
     aggregation: Optional[str] = typer.Option(
         None, "--aggregation", help="asmk, r-asmk (with regions) or regions (regional search, max pooling)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Name on stderr each image that yielded no features."),
 ) -> None:
     """Extract features of every image (or take them from --features) and build a searchable index."""
     from glocal.errors import BadOptionError
@@ -78,7 +79,9 @@ def build(
     count = len(collection)
     collection.close()
     report_failures(result.failures)
-    out.print(f"indexed {count} images into {out_path} ({len(result.failures)} skipped)")
+    report_no_features(result.no_features, verbose)
+    out.print(f"indexed {count} images into {out_path} ({len(result.failures)} skipped, "
+              f"{len(result.no_features)} with no features)")
     if result.failures:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -92,10 +95,25 @@ def image_files(paths: list[Path]) -> list[Path]:
         raise BadInputError(f"no such file or folder: {', '.join(map(str, missing))}")
     for p in missing:
         err.print(f"[yellow]skipped[/yellow] {escape(str(p))}: no such file or folder", highlight=False)
-    files = list_images(paths)
+    skipped: list[tuple[Path, str]] = []
+    files = list_images(paths, skipped)
+    for p, why in skipped:
+        err.print(f"[yellow]skipped[/yellow] {escape(str(p))}: {escape(why)}", highlight=False)
     if not files:
         raise BadInputError(f"no images found in {', '.join(map(str, paths))}")
     return files
+
+
+def report_no_features(names: list[str], verbose: bool) -> None:
+    """Images indexed without features (nothing can match them): named on stderr with ``--verbose``."""
+    if not names:
+        return
+    if verbose:
+        for n in names:
+            err.print(f"[yellow]no features[/yellow]: {escape(n)} (indexed, but nothing can match it)", highlight=False)
+    else:
+        err.print(f"{len(names)} images yielded no features (indexed, but nothing can match them); "
+                  "--verbose names them", highlight=False)
 
 
 @app.command("add")
@@ -103,17 +121,21 @@ def add(
     index: Path = typer.Argument(..., help="Existing index folder."),
     paths: list[Path] = typer.Argument(..., help="Image files and/or folders to add."),
     workers: int = typer.Option(2, "--workers"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Name on stderr each image that yielded no features."),
 ) -> None:
     """Add images to an existing index (same method and codebook)."""
     from glocal.index.builder import add_images
 
     files = image_files(paths)
+    empty: list[str] = []
     with _open(index, writable=True) as collection:
         before = len(collection)
-        failures = add_images(collection, files, image_names(files, paths), progress=show_progress(), workers=workers)
+        failures = add_images(collection, files, image_names(files, paths), progress=show_progress(), workers=workers,
+                              no_features=empty)
         after = len(collection)
     report_failures(failures)
-    out.print(f"added {after - before} images; the index now holds {after}")
+    report_no_features(empty, verbose)
+    out.print(f"added {after - before} images ({len(empty)} with no features); the index now holds {after}")
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
 

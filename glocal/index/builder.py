@@ -24,20 +24,32 @@ from glocal.extract.stage import create_extractors, extract_into
 from glocal.index.asmk_stage import AsmkStage, codebook_donor, descriptor_sample, train_asmk_stage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import manifest_options, new_manifest, read_manifest, write_manifest
-from glocal.io.atomic import fsync_dir
+from glocal.io.atomic import fsync_dir, storage_errors
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions
 from glocal.methods.stages import AsmkIndexOptions
 from glocal.progress import Progress, as_progress
+from glocal.records import ImageFeatures
 
 
 @dataclass
 class BuildResult:
-    """A new collection (open for writing: close it) and the files that could not be indexed."""
+    """A new collection (open for writing: close it), the files that could not be indexed, and the names of
+    the indexed images that yielded no features (searchable by name only: nothing can match them)."""
 
     collection: Collection
     failures: list[ExtractionFailure] = field(default_factory=list)
+    no_features: list[str] = field(default_factory=list)
+
+
+def has_no_features(features: ImageFeatures, asmk: bool) -> bool:
+    """Whether an image's features give its first stage nothing to match: no local descriptors (ASMK
+    methods) or no global descriptor (global methods)."""
+    if asmk:
+        return len(features.descriptors) == 0
+    g = features.global_descriptor
+    return g is None or g.size == 0
 
 
 def build_index(
@@ -71,10 +83,15 @@ def build_index(
     donor = _donor(codebook_from, codebook_paths, settings, spec.name)
     query_extractor, db_extractor = create_extractors(spec, opts)
 
-    def fill(out: Path, progress: Progress) -> list[ExtractionFailure]:
-        return _extract_database(out, db_extractor, paths, names, progress, workers)
+    empty: list[str] = []
+    asmk = isinstance(opts.index, AsmkIndexOptions)
 
-    return _build(out, spec, opts, fill, lambda: query_extractor, donor, codebook_paths, progress, workers)
+    def fill(out: Path, progress: Progress) -> list[ExtractionFailure]:
+        return _extract_database(out, db_extractor, paths, names, progress, workers, empty, asmk)
+
+    result = _build(out, spec, opts, fill, lambda: query_extractor, donor, codebook_paths, progress, workers)
+    result.no_features = empty
+    return result
 
 
 def build_from_features(features: Path, out: Path, settings: Mapping[str, Any] | None = None,
@@ -194,7 +211,17 @@ def _build(out: Path, spec: Any, opts: MethodOptions, fill: Callable[[Path, Prog
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out)
     work = out.with_name(out.name + BUILDING_SUFFIX + str(os.getpid()))
-    work.mkdir()
+    with storage_errors(out, "building the index", f"nothing committed was lost: the partial build was removed "
+                        f"and {out} was not created"):
+        work.mkdir()
+        failures = _build_in(work, out, spec, opts, fill, extractor, donor, codebook_paths, prog, workers)
+    return BuildResult(Collection.open(out, writable=True, progress=prog), failures)
+
+
+def _build_in(work: Path, out: Path, spec: Any, opts: MethodOptions,
+              fill: Callable[[Path, Progress], list[ExtractionFailure]], extractor: Callable[[], Any], donor: Any,
+              codebook_paths: Sequence[Path] | None, prog: Progress, workers: int) -> list[ExtractionFailure]:
+    """:func:`_build`'s steps in the folder ``work``, renamed to ``out`` at the end (removed on failure)."""
     try:
         failures = fill(work, prog)
         extra: dict[str, Any] = {}
@@ -204,23 +231,27 @@ def _build(out: Path, spec: Any, opts: MethodOptions, fill: Callable[[Path, Prog
                 opts = opts.replace(index=dataclasses.replace(opts.index, codebook_size=donor[0].size))
         write_manifest(work, new_manifest(spec, opts, **extra))
         Collection.open(work, writable=True, progress=prog).close()  # indexes the features
+        fsync_dir(work)  # the entries of everything made in it (features, sources, ivf/ or global/)
         _check_new(out)  # nobody made it meanwhile
         os.rename(work, out)  # replaces an empty folder the user made
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return BuildResult(Collection.open(out, writable=True, progress=prog), failures)
+    return failures
 
 
 def _extract_database(out: Path, extractor: Any, paths: Sequence[Path], names: Sequence[str], progress: Progress,
-                      workers: int) -> list[ExtractionFailure]:
+                      workers: int, empty: list[str] | None = None, asmk: bool = True) -> list[ExtractionFailure]:
+    """Extract into ``out/features.glf``; the names of images with no features go to ``empty``."""
     features = FeatureFile(out / "features.glf", writable=True)
     sources = SourceLog(out)
 
     def sink(batch: list, origin: list) -> None:
         features.append(batch, shadow=False)
         sources.append(origin)
+        if empty is not None:
+            empty.extend(f.name for f in batch if has_no_features(f, asmk))
 
     try:
         failures = extract_into(sink, extractor, paths, names, progress, "extracting database", workers)
@@ -266,15 +297,24 @@ def _create_asmk_stage(out: Path, options: AsmkIndexOptions, donor: Any, extract
 
 
 def add_images(collection: Collection, paths: Sequence[Path], names: Sequence[str],
-               progress: bool | Progress = True, workers: int = 2, extractor: Any = None) -> list[ExtractionFailure]:
+               progress: bool | Progress = True, workers: int = 2, extractor: Any = None,
+               no_features: list[str] | None = None) -> list[ExtractionFailure]:
     """Extract and index more images into a writable collection. Names already searchable are skipped
     (reported); a removed name can be added again (a new image under the old name).
 
     :param extractor: the database extractor to use (default: made from the collection's options).
+    :param no_features: if given, the names of the added images that yielded no features are appended.
     """
     db_extractor = extractor or create_extractors(collection.spec, collection.options)[1]
     prog = as_progress(progress)
-    failures = extract_into(lambda batch, origin: collection.append(batch, origin), db_extractor, paths, names,
-                            prog, "extracting", workers, taken=set(collection.live_names().values()))
+    asmk = isinstance(collection.options.index, AsmkIndexOptions)
+
+    def sink(batch: list, origin: list) -> None:
+        collection.append(batch, origin)
+        if no_features is not None:
+            no_features.extend(f.name for f in batch if has_no_features(f, asmk))
+
+    failures = extract_into(sink, db_extractor, paths, names, prog, "extracting", workers,
+                            taken=set(collection.live_names().values()))
     collection.index_pending(prog)
     return failures

@@ -32,6 +32,7 @@ from glocal.index.collection_manifest import (
 )
 from glocal.index.global_stage import GlobalStage, global_vector
 from glocal.index.writer_lock import IndexWriterLock
+from glocal.io.atomic import storage_errors
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions, MethodSpec
@@ -42,6 +43,9 @@ from glocal.records import ImageFeatures
 FirstStage = AsmkStage | GlobalStage
 #: images given to the first stage per commit
 INDEX_BATCH = 64
+#: what a user is told is safe when a write fails for lack of space or permission
+_KEPT = ("nothing committed was lost (the images committed before stay in the index; the rest are indexed "
+         "when the index is next opened for writing or added again)")
 #: at most this many vectors train an IVF-PQ first stage
 IVFPQ_TRAINING_VECTORS = 100_000
 
@@ -165,8 +169,9 @@ class Collection:
         :param shadow: a name already in the file shadows the older record (a re-added, removed image).
         """
         self._require_writable()
-        self.features.append(list(batch), shadow=shadow)
-        self.sources.append(sources)
+        with storage_errors(self.root, "adding images", _KEPT):
+            self.features.append(list(batch), shadow=shadow)
+            self.sources.append(sources)
 
     def index_pending(self, progress: Progress | None = None) -> int:
         """Give the first stage the images whose features are committed but not indexed; returns how many.
@@ -183,10 +188,11 @@ class Collection:
             sample = np.stack([global_vector(self.features[i]) for i in missing[::step]])
             self.stage.prepare(sample, expected_size=len(missing))
         advance = (progress or self._progress)("indexing", len(missing))
-        for start in range(missing.start, missing.stop, INDEX_BATCH):
-            batch = [self.features[i] for i in range(start, min(start + INDEX_BATCH, missing.stop))]
-            self.stage.add(batch)
-            advance(len(batch))
+        with storage_errors(self.root, "indexing images", _KEPT):
+            for start in range(missing.start, missing.stop, INDEX_BATCH):
+                batch = [self.features[i] for i in range(start, min(start + INDEX_BATCH, missing.stop))]
+                self.stage.add(batch)
+                advance(len(batch))
         return len(missing)
 
     def remove(self, names: Sequence[str]) -> list[str]:
@@ -197,7 +203,8 @@ class Collection:
         """
         self._require_writable()
         known = {n: i for i, n in self.live_names().items()}
-        self.stage.remove([known[n] for n in names if n in known])
+        with storage_errors(self.root, "removing images", "nothing was removed; nothing committed was lost"):
+            self.stage.remove([known[n] for n in names if n in known])
         return [n for n in names if n not in known]
 
     def close(self) -> None:

@@ -5,10 +5,15 @@ Version 3 (this glocal) stores the method's options as the four groups of
 (glocal before the method registry) is read and upgraded in memory by :func:`upgrade_v2` (and written back
 as version 3 the next time the index is opened for writing); older or newer versions are refused with a
 message saying how to rebuild.
+
+Since checksums, the manifest carries ``crc32``: the CRC-32 of the canonical JSON of every other field
+(:func:`manifest_crc32`); a manifest whose bytes changed is refused as damaged. Manifests written before
+have no such field and are read as they are.
 """
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +51,26 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
         raise DamagedIndexError(f"{mf}: not a glocal index manifest")
     version = check_version(INDEX_FORMAT, manifest.get("version"), mf, DamagedIndexError)
+    if "crc32" in manifest:  # written since checksums (older manifests have none and are still read)
+        recorded = manifest.pop("crc32")
+        if recorded != manifest_crc32(manifest):
+            raise DamagedIndexError(f"{mf}: checksum mismatch: the manifest is damaged (edited or corrupted); "
+                                    "rebuild the index")
     return MIGRATIONS[version](manifest, mf) if version in MIGRATIONS else manifest
 
 
+def manifest_crc32(manifest: dict[str, Any]) -> int:
+    """CRC-32 of the canonical JSON (sorted keys, no spaces, UTF-8) of ``manifest`` without its ``crc32``."""
+    rest = {k: v for k, v in manifest.items() if k != "crc32"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (temporary file, fsync, rename)."""
-    write_json_atomic(Path(path) / "manifest.json", manifest)
+    """Write ``manifest.json`` atomically (temporary file, fsync, rename, fsync of the folder), with a
+    ``crc32`` field over the canonical JSON of the rest (checked by :func:`read_manifest`)."""
+    rest = {k: v for k, v in manifest.items() if k != "crc32"}
+    write_json_atomic(Path(path) / "manifest.json", rest | {"crc32": manifest_crc32(rest)})
 
 
 def new_manifest(spec: MethodSpec, options: MethodOptions, **extra: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from glocal.index.asmk_stage import AsmkStage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import COMPACTING_SUFFIX, write_manifest
 from glocal.index.writer_lock import IndexWriterLock
+from glocal.io.atomic import fsync_dir, storage_errors
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.progress import Progress, as_progress
@@ -48,8 +49,17 @@ def folder_bytes(path: Path) -> int:
 
 
 def compact_index(path: Path, progress: bool | Progress = False) -> CompactionReport:
-    """Rewrite the index at ``path`` without its removed images (module docstring); a no-op when none are."""
+    """Rewrite the index at ``path`` without its removed images (module docstring); a no-op when none are.
+
+    :raises StorageError: the disk filled up (or refused a write) before the swap; the index is unchanged.
+    """
     path = Path(path)
+    with storage_errors(path, "compacting the index", "nothing committed was lost: the index is as before "
+                        f"(the partial copy {path.name}{COMPACTING_SUFFIX} is removed by the next compaction)"):
+        return _compact(path, progress)
+
+
+def _compact(path: Path, progress: bool | Progress) -> CompactionReport:
     prog = as_progress(progress)
     # the old folder's lock is held from before the copy until after both renames, the new one's from before
     # the second rename: no writer adds to the old folder once its live images are being copied, nor opens
@@ -76,8 +86,10 @@ def compact_index(path: Path, progress: bool | Progress = False) -> CompactionRe
         old = path.with_name(path.name + OLD_SUFFIX)
         if old.exists():
             shutil.rmtree(old)
+        fsync_dir(fresh)  # the entries of everything made in it
         os.rename(path, old)
         os.rename(fresh, path)
+        fsync_dir(path.parent)  # both renames are durable before the old copy goes
         shutil.rmtree(old)
     finally:
         if fresh_lock is not None:

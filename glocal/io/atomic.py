@@ -7,15 +7,46 @@ global index) commit the same way: data files first, then the manifest through
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileLock", "crc32_file", "fsync_dir", "read_versioned_json", "sha256_file", "write_json_atomic"]
+from glocal.errors import GlocalError, StorageError
+
+__all__ = ["FileLock", "crc32_file", "fsync_dir", "read_versioned_json", "sha256_file", "storage_errors",
+           "write_json_atomic"]
+
+#: errno of a write refused by the storage itself, and how a user is told
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full (no space left on device)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+@contextmanager
+def storage_errors(where: str | Path, doing: str, kept: str = "nothing committed was lost") -> Iterator[None]:
+    """Turn an ``OSError`` that the storage caused (disk full, quota, read-only, permission) inside the
+    block into a one-line :class:`StorageError`: ``<where>: <reason> while <doing>; <kept>``.
+
+    Other exceptions (glocal's own errors included) pass unchanged. Used around every commit point.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, GlocalError) or exc.errno not in STORAGE_ERRNOS:
+            raise
+        name = f" ({exc.filename})" if exc.filename else ""
+        raise StorageError(f"{where}: {STORAGE_ERRNOS[exc.errno]}{name} while {doing}; {kept}") from exc
 
 
 def fsync_dir(root: Path) -> None:

@@ -36,6 +36,7 @@ from typing import Any, overload
 import numpy as np
 
 from glocal.errors import DamagedIndexError
+from glocal.io.atomic import fsync_dir
 from glocal.io.versions import check_version, current
 from glocal.records import ImageFeatures
 
@@ -106,6 +107,7 @@ class RecordFile:
                 f.write(_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, 0))
                 f.flush()
                 os.fsync(f.fileno())
+            fsync_dir(self.path.parent)  # the new file's entry in its folder
         self.records: list[RecordInfo] = []
         self._by_name: dict[str, int] = {}
         self._valid_end = self._scan()

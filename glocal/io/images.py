@@ -5,7 +5,9 @@ and go on with the next image.
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,12 +170,47 @@ def load_image(
     return LoadedImage(pixels=np.asarray(rgb, dtype=np.uint8), original_size=(full_h, full_w), scale=scale, offset=offset)
 
 
-def list_images(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image files."""
+def list_images(paths: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files.
+
+    Symbolic links to files are followed; symbolic links to folders are not (a link back to a folder above it
+    would loop forever). With ``skipped``, what a folder holds but cannot be used is appended to it as
+    ``(path, reason)``: dangling links, link loops, links to folders, folders that cannot be read.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(_walk_images(p, skipped if skipped is not None else [])))
         else:
             out.append(p)
     return out
+
+
+def _walk_images(top: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        skipped.append((Path(exc.filename or top), f"folder cannot be read ({exc.strerror or exc})"))
+
+    for folder, dirs, files in os.walk(top, onerror=unreadable, followlinks=False):
+        here = os.path.realpath(folder)
+        for d in dirs:
+            full = os.path.join(folder, d)
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                loop = here == target or here.startswith(target.rstrip(os.sep) + os.sep)
+                skipped.append((Path(full), f"symbolic link loop (points back to {target})" if loop else
+                                f"symbolic link to a folder ({target}), not followed; give that folder itself"))
+        for name in files:
+            full = os.path.join(folder, name)
+            if os.path.islink(full) and not os.path.exists(full):
+                try:
+                    os.stat(full)
+                    reason = "symbolic link that cannot be followed"
+                except OSError as exc:
+                    reason = ("symbolic link loop" if exc.errno == errno.ELOOP else
+                              f"dangling symbolic link (its target {os.readlink(full)} does not exist)")
+                skipped.append((Path(full), reason))
+            elif Path(name).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(full):
+                found.append(Path(full))
+    return found

@@ -1,7 +1,7 @@
 """Where each indexed image came from: ``sources.jsonl`` in an index folder, one ``{"name", "path"}`` line per image.
 
 The index itself only needs image *names*; the source files are needed again to draw a query's matches
-(``glocal search --draw``). Lines are appended after each committed batch of features (absolute paths);
+(``glocal search --draw``). Lines are appended after each committed batch of features (absolute paths), each append fsync'ed (and the folder, when the file is new);
 a later line for the same name wins (an image removed and added again). The log is advisory: a crash
 between a feature commit and its log line, or a file moved since, only means that image cannot be drawn.
 """
@@ -11,6 +11,8 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from glocal.io.atomic import fsync_dir
 
 SOURCES_FILE = "sources.jsonl"
 
@@ -33,10 +35,13 @@ class SourceLog:
             with open(self.path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 torn = f.read(1) != b"\n"
+        new = not self.path.exists()
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(("\n" if torn else "") + "\n".join(lines) + "\n")  # a torn last line stays on its own
             f.flush()
             os.fsync(f.fileno())
+        if new:  # the file's entry in the folder is durable too
+            fsync_dir(self.path.parent)
         if self._paths is not None:
             self._paths.update(pairs)
 

@@ -10,53 +10,76 @@ Endpoints (all answers are JSON; errors are ``{"detail": "<what went wrong>"}``)
 * ``POST /images`` multipart ``image`` + ``name``: index one more image (409 if the name is searchable).
 * ``DELETE /images/{name}``: remove an image from the results (404 if no searchable image has that name).
 
-The last two answer 403 unless the service was started writable.
+The last two answer 403 unless the service was started writable, and 401 unless the request carries
+``Authorization: Bearer <token>`` with the service's token (compared with :func:`hmac.compare_digest`); a
+writable service without a token must be asked for explicitly (``insecure_no_token``).
 
-Uploads are copied to a temporary file (refused with 413 past ``max_upload_mb``) and read by the same
-loader as files on disk (:func:`glocal.io.images.load_image`), so a non-image, truncated file or
-decompression bomb is refused with 400 and the loader's reason.
+Limits against hostile or unlucky clients (each answers at once, with the reason in ``detail``):
+
+* bytes: the body is counted while it is received, whatever ``Content-Length`` says or when it is absent
+  (chunked uploads): past ``max_upload_mb`` (plus 1 MiB for the multipart envelope) reading stops and the
+  answer is 413. Uploads are then copied to a temporary file and read by the same loader as files on disk
+  (:func:`glocal.io.images.load_image`), so a non-image or truncated file is refused with 400 and the
+  loader's reason.
+* pixels: the image header is read (Pillow opens lazily) before anything is decoded; more than
+  ``max_pixels`` pixels answers 413 (a decompression bomb costs a few KiB to send and GiBs to decode).
+* queue: at most ``max_queue`` requests wait for the index; one more answers 503 with ``Retry-After``.
+* time: a request that has not obtained the index within ``lock_timeout`` seconds answers 503.
 
 Concurrency: the searcher is opened at startup and closed at shutdown (the app's lifespan), and one
 ``threading.Lock`` serialises every call into it: requests are handled in parallel up to that point
-(upload, validation) and one at a time inside the searcher. Simple and correct: searches and edits never
-interleave; the price is that a slow request makes the others wait. ``/health`` and ``/info`` answer
-from values kept outside the lock, so they stay quick during a long search. Run one process per index
-(``glocal serve`` does): several processes would each hold their own searcher, and only one may write.
+(upload, validation, the pixel check) and one at a time inside the searcher. Simple and correct: searches
+and edits never interleave; the price is that a slow request makes the others wait, within the queue and
+time bounds above. ``/health`` and ``/info`` never take the lock: they answer from values kept outside it
+(and run on the event loop, not in the thread pool), so they stay quick during a long search. Run one
+process per index (``glocal serve`` does): several processes would each hold their own searcher, and only
+one may write.
 """
 from __future__ import annotations
 
+import hmac
 import json
-import os
-import tempfile
+import math
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
 
 from glocal import __version__
 from glocal.index.builder import add_images
 from glocal.io.images import ImageReadError, parse_box
+from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
 
 MAX_TOP = 10_000
-_CHUNK = 1 << 20
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_QUEUE = 8
+DEFAULT_LOCK_TIMEOUT = 30.0
 _FORM_OVERHEAD = 1 << 20  # request bytes allowed beyond the upload limit: multipart headers, form fields
+_RETRY_AFTER = "1"  # seconds, in 503 answers
 
 
 class _Service:
     """The state behind one app: the searcher, its lock, and values readable without the lock."""
 
-    def __init__(self, index_path: Path, writable: bool, max_upload_mb: float) -> None:
+    def __init__(self, index_path: Path, writable: bool, max_upload_mb: float, max_pixels: int, max_queue: int,
+                 lock_timeout: float, token: str | None) -> None:
         self.index_path = Path(index_path)
         self.writable = writable
         self.max_upload_mb = max_upload_mb
         self.max_upload_bytes = int(max_upload_mb * 2**20)
+        self.max_body_bytes = self.max_upload_bytes + _FORM_OVERHEAD
+        self.max_pixels = max_pixels
+        self.max_queue = max_queue
+        self.lock_timeout = lock_timeout
+        self.token = token.encode() if token else None
         self.lock = threading.Lock()
+        self.waiting = 0  # requests waiting for ``lock``; guarded by ``_waiting_lock``
+        self._waiting_lock = threading.Lock()
         self.searcher: Any = None
         self.settings: dict = {}
         self.images = 0
@@ -78,11 +101,42 @@ class _Service:
 
     @contextmanager
     def searcher_locked(self) -> Iterator[Any]:
-        with self.lock:
+        """The searcher, alone; 503 at once when ``max_queue`` requests already wait, or after
+        ``lock_timeout`` seconds without the lock."""
+        with self._waiting_lock:
+            if self.waiting >= self.max_queue:
+                raise HTTPException(503, f"busy: {self.waiting} requests are already waiting for the index "
+                                         f"(the limit is {self.max_queue}); retry later",
+                                    headers={"Retry-After": _RETRY_AFTER})
+            self.waiting += 1
+        try:
+            acquired = self.lock.acquire(timeout=self.lock_timeout)
+        finally:
+            with self._waiting_lock:
+                self.waiting -= 1
+        if not acquired:
+            raise HTTPException(503, f"busy: the index was not free within {self.lock_timeout:g} s; retry later",
+                                headers={"Retry-After": _RETRY_AFTER})
+        try:
             if self.searcher is None:
                 raise HTTPException(503, "the index is not open (the service is starting or stopping)")
             yield self.searcher
             self.images = len(self.searcher)
+        finally:
+            self.lock.release()
+
+    def write_refusal(self, authorization: str | None) -> HTTPException | None:
+        """Why a write request is refused (403 read-only, 401 no or wrong token), or None."""
+        if not self.writable:
+            return HTTPException(403, "this service is read-only; start it with 'glocal serve INDEX --writable' "
+                                      "to add or remove images")
+        if self.token is None:  # writable without a token: explicitly asked for (insecure_no_token)
+            return None
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+            return HTTPException(401, "adding or removing images needs the header 'Authorization: Bearer <token>' "
+                                      "with the service's token", headers={"WWW-Authenticate": "Bearer"})
+        return None
 
 
 @dataclass
@@ -142,32 +196,6 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
         raise HTTPException(422, f"bbox: {exc}") from None
 
 
-def _label(upload: UploadFile) -> str:
-    return f"upload {upload.filename or 'image'!r}"
-
-
-@contextmanager
-def _saved_upload(upload: UploadFile, limit: int) -> Iterator[Path]:
-    """Copy an upload to a temporary file (deleted afterwards); 413 past ``limit`` bytes, 400 when empty."""
-    fd, tmp = tempfile.mkstemp(prefix="glocal-upload-")
-    try:
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            upload.file.seek(0)
-            while chunk := upload.file.read(_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(413, f"{_label(upload)} is larger than the limit of "
-                                             f"{limit / 2**20:g} MiB")
-                out.write(chunk)
-        if size == 0:
-            raise HTTPException(400, f"{_label(upload)} is empty")
-        yield Path(tmp)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _json_safe(obj: Any) -> Any:
     """A JSON round trip: numpy scalars / arrays become numbers / lists, anything else its string."""
     def default(o: Any) -> Any:
@@ -178,11 +206,30 @@ def _json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=default))
 
 
-def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: float = 20) -> FastAPI:
-    """A FastAPI app serving the index at ``index_path``; ``writable`` enables ``POST/DELETE /images``."""
+def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: float = 20, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE,
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT, token: str | None = None,
+               insecure_no_token: bool = False) -> FastAPI:
+    """A FastAPI app serving the index at ``index_path``; ``writable`` enables ``POST/DELETE /images``.
+
+    :param max_upload_mb: largest upload; bigger bodies are refused (413) while they arrive.
+    :param max_pixels: largest image (width x height, from its header) accepted for decoding (413 above).
+    :param max_queue: most requests waiting for the index at once; one more gets 503 + ``Retry-After``.
+    :param lock_timeout: seconds a request may wait for the index before it gets 503.
+    :param token: the bearer token write requests must carry. A writable app without one needs
+        ``insecure_no_token=True`` (then anyone who reaches it may edit the index).
+    """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
-    svc = _Service(Path(index_path), writable, max_upload_mb)
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if max_queue < 0:
+        raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+    if not (lock_timeout > 0 and math.isfinite(lock_timeout)):
+        raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout}")
+    if writable and not token and not insecure_no_token:
+        raise ValueError("a writable service needs a token (or insecure_no_token=True)")
+    svc = _Service(Path(index_path), writable, max_upload_mb, max_pixels, max_queue, lock_timeout, token or None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -195,28 +242,23 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     app = FastAPI(title="glocal", version=__version__, lifespan=lifespan,
                   description="Landmark and instance-level image retrieval over one index.")
     app.state.service = svc
+    app.add_middleware(BodyLimit, svc=svc)
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > svc.max_upload_bytes + _FORM_OVERHEAD:
-            return JSONResponse({"detail": f"request of {int(length)} bytes is larger than the upload limit of "
-                                           f"{svc.max_upload_mb:g} MiB"}, status_code=413)
-        return await call_next(request)
-
-    def require_writable() -> None:
-        if not svc.writable:
-            raise HTTPException(403, "this service is read-only; start it with 'glocal serve INDEX --writable' "
-                                     "to add or remove images")
+    def require_writable(request: Request) -> None:  # the middleware refuses first; this guards the routes
+        refusal = svc.write_refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            raise refusal
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:  # async: on the event loop, never behind busy worker threads or the lock
         return {"status": "ok", "images": svc.images}
 
     @app.get("/info")
-    def info() -> dict:
+    async def info() -> dict:
         return svc.settings | {"images": svc.images, "service": {
-            "writable": svc.writable, "max_upload_mb": svc.max_upload_mb, "version": __version__}}
+            "writable": svc.writable, "token": svc.token is not None, "max_upload_mb": svc.max_upload_mb,
+            "max_pixels": svc.max_pixels, "max_queue": svc.max_queue, "lock_timeout": svc.lock_timeout,
+            "version": __version__}}
 
     @app.post("/search")
     def search(
@@ -226,16 +268,21 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     ) -> dict:
         opts = in_form.over(in_query)
         box = parse_bbox(opts.bbox)
-        with _saved_upload(image, svc.max_upload_bytes) as path, svc.searcher_locked() as searcher:
-            t0 = time.perf_counter()
-            try:
-                hits = searcher.search(path, box=box, top=opts.top or 20, rerank_top=opts.rerank, qe=opts.qe,
-                                     dba=opts.dba)
-            except ImageReadError as exc:
-                raise HTTPException(400, f"{_label(image)}: {exc.reason}") from None
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from None
-            ms = (time.perf_counter() - t0) * 1000
+        with saved_upload(image, svc.max_upload_bytes) as path:
+            check_pixels(path, image, svc.max_pixels)
+            with svc.searcher_locked() as searcher:
+                return _search(searcher, path, image, box, opts)
+
+    def _search(searcher: Any, path: Path, image: UploadFile, box: Any, opts: _SearchOptions) -> dict:
+        t0 = time.perf_counter()
+        try:
+            hits = searcher.search(path, box=box, top=opts.top or 20, rerank_top=opts.rerank, qe=opts.qe,
+                                   dba=opts.dba)
+        except ImageReadError as exc:
+            raise HTTPException(400, f"{upload_label(image)}: {exc.reason}") from None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        ms = (time.perf_counter() - t0) * 1000
         return {"results": [h.to_dict(with_matches=bool(opts.matches)) for h in hits], "ms": round(ms, 2)}
 
     @app.post("/images", status_code=201, dependencies=[Depends(require_writable)])
@@ -245,17 +292,22 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     ) -> dict:
         if not name.strip() or not name.isprintable():
             raise HTTPException(422, f"name: expected a non-blank name without control characters, got {name!r}")
-        with _saved_upload(image, svc.max_upload_bytes) as path, svc.searcher_locked() as searcher:
-            collection = searcher.collection
-            if name in set(collection.live_names().values()):
-                raise HTTPException(409, f"an image named {name!r} is already in the index "
-                                         "(DELETE it first to replace it)")
-            failures = add_images(collection, [path], [name], progress=False, workers=1,
-                                  extractor=searcher.database_extractor)
-            if failures:
-                raise HTTPException(400, f"{_label(image)}: {failures[0].reason}")
-            index = len(collection.names) - 1
+        with saved_upload(image, svc.max_upload_bytes) as path:
+            check_pixels(path, image, svc.max_pixels)
+            with svc.searcher_locked() as searcher:
+                index = _add(searcher, path, image, name)
         return {"name": name, "index": index, "images": svc.images}
+
+    def _add(searcher: Any, path: Path, image: UploadFile, name: str) -> int:
+        collection = searcher.collection
+        if name in set(collection.live_names().values()):
+            raise HTTPException(409, f"an image named {name!r} is already in the index "
+                                     "(DELETE it first to replace it)")
+        failures = add_images(collection, [path], [name], progress=False, workers=1,
+                              extractor=searcher.database_extractor)
+        if failures:
+            raise HTTPException(400, f"{upload_label(image)}: {failures[0].reason}")
+        return len(collection.names) - 1
 
     @app.delete("/images/{name:path}", dependencies=[Depends(require_writable)])
     def remove_image(name: str) -> dict:

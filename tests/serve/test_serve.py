@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from glocal.cli.main import app as cli_app
 
 runner = CliRunner()
+TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_bad_uploads_are_refused_with_the_reason(client, demo_benchmark) -> None
     res = client.post("/search", files={"image": ("empty.jpg", b"", "image/jpeg")})
     assert res.status_code == 400 and "empty" in res.json()["detail"]
     res = client.post("/search", files={"image": ("bomb.png", _png_header_only(30000, 30000), "image/png")})
-    assert res.status_code == 400 and "decompression bomb" in res.json()["detail"]
+    assert res.status_code == 413 and "decompression bomb" in res.json()["detail"]
     res = client.post("/search", files=_upload(demo_benchmark.db_paths[0]), params={"bbox": "50000,50000,60000,60000"})
     assert res.status_code == 400 and "empty" in res.json()["detail"]
     assert client.post("/search").status_code == 422  # no image at all
@@ -143,7 +144,8 @@ def test_writable_service_adds_and_removes(index_path: Path, demo_benchmark, tmp
     copy = tmp_path / "w.glx"
     shutil.copytree(index_path, copy)
     new_path, name = demo_benchmark.db_paths[40], "added/photo 1.jpg"
-    with _client(copy, writable=True) as c:
+    with _client(copy, writable=True, token=TOKEN) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
         assert c.get("/info").json()["service"]["writable"] is True
         res = c.post("/images", files=_upload(new_path), data={"name": name})
         assert res.status_code == 201, res.text
@@ -174,7 +176,8 @@ def test_writable_service_adds_and_removes(index_path: Path, demo_benchmark, tmp
 def test_serve_help() -> None:
     res = runner.invoke(cli_app, ["serve", "--help"])
     assert res.exit_code == 0, res.output
-    for option in ("--host", "--port", "--writable", "--max-upload-mb"):
+    for option in ("--host", "--port", "--writable", "--max-upload-mb", "--max-pixels", "--max-queue",
+                   "--lock-timeout", "--token", "--insecure-no-token"):
         assert option in res.output
 
 
@@ -198,3 +201,34 @@ def test_serve_starts_uvicorn_on_the_index(monkeypatch, index_path: Path, tmp_pa
     assert served.state.service.writable is False and served.state.service.index_path == index_path
     res = runner.invoke(cli_app, ["serve", str(tmp_path / "missing.glx")], env={"GLOCAL_PROGRESS": "0"})
     assert res.exit_code == 3 and "no such index folder" in " ".join(res.output.split())  # rich wraps lines
+
+
+def test_serve_writable_needs_a_token_or_loopback_insecure(monkeypatch, index_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    env = {"GLOCAL_PROGRESS": "0", "GLOCAL_TOKEN": ""}
+    res = runner.invoke(cli_app, ["serve", str(index_path), "--writable"], env=env)
+    assert res.exit_code == 2 and "--token" in " ".join(res.output.split()) and not calls
+    res = runner.invoke(cli_app, ["serve", str(index_path), "--writable", "--insecure-no-token", "--host", "0.0.0.0"],
+                        env=env)
+    assert res.exit_code == 2 and "loopback" in " ".join(res.output.split()) and not calls
+    res = runner.invoke(cli_app, ["serve", str(index_path), "--writable", "--insecure-no-token"], env=env)
+    assert res.exit_code == 0, res.output
+    assert calls[-1][0].state.service.writable is True and calls[-1][0].state.service.token is None
+    res = runner.invoke(cli_app, ["serve", str(index_path), "--writable", "--host", "0.0.0.0", "--max-queue", "3",
+                                  "--lock-timeout", "2.5", "--max-pixels", "1000"],
+                        env=env | {"GLOCAL_TOKEN": "from-env"})
+    assert res.exit_code == 0, res.output
+    svc = calls[-1][0].state.service
+    assert svc.token == b"from-env" and svc.max_queue == 3 and svc.lock_timeout == 2.5 and svc.max_pixels == 1000
+
+
+def test_cli_defaults_match_the_app() -> None:
+    pytest.importorskip("fastapi")
+    from glocal.cli import serve_cmd
+    from glocal.serve import app
+
+    assert (serve_cmd.DEFAULT_MAX_PIXELS, serve_cmd.DEFAULT_MAX_QUEUE, serve_cmd.DEFAULT_LOCK_TIMEOUT) == (
+        app.DEFAULT_MAX_PIXELS, app.DEFAULT_MAX_QUEUE, app.DEFAULT_LOCK_TIMEOUT)

@@ -1,0 +1,220 @@
+"""Load on ``glocal serve``: concurrent searchers and a writer against a real service, plus a /health poller.
+
+Builds a small sift index from the embedded benchmark (scikit-image photos, no download), starts
+``python -m glocal serve`` (uvicorn) on a free localhost port in a subprocess, then runs two phases of
+``--seconds`` each: ``--searchers`` search threads + one writer (adding then removing an image, with the
+token) -- within the queue limit, so every request must succeed -- and an overload phase with
+``--overload-searchers`` search threads, more than ``--max-queue`` + 1, where the surplus must get 503
+(never a crash or a hang). A separate thread polls ``GET /health`` every 50 ms throughout.
+
+    python benchmarks/serve_load.py --seconds 15
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+TOKEN = "serve-load-token"
+
+
+@dataclass
+class Tally:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"search": [], "write": []})
+    busy: dict[str, int] = field(default_factory=lambda: {"search": 0, "write": 0})
+    errors: dict[str, list[str]] = field(default_factory=lambda: {"search": [], "write": []})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, kind: str, seconds: float, status: int | None, what: str = "") -> None:
+        with self.lock:
+            if status == 503:
+                self.busy[kind] += 1
+            elif status is not None and status < 300:
+                self.latencies[kind].append(seconds)
+            else:
+                self.errors[kind].append(what or str(status))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _searcher(base: str, queries: list[Path], stop: threading.Event, tally: Tally, seed: int) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(base_url=base, timeout=120) as client:
+        while not stop.is_set():
+            path = rng.choice(queries)
+            t0 = time.perf_counter()
+            try:
+                res = client.post("/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+                                  params={"top": 10})
+                tally.record("search", time.perf_counter() - t0, res.status_code, f"{res.status_code} {res.text[:80]}")
+            except httpx.HTTPError as exc:
+                tally.record("search", time.perf_counter() - t0, None, repr(exc))
+
+
+def _writer(base: str, images: list[Path], stop: threading.Event, tally: Tally) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    k = 0
+    with httpx.Client(base_url=base, timeout=120, headers=auth) as client:
+        while not stop.is_set():
+            path, name = images[k % len(images)], f"load/{k}.jpg"
+            k += 1
+            for method in ("add", "remove"):
+                t0 = time.perf_counter()
+                try:
+                    if method == "add":
+                        res = client.post("/images", data={"name": name},
+                                          files={"image": (path.name, path.read_bytes(), "image/jpeg")})
+                    else:
+                        res = client.delete(f"/images/{name}")
+                except httpx.HTTPError as exc:
+                    tally.record("write", time.perf_counter() - t0, None, f"{method} {exc!r}")
+                    break
+                tally.record("write", time.perf_counter() - t0, res.status_code,
+                             f"{method} {res.status_code} {res.text[:80]}")
+                if res.status_code >= 300:
+                    break  # not added: nothing to remove
+
+
+def _health_poller(base: str, stop: threading.Event, out: list[float], failures: list[str]) -> None:
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                res = client.get("/health")
+                if res.status_code != 200:
+                    failures.append(str(res.status_code))
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+            out.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+
+
+def run_phase(base: str, searchers: int, writers: int, seconds: float, queries: list[Path],
+              images: list[Path]) -> tuple[Tally, float]:
+    tally, stop = Tally(), threading.Event()
+    threads = [threading.Thread(target=_searcher, args=(base, queries, stop, tally, i)) for i in range(searchers)]
+    threads += [threading.Thread(target=_writer, args=(base, images, stop, tally)) for _ in range(writers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(180)
+        if t.is_alive():
+            raise SystemExit("a client thread hung for 3 minutes after the end of the phase")
+    return tally, time.perf_counter() - t0
+
+
+def _ms(values: list[float], q: float) -> str:
+    return f"{np.percentile(values, q) * 1000:.0f}" if values else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=20.0, help="Length of each phase.")
+    ap.add_argument("--searchers", type=int, default=8, help="Search threads in the phase within the limit.")
+    ap.add_argument("--overload-searchers", type=int, default=24, help="Search threads in the overload phase "
+                    "(0 skips it).")
+    ap.add_argument("--images", type=int, default=30, help="Images in the index.")
+    ap.add_argument("--max-queue", type=int, default=8)
+    ap.add_argument("--lock-timeout", type=float, default=30.0)
+    args = ap.parse_args()
+
+    from glocal.demo.synthetic import make_benchmark
+    from glocal.index.builder import build_index
+
+    with tempfile.TemporaryDirectory(prefix="glocal-serve-load-") as tmp:
+        bench = make_benchmark(Path(tmp) / "bench", seed=0)
+        index = Path(tmp) / "load.glx"
+        t0 = time.perf_counter()
+        build_index(bench.db_paths[:args.images], bench.db_names[:args.images], index, progress=False,
+                    settings={"codebook_size": 256}).collection.close()
+        print(f"index: {args.images} images (sift, codebook 256), built in {time.perf_counter() - t0:.1f} s")
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115 - closed below
+        server = subprocess.Popen(
+            [sys.executable, "-m", "glocal", "serve", str(index), "--port", str(port), "--writable",
+             "--max-queue", str(args.max_queue), "--lock-timeout", str(args.lock_timeout)],
+            env=os.environ | {"GLOCAL_TOKEN": TOKEN, "GLOCAL_PROGRESS": "0"}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None:
+                    raise SystemExit(f"the service exited ({server.returncode}):\n"
+                                     + (Path(tmp) / "server.log").read_text())
+                try:
+                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the service did not answer /health within 120 s")
+                time.sleep(0.2)
+            queries, images = bench.query_paths, bench.db_paths[args.images:] or bench.db_paths
+            health: list[float] = []
+            health_failures: list[str] = []
+            stop_health = threading.Event()
+            poller = threading.Thread(target=_health_poller, args=(base, stop_health, health, health_failures))
+            poller.start()
+            phases = [(f"{args.searchers} searchers + 1 writer", args.searchers, 1)]
+            if args.overload_searchers:
+                phases.append((f"overload: {args.overload_searchers} searchers + 1 writer",
+                               args.overload_searchers, 1))
+            rows = []
+            for label, searchers, writers in phases:
+                mark = len(health)
+                tally, elapsed = run_phase(base, searchers, writers, args.seconds, queries, images)
+                rows.append((label, tally, elapsed, health[mark:]))
+            stop_health.set()
+            poller.join(60)
+            alive = server.poll() is None
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+
+    print(f"service: --max-queue {args.max_queue} --lock-timeout {args.lock_timeout:g}, {args.seconds:g} s per phase, "
+          f"{os.cpu_count()} CPUs\n")
+    head = (f"| {'phase':<36} | {'kind':<6} | {'ok':>5} | {'req/s':>6} | {'p50 ms':>6} | {'p95 ms':>6} | "
+            f"{'p99 ms':>6} | {'503':>4} | {'errors':>6} | {'max /health ms':>14} |")
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    all_errors = []
+    for label, tally, elapsed, hl in rows:
+        for kind in ("search", "write"):
+            lat = tally.latencies[kind]
+            all_errors += tally.errors[kind]
+            hmax = f"{max(hl) * 1000:.0f}" if hl and kind == "search" else ""
+            print(f"| {label if kind == 'search' else '':<36} | {kind:<6} | {len(lat):>5} | "
+                  f"{len(lat) / elapsed:>6.1f} | {_ms(lat, 50):>6} | {_ms(lat, 95):>6} | {_ms(lat, 99):>6} | "
+                  f"{tally.busy[kind]:>4} | {len(tally.errors[kind]):>6} | {hmax:>14} |")
+    print(f"\n/health: {len(health)} polls, max {max(health) * 1000:.0f} ms, p99 {_ms(health, 99)} ms, "
+          f"{len(health_failures)} failed; service alive at the end: {alive}")
+    for error in sorted(set(all_errors))[:10]:
+        print("error:", error)
+    if all_errors or health_failures or not alive:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
