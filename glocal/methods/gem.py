@@ -1,6 +1,7 @@
 """``gem`` (Radenovic et al., TPAMI 2019): GeM pooling of an ImageNet network's last convolutional map, off
 the shelf (EfficientNet-Lite2, weights shipped by the ``pretrained`` extra; no checkpoint to download); one
-global descriptor, one stage."""
+global descriptor, one stage. Optionally PCA-whitened (Jegou & Chum, ECCV 2012; no labels) with a file learned
+by ``glocal whiten --method gem`` and given as ``--set whitening=FILE``."""
 from __future__ import annotations
 
 from glocal.methods.spec import MethodSpec, lazy_extractor
@@ -23,5 +24,7 @@ SPECS = (
         extras=("deep", "pretrained"),
         # the ImageNet weights come with the "pretrained" extra: nothing to download or pass
         needs_weights=False,
+        # 'glocal whiten --method gem' learns the descriptor's PCA-whitening without labels (--set whitening=)
+        capabilities=frozenset({"whitening"}),
     ),
 )

@@ -303,12 +303,17 @@ class GemConfig(DeepExtractorConfig):
                            EFFICIENTNET_LITE_BACKBONES)
     gem_p: float = option(3.0, "GeM power p (1: average pooling, large: max pooling)")
     scales: tuple[float, ...] = option((1.0,), "pyramid scales (L2-normalised descriptors summed over them)")
+    whitening: str | None = option(
+        None, "learned PCA-whitening of the descriptor (.npz written by 'glocal whiten --method gem': mean, "
+        "projection; its rows fix the output dimension); None: the raw GeM descriptor")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         what = type(self).__name__
         if not float_scales(self, "scales", what):
             raise ValueError(f"{what}: scales is empty; give at least one scale")
+        if self.whitening is not None:
+            object.__setattr__(self, "whitening", str(self.whitening) or None)
         object.__setattr__(self, "gem_p", float(self.gem_p))
         if not self.gem_p > 0:
             raise ValueError(f"{what}: gem_p must be > 0, got {self.gem_p}")

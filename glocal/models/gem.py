@@ -6,15 +6,35 @@ Per image and scale: the 1280-channel stride-32 map -> GeM ``(mean x^p)^(1/p)``;
 vectors are summed and L2-normalised (:func:`~glocal.models.geometry.pyramid.fuse_global`) into the
 (1, 1280) ``global_descriptor``. No local features. With ``config.checkpoint`` (a glocal weights file of a
 fine-tuned network) the trunk's weights come from it instead of the package.
+
+Learned whitening, without labels (``config.whitening``; the unsupervised PCA-whitening of Jegou & Chum,
+ECCV 2012, in place of the supervised whitening from matching pairs of Radenovic et al., TPAMI 2019). From the
+descriptors ``x_1 .. x_n`` (D = 1280, as above) of a set of images: the mean ``m``, the covariance
+``C = sum_j (x_j - m)(x_j - m)^T / n``, its eigenvalues ``lambda_1 >= .. >= lambda_D`` and unit eigenvectors
+``e_i`` (each one's largest-magnitude component made positive, so a fit is reproducible; eigenvalues below
+``1e-10 lambda_1`` are round-off and count as 0); then
+
+    P = diag((lambda_1 + eps)^-1/2 .. (lambda_k + eps)^-1/2) [e_1 .. e_k]^T          (k, D)
+    w(x) = P (x - m) / ||P (x - m)||
+
+``k <= D`` is the output dimension (default ``min(D, n - 1)``: the sample's rank; directions beyond it have
+``lambda = 0`` and would be pure noise scaled by ``eps^-1/2``), ``eps`` a floor against tiny eigenvalues
+(default 1e-6; the descriptors have unit norm, so the eigenvalues sum to at most 1). Before the final L2
+normalisation the whitened training vectors have covariance ``diag(lambda_i / (lambda_i + eps))`` ~ identity.
+The file (:func:`save_global_whitening`) is an ``.npz`` of ``mean`` (D,), ``projection`` (k, D) and
+``eigenvalues`` (k,), read with ``allow_pickle=False``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from glocal.errors import BadCheckpointError, BadInputError
 from glocal.io.images import LoadedImage
 from glocal.models.backbones.efficientnet_lite import EfficientNetLite, load_pretrained
 from glocal.models.configs import GemConfig
@@ -22,6 +42,90 @@ from glocal.models.extractor_base import ModelExtractor
 from glocal.models.geometry.pyramid import PyramidLevel, fuse_global
 from glocal.models.layers.gem import GeM
 from glocal.records import ImageFeatures
+
+Whitening = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+
+def fit_global_whitening(descriptors: npt.ArrayLike, dim: int | None = None, eps: float = 1e-6
+                         ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The PCA-whitening of the module docstring from ``descriptors`` (n, D), n >= 2.
+
+    :param dim: output dimension k (None: ``min(D, n - 1)``).
+    :param eps: added to every eigenvalue before the inverse square root.
+    :returns: ``(mean (D,), projection (k, D), eigenvalues (k,))``, float64, ``w(x) ~ projection @ (x - mean)``.
+    """
+    x = np.asarray(descriptors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise BadInputError(f"gem.py: need descriptors of at least 2 images to learn a whitening, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise BadInputError("gem.py: the descriptors to learn the whitening from hold NaN or infinite values")
+    n, d = x.shape
+    k = min(d, n - 1) if dim is None else int(dim)
+    if not 1 <= k <= d:
+        raise BadInputError(f"gem.py: whitening dimension must be in [1, {d}], got {k}")
+    if eps < 0:
+        raise BadInputError(f"gem.py: whitening eps must be >= 0, got {eps}")
+    mean = x.mean(axis=0)
+    centred = x - mean
+    cov = centred.T @ centred / n
+    eigval, eigvec = np.linalg.eigh((cov + cov.T) / 2.0)
+    order = np.argsort(-eigval, kind="stable")[:k]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    eigval = np.where(eigval > 1e-10 * max(float(eigval[0]), 0.0), eigval, 0.0)  # round-off below rank: 0
+    pivot = np.abs(eigvec).argmax(axis=0)
+    eigvec = eigvec * np.sign(eigvec[pivot, np.arange(k)])
+    if not eps and (eigval <= 0).any():
+        raise BadInputError(f"gem.py: {int((eigval <= 0).sum())} of the {k} kept eigenvalues are 0 and eps is 0; "
+                            f"lower the dimension (the sample's rank is at most {n - 1}) or give eps > 0")
+    projection = (eigvec / np.sqrt(eigval + eps)).T
+    return mean, projection, eigval
+
+
+def apply_global_whitening(descriptors: npt.ArrayLike, whitening: Whitening) -> npt.NDArray[np.float32]:
+    """``w(x)`` of the module docstring, row by row: (n, D) -> (n, k), unit rows."""
+    mean, projection = whitening
+    y = (np.asarray(descriptors, dtype=np.float32) - mean) @ projection.T
+    return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def save_global_whitening(path: str | Path, mean: npt.ArrayLike, projection: npt.ArrayLike,
+                          eigenvalues: npt.ArrayLike | None = None) -> Path:
+    """Write a whitening file (``.npz``: mean, projection, eigenvalues); returns the path written."""
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    projection = np.asarray(projection, dtype=np.float32)
+    eig = np.zeros(len(projection), np.float32) if eigenvalues is None else np.asarray(eigenvalues, np.float32)
+    with open(path, "wb") as fh:  # a file handle: np.savez would append ".npz" to another suffix
+        np.savez(fh, mean=np.asarray(mean, dtype=np.float32), projection=projection, eigenvalues=eig)
+    return path
+
+
+def load_global_whitening(path: str | Path, dim: int) -> Whitening:
+    """``(mean (D,), projection (k, D))`` from a file of :func:`save_global_whitening`, checked against the
+    descriptor dimension ``dim``; a one-line :class:`BadCheckpointError` for anything else."""
+    where = f"whitening file {path}"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "mean" not in data or "projection" not in data:
+                raise BadCheckpointError(f"{where}: not a gem whitening (needs the arrays mean and projection, "
+                                         f"has {', '.join(sorted(data.files)) or 'none'})")
+            mean, projection = np.asarray(data["mean"]), np.asarray(data["projection"])
+    except BadCheckpointError:
+        raise
+    except FileNotFoundError:
+        raise BadCheckpointError(f"{where}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise BadCheckpointError(f"{where}: not a readable .npz ({reason})") from None
+    if mean.shape != (dim,) or projection.ndim != 2 or projection.shape[1] != dim or not 1 <= len(projection) <= dim:
+        raise BadCheckpointError(f"{where}: shapes mean {mean.shape}, projection {projection.shape} do not fit "
+                                 f"{dim}-D descriptors (expected ({dim},) and (k <= {dim}, {dim}))")
+    if not (np.issubdtype(mean.dtype, np.floating) and np.issubdtype(projection.dtype, np.floating)):
+        raise BadCheckpointError(f"{where}: mean and projection must be floating point arrays")
+    if not (np.isfinite(mean).all() and np.isfinite(projection).all()):
+        raise BadCheckpointError(f"{where}: holds NaN or infinite values")
+    return mean.astype(np.float32), projection.astype(np.float32)
 
 
 class GemNetwork(nn.Module):
@@ -48,7 +152,8 @@ class GemNetwork(nn.Module):
 
 
 class GemExtractor(ModelExtractor):
-    """GeM global descriptors (1280-D) of an ImageNet EfficientNet-Lite; the records carry no local features."""
+    """GeM global descriptors (1280-D, or k-D with ``config.whitening``) of an ImageNet EfficientNet-Lite; the
+    records carry no local features."""
 
     name = "gem"
     descriptor_dim = 0
@@ -59,6 +164,28 @@ class GemExtractor(ModelExtractor):
     def __init__(self, config: GemConfig | None = None) -> None:
         self.config = config = config or GemConfig()
         self._setup(lambda: GemNetwork(config.backbone, config.gem_p, pretrained=not config.checkpoint))
+        dim = self.model.dim
+        self._whitening: Whitening | None = load_global_whitening(config.whitening, dim) if config.whitening \
+            else None
+        self._fitted: tuple[npt.NDArray[np.float64], ...] | None = None
+
+    # -- learned whitening (``glocal whiten``) -----------------------------------------------------------
+    def fit_whitening(self, images: Iterable[LoadedImage], dim: int | None = None, eps: float = 1e-6) -> int:
+        """Learn the PCA-whitening of the module docstring from the raw (un-whitened) descriptors of
+        ``images``; from then on this extractor applies it. Returns the number of images used."""
+        raw = [self._descriptors([image])[0] for image in images]
+        if len(raw) < 2:
+            raise BadInputError(f"gem.py: need at least 2 readable images to learn a whitening, got {len(raw)}")
+        mean, projection, eigval = fit_global_whitening(np.concatenate(raw), dim=dim, eps=eps)
+        self._fitted = (mean, projection, eigval)
+        self._whitening = (mean.astype(np.float32), projection.astype(np.float32))
+        return len(raw)
+
+    def save_whitening(self, path: str | Path) -> Path:
+        """Write the whitening learned by :meth:`fit_whitening` (the file ``config.whitening`` takes)."""
+        if self._fitted is None:
+            raise BadInputError("gem.py: no whitening learned yet (fit_whitening first)")
+        return save_global_whitening(path, *self._fitted)
 
     def _random_init(self) -> str:
         return ""  # the trunk has its ImageNet weights (GemNetwork loaded them)
@@ -68,17 +195,22 @@ class GemExtractor(ModelExtractor):
         return {"global_descriptor": model(x)}
 
     @torch.inference_mode()
-    def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
-        """Descriptors (1, 1280) of several images, no local features; pyramid levels of equal size run as
-        one batch."""
+    def _descriptors(self, images: Sequence[LoadedImage]) -> list[npt.NDArray[np.float32]]:
+        """The un-whitened (1, 1280) descriptor of every image."""
 
         def model_fn(x: Tensor, level: PyramidLevel) -> dict[str, Tensor]:
             return self._run_model(x)
 
         results = self._run_pyramid(images, self.config.scales, model_fn)
+        return [fuse_global(torch.stack([out["global_descriptor"] for _, out in levels])) for levels in results]
+
+    def extract_batch(self, images: Sequence[LoadedImage], names: Sequence[str]) -> list[ImageFeatures]:
+        """Descriptors (1, 1280), or (1, k) whitened, of several images, no local features; pyramid levels
+        of equal size run as one batch."""
         feats = []
-        for image, name, levels in zip(images, names, results):
-            descriptor = fuse_global(torch.stack([out["global_descriptor"] for _, out in levels]))
+        for image, name, descriptor in zip(images, names, self._descriptors(images)):
+            if self._whitening is not None:
+                descriptor = apply_global_whitening(descriptor, self._whitening)
             empty = np.zeros(0, np.float32)
             feats.append(ImageFeatures(
                 name=name, image_size=image.original_size, descriptors=np.zeros((0, 0), np.float32),
