@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from glocal.cli.common import EXIT_INPUT, EXIT_USAGE, err
+from glocal.cli.common import EXIT_USAGE, err
 
 MISSING_EXTRAS = "needs the service extras: pip install 'glocal[serve]'"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -38,6 +38,8 @@ def serve_command(
                                    "(or env GLOCAL_TOKEN)."),
     insecure_no_token: bool = typer.Option(False, "--insecure-no-token",
                                            help="Allow --writable without a token (loopback --host only)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip checking every checksum of the index at "
+                                   "startup (a damaged index is refused otherwise)."),
 ) -> None:
     """Serve an index over HTTP: POST /search with an image; GET /health, GET /info (docs at /docs)."""
     from importlib.util import find_spec
@@ -55,13 +57,14 @@ def serve_command(
         if find_spec("python_multipart") is None and find_spec("multipart") is None:  # FastAPI's form parser
             raise ImportError("python-multipart")
     except ImportError:
-        err.print(f"[red]error[/red]: 'glocal serve' {escape(MISSING_EXTRAS)}", highlight=False)
-        raise typer.Exit(EXIT_INPUT) from None
+        from glocal.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"'glocal serve' {MISSING_EXTRAS}") from None
     from glocal.cli.index_cmd import _open
     from glocal.serve.app import create_app
 
     _open(index, writable=writable).close()  # refuse a missing or damaged index before listening
     app = create_app(index, writable=writable, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                      max_queue=max_queue, lock_timeout=lock_timeout, token=token or None,
-                     insecure_no_token=insecure_no_token)
+                     insecure_no_token=insecure_no_token, verify=not no_verify)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -111,7 +111,27 @@ def _copy_live(collection: Collection, live: list[int], fresh: Path, progress: P
         for start in range(0, len(live), _BATCH):
             batch = [collection.features[i] for i in live[start:start + _BATCH]]
             features.append(batch)
-            sources.append((f.name, p) for f in batch if (p := collection.sources.lookup(f.name)) is not None)
+            origin = [(f.name, p) for f in batch if (p := collection.sources.lookup(f.name)) is not None]
+            _keep_uploads(collection.root, fresh, [p for _, p in origin])
+            sources.append(origin)
             advance(len(batch))
     finally:
         features.close()
+
+
+def _keep_uploads(root: Path, fresh: Path, sources: list[Path]) -> None:
+    """Images added through the service keep their file in ``<index>/uploads/``: the live ones move with the
+    compacted index (hard-linked, or copied across file systems) under the same name, so their recorded
+    source ``<index>/uploads/<file>`` is valid again once the new folder is swapped in."""
+    uploads = (root / "uploads").resolve()
+    for p in sources:
+        if Path(p).resolve().parent != uploads or not Path(p).is_file():
+            continue
+        target = fresh / "uploads" / Path(p).name
+        if target.exists():
+            continue
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copy2(p, target)

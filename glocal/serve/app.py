@@ -7,7 +7,8 @@ Endpoints (all answers are JSON; errors are ``{"detail": "<what went wrong>"}``)
 * ``POST /search`` multipart ``image`` (the query); options ``top``, ``bbox`` (``x1,y1,x2,y2``), ``rerank``,
   ``qe``, ``dba``, ``matches`` as query parameters or form fields (a form field wins over a query
   parameter of the same name) -> ``{"results": [hit, ...], "ms": milliseconds spent searching}``.
-* ``POST /images`` multipart ``image`` + ``name``: index one more image (409 if the name is searchable).
+* ``POST /images`` multipart ``image`` + ``name``: index one more image (409 if the name is searchable); the upload
+  is kept as ``<index>/uploads/<sha256>.<ext>`` and recorded as its source (``glocal search --draw``).
 * ``DELETE /images/{name}``: remove an image from the results (404 if no searchable image has that name).
 
 The last two answer 403 unless the service was started writable, and 401 unless the request carries
@@ -34,6 +35,12 @@ time bounds above. ``/health`` and ``/info`` never take the lock: they answer fr
 (and run on the event loop, not in the thread pool), so they stay quick during a long search. Run one
 process per index (``glocal serve`` does): several processes would each hold their own searcher, and only
 one may write.
+
+Freshness (:mod:`glocal.serve.freshness`): :func:`create_app` verifies every checksum of the index first
+(``verify=False`` skips it) and raises :class:`~glocal.errors.DamagedIndexError` naming the damage. A read-only
+service compares a cheap fingerprint of the folder (a few ``stat`` calls) under the lock before each request
+that uses the searcher, and reopens the index when another process added, removed or compacted; ``/health``
+then counts the reopened index's images.
 """
 from __future__ import annotations
 
@@ -51,8 +58,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 
 from glocal import __version__
+from glocal.errors import GlocalError
 from glocal.index.builder import add_images
 from glocal.io.images import ImageReadError, parse_box
+from glocal.serve.freshness import index_fingerprint, keep_upload, refuse_damaged
 from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
 
 MAX_TOP = 10_000
@@ -83,15 +92,37 @@ class _Service:
         self.searcher: Any = None
         self.settings: dict = {}
         self.images = 0
+        self.fingerprint: tuple | None = None  # of the folder the open searcher reads (read-only services)
 
-    def open(self) -> None:
+    def _open_searcher(self) -> Any:
         from glocal.index.collection import Collection
         from glocal.search import Searcher
 
-        searcher = Searcher(Collection.open(self.index_path, writable=self.writable))
+        if not self.writable:  # taken before opening: a change made meanwhile is seen by the next request
+            self.fingerprint = index_fingerprint(self.index_path)
+        return Searcher(Collection.open(self.index_path, writable=self.writable))
+
+    def open(self) -> None:
+        searcher = self._open_searcher()
         self.settings = _json_safe(searcher.settings())  # once: it may hash a model checkpoint
         self.images = len(searcher)
         self.searcher = searcher
+
+    def _refresh(self) -> None:
+        """(read-only, under ``lock``) Reopen the index when another process changed it on disk (``glocal index
+        add/remove/compact``). If reopening fails (e.g. mid-swap of a compaction) the open searcher stays and the
+        next request tries again."""
+        if self.writable or self.searcher is None or index_fingerprint(self.index_path) == self.fingerprint:
+            return
+        try:
+            fresh = self._open_searcher()
+        except (GlocalError, OSError):
+            self.fingerprint = None
+            return
+        fresh._extractor = self.searcher._extractor  # same method and options: keep the loaded model
+        old, self.searcher = self.searcher, fresh
+        self.images = len(fresh)
+        old.close()
 
     def close(self) -> None:
         with self.lock:
@@ -120,6 +151,7 @@ class _Service:
         try:
             if self.searcher is None:
                 raise HTTPException(503, "the index is not open (the service is starting or stopping)")
+            self._refresh()
             yield self.searcher
             self.images = len(self.searcher)
         finally:
@@ -209,7 +241,7 @@ def _json_safe(obj: Any) -> Any:
 def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: float = 20, *,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE,
                lock_timeout: float = DEFAULT_LOCK_TIMEOUT, token: str | None = None,
-               insecure_no_token: bool = False) -> FastAPI:
+               insecure_no_token: bool = False, verify: bool = True) -> FastAPI:
     """A FastAPI app serving the index at ``index_path``; ``writable`` enables ``POST/DELETE /images``.
 
     :param max_upload_mb: largest upload; bigger bodies are refused (413) while they arrive.
@@ -218,6 +250,8 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     :param lock_timeout: seconds a request may wait for the index before it gets 503.
     :param token: the bearer token write requests must carry. A writable app without one needs
         ``insecure_no_token=True`` (then anyone who reaches it may edit the index).
+    :param verify: check every checksum of the index now (:func:`glocal.index.verify.verify_index`, reads
+        every file once) and raise :class:`~glocal.errors.DamagedIndexError` naming the damage.
     """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
@@ -229,6 +263,8 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout}")
     if writable and not token and not insecure_no_token:
         raise ValueError("a writable service needs a token (or insecure_no_token=True)")
+    if verify:
+        refuse_damaged(Path(index_path))
     svc = _Service(Path(index_path), writable, max_upload_mb, max_pixels, max_queue, lock_timeout, token or None)
 
     @asynccontextmanager
@@ -303,9 +339,12 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         if name in set(collection.live_names().values()):
             raise HTTPException(409, f"an image named {name!r} is already in the index "
                                      "(DELETE it first to replace it)")
-        failures = add_images(collection, [path], [name], progress=False, workers=1,
+        kept, created = keep_upload(collection.root, path, image.filename)  # its source, for drawing matches
+        failures = add_images(collection, [kept], [name], progress=False, workers=1,
                               extractor=searcher.database_extractor)
         if failures:
+            if created:
+                kept.unlink(missing_ok=True)
             raise HTTPException(400, f"{upload_label(image)}: {failures[0].reason}")
         return len(collection.names) - 1
 

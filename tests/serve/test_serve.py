@@ -184,7 +184,7 @@ def test_serve_help() -> None:
 def test_serve_without_the_extras_says_what_to_install(monkeypatch, index_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes "import uvicorn" fail as on a lean install
     res = runner.invoke(cli_app, ["serve", str(index_path)])
-    assert res.exit_code == 3
+    assert res.exit_code == 4  # MissingDependencyError
     assert "needs the service extras: pip install 'glocal[serve]'" in " ".join(res.output.split())
 
 
