@@ -21,7 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from glocal.errors import DamagedIndexError
-from glocal.io.atomic import FileLock, crc32_file, fsync_dir, read_versioned_json, write_json_atomic
+from glocal.io.atomic import (
+    FileLock,
+    crc32_file,
+    fsync_dir,
+    read_versioned_json,
+    with_self_checksum,
+    write_json_atomic,
+)
 from glocal.io.versions import current
 
 __all__ = [
@@ -98,7 +105,7 @@ def _check_file_names(path: Path, manifest: dict[str, Any]) -> None:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace ``root / MANIFEST`` (temporary file, fsync, ``os.replace``, fsync of the folder)."""
-    write_json_atomic(root / MANIFEST, manifest)
+    write_json_atomic(root / MANIFEST, with_self_checksum(manifest))
 
 
 def verify_files(root: Path, manifest: dict[str, Any], *, verify: bool = True) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from glocal.errors import DamagedIndexError
-from glocal.io.atomic import FileLock, read_versioned_json, write_json_atomic
+from glocal.io.atomic import FileLock, read_versioned_json, with_self_checksum, write_json_atomic
 from glocal.io.atomic import fsync_dir as fsync_dir
 from glocal.io.versions import current
 
@@ -60,7 +60,7 @@ def check_file_names(path: Path, manifest: dict[str, Any]) -> None:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace the manifest (temporary file, fsync, ``os.replace``, fsync of the folder)."""
-    write_json_atomic(root / MANIFEST, manifest)
+    write_json_atomic(root / MANIFEST, with_self_checksum(manifest))
 
 
 def referenced_files(manifest: dict[str, Any]) -> set[str]:

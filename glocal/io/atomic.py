@@ -71,13 +71,33 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
+#: key of a manifest's own checksum: CRC-32 of the canonical JSON of every other field
+SELF_CRC = "manifest_crc32"
+
+
+def json_crc32(obj: dict[str, Any]) -> int:
+    """CRC-32 of the canonical JSON (sorted keys, no spaces, UTF-8) of ``obj`` without its :data:`SELF_CRC`."""
+    import zlib
+
+    rest = {k: v for k, v in obj.items() if k != SELF_CRC}
+    return zlib.crc32(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def with_self_checksum(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with its own checksum (:data:`SELF_CRC`), checked by :func:`read_versioned_json`."""
+    return {k: v for k, v in obj.items() if k != SELF_CRC} | {SELF_CRC: json_crc32(obj)}
+
+
 def read_versioned_json(path: Path, fmt: str, version: int, error: type[Exception],
                         version_label: str = "version") -> dict[str, Any]:
     """The JSON object in ``path`` (which must exist), after checking that its ``"format"`` is ``fmt`` and
     its ``"version"`` is at most ``version``.
 
     :param version_label: how the version is named in the "is newer" message.
-    :raises error: not JSON, another format, or a newer version.
+    A manifest written with :func:`with_self_checksum` is checked against it (the field is removed from the
+    result); one written before checksums is read as it is.
+
+    :raises error: not JSON, another format, a newer version, or a checksum mismatch.
     """
     try:
         m = json.loads(path.read_text())
@@ -92,6 +112,10 @@ def read_versioned_json(path: Path, fmt: str, version: int, error: type[Exceptio
         check_version(fmt, m.get("version"), path, error)
     elif int(m.get("version", 0)) > version:
         raise error(f"{path}: {version_label} {m['version']} is newer than this glocal reads ({version})")
+    if SELF_CRC in m:
+        recorded = m.pop(SELF_CRC)
+        if recorded != json_crc32(m):
+            raise error(f"{path}: checksum mismatch (the manifest was changed or damaged); run 'glocal index verify'")
     return m
 
 

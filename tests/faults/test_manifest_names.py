@@ -14,6 +14,7 @@ from glocal.index.builder import build_index
 from glocal.index.collection import Collection
 from glocal.index.global_files import write_file
 from glocal.index.global_index import GlobalIndex
+from glocal.io.atomic import with_self_checksum
 
 pytestmark = pytest.mark.faults
 
@@ -35,7 +36,7 @@ def test_crafted_segment_name_is_refused(template: Path, tmp_path: Path, bad: st
     manifest_path = index / "ivf" / "MANIFEST.json"
     m = json.loads(manifest_path.read_text())
     m["segments"][0]["file"] = bad
-    manifest_path.write_text(json.dumps(m))
+    manifest_path.write_text(json.dumps(with_self_checksum(m)))  # a re-signed, crafted manifest
     for writable in (False, True):
         with pytest.raises(DamagedIndexError) as err:
             Collection.open(index, writable=writable)
@@ -51,7 +52,7 @@ def test_crafted_tombstone_or_codebook_name_is_refused(template: Path, tmp_path:
     manifest_path = index / "ivf" / "MANIFEST.json"
     m = json.loads(manifest_path.read_text())
     m[field] = {**(m.get(field) or {"bytes": 0, "crc32": 0, "count": 0}), "file": "../victim.gls"}
-    manifest_path.write_text(json.dumps(m))
+    manifest_path.write_text(json.dumps(with_self_checksum(m)))  # a re-signed, crafted manifest
     with pytest.raises(DamagedIndexError, match=r"'\.\./victim\.gls'"):
         Collection.open(index)
 
@@ -72,7 +73,7 @@ def test_crafted_global_index_names_are_refused(tmp_path: Path, where: str) -> N
         m["segments"][0]["ids"] = "../victim.npy"
     else:
         m["tombstones"] = "../victim.npy"
-    manifest_path.write_text(json.dumps(m))
+    manifest_path.write_text(json.dumps(with_self_checksum(m)))  # a re-signed, crafted manifest
     with pytest.raises(DamagedIndexError, match=r"'\.\./victim\.npy'"):
         GlobalIndex.open(folder)
     assert victim.read_bytes() == b"not yours"

@@ -292,3 +292,26 @@ def test_new_sources_and_feature_files_fsync_their_folder(tmp_path, fsynced):
     assert fsynced[-2:] == [str(tmp_path / "sources.jsonl"), str(tmp_path)]
     log.append([("b.jpg", tmp_path / "b.jpg")])  # an append to an existing file: the file only
     assert fsynced[-1] == str(tmp_path / "sources.jsonl")
+
+
+@pytest.mark.faults
+def test_every_first_stage_manifest_carries_its_own_checksum(tmp_path: Path, demo_benchmark) -> None:
+    """Item 9: a changed byte in ``ivf/MANIFEST.json`` (here: one more image claimed) is refused, not believed."""
+    import json
+
+    from glocal.errors import DamagedIndexError
+    from glocal.index.builder import build_index
+    from glocal.index.collection import Collection
+
+    index = tmp_path / "m.glx"
+    build_index(demo_benchmark.db_paths[:4], demo_benchmark.db_names[:4], index, settings={"codebook_size": 16},
+                progress=False).collection.close()
+    path = index / "ivf" / "MANIFEST.json"
+    manifest = json.loads(path.read_text())
+    assert "manifest_crc32" in manifest
+    text = path.read_text()
+    changed = text.replace('"images": 4', '"images": 5')
+    assert changed != text
+    path.write_text(changed)
+    with pytest.raises(DamagedIndexError, match="checksum mismatch"):
+        Collection.open(index)
