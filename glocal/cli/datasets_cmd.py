@@ -14,10 +14,14 @@ from glocal.cli.common import EXIT_INPUT, err, out, show_progress
 
 def download_command(
     name: Annotated[str, typer.Argument(help="roxford5k, rparis6k or r1m.")],
+    destination: Annotated[
+        Path | None,
+        typer.Argument(help="Parent folder; files go to DESTINATION/NAME (default data/datasets)."),
+    ] = None,
     dest: Annotated[
-        Path,
-        typer.Option("--dest", help="Parent folder; files go to DEST/NAME."),
-    ] = Path("data/datasets"),
+        Path | None,
+        typer.Option("--dest", help="The same as DESTINATION, as an option."),
+    ] = None,
     base_url: Annotated[
         str | None,
         typer.Option("--base-url", help="Fetch every file from this mirror (BASE_URL/FILENAME) instead of the official hosts."),
@@ -28,7 +32,12 @@ def download_command(
     ] = False,
 ) -> None:
     """Download a benchmark in the official layout (resumable; sha256 recorded in checksums.json)."""
+    from glocal.errors import BadOptionError
     from glocal.evaluate.download import SOURCES, DownloadError, download_dataset
+
+    if destination is not None and dest is not None and destination != dest:
+        raise BadOptionError(f"two destinations given ({destination} and --dest {dest}); give one")
+    dest = destination or dest or Path("data/datasets")
 
     if name not in SOURCES:
         err.print(f"[red]error[/red]: unknown dataset {name!r}; expected one of {', '.join(sorted(SOURCES))}")

@@ -169,3 +169,20 @@ def test_download_command_with_mirror(server: FileServer, tmp_path: Path, monkey
     download_command("roxford5k", tmp_path, base_url=server.url)
     assert (tmp_path / "roxford5k" / "jpg" / "all_souls_000000.jpg").read_bytes() == b"jpeg"
     assert all(r is None for r in server.ranges)
+
+
+def test_readme_download_command_takes_a_positional_destination(server: FileServer, tmp_path: Path) -> None:
+    """``glocal datasets download roxford5k data/`` as the README prints it (here against a local mirror)."""
+    from typer.testing import CliRunner
+
+    from glocal.cli.main import app
+
+    server.files["/gnd_roxford5k.pkl"] = pickle.dumps({"imlist": [], "qimlist": [], "gnd": []})
+    server.files["/oxbuild_images-v1.tgz"] = make_tar({"all_souls_000000.jpg": b"jpeg"})
+    res = CliRunner().invoke(app, ["datasets", "download", "roxford5k", str(tmp_path / "data"), "--base-url",
+                                   server.url], env={"GLOCAL_PROGRESS": "0"})
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "data" / "roxford5k" / "jpg" / "all_souls_000000.jpg").read_bytes() == b"jpeg"
+    both = CliRunner().invoke(app, ["datasets", "download", "roxford5k", str(tmp_path / "a"), "--dest",
+                                    str(tmp_path / "b")])
+    assert both.exit_code == 2 and "two destinations" in both.output
