@@ -139,8 +139,8 @@ class Searcher:
 
     def settings(self) -> dict[str, Any]:
         """The collection's settings (what reproduces a result), with the checkpoint's digest when one is set."""
-        out = self.collection.settings() | {"search": self.options.to_dict()["search"],
-                                            "rerank": self.options.to_dict()["rerank"]}
+        options = self.options.to_dict()
+        out = self.collection.settings() | {"search": options["search"], "rerank": options["rerank"]}
         checkpoint = getattr(self.collection.options.extractor, "checkpoint", None)
         if checkpoint:
             from glocal.io.atomic import sha256_file

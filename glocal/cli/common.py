@@ -35,22 +35,6 @@ def parse_box(text: str | None) -> tuple[float, float, float, float] | None:
         raise typer.BadParameter(str(exc), param_hint="--bbox") from None
 
 
-def parse_settings(items: list[str]) -> dict:
-    """``KEY=VALUE`` strings to a dict; VALUE is read as JSON when it parses, else kept as a string."""
-    import json
-
-    conf = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        try:
-            conf[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            conf[key.strip()] = value
-    return conf
-
-
 def image_names(paths: list[Path], inputs: list[Path]) -> list[str]:
     """Names for image files: the path relative to the input folder it was found in, else the file name."""
     roots = [p.resolve() for p in inputs if p.is_dir()]

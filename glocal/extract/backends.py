@@ -10,7 +10,7 @@ caller of :func:`extract_to_shards`) alone records finished shards, so workers n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from glocal import methods
 from glocal.extract.batch import ExtractionFailure
 from glocal.extract.shards import FeatureShards, ShardJob, plan_shards
-from glocal.extract.stage import create_extractors, extract_into
+from glocal.extract.stage import create_extractors, extract_into, skip_repeated
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions, MethodSpec
 from glocal.progress import Progress, no_progress
@@ -117,7 +117,8 @@ def extract_to_shards(paths: Sequence[Path], names: Sequence[str], out: Path, sp
     same command are kept (resume). Repeated names are skipped and reported."""
     shards = FeatureShards.create_or_resume(out, spec, options)
     report = ExtractionReport(Path(out))
-    unique_paths, unique_names = _unique(paths, names, report.failures)
+    unique_paths, unique_names, repeated = skip_repeated(paths, names, None, "repeated name (skipped)")
+    report.failures.extend(repeated)
     jobs = plan_shards(unique_paths, unique_names, shard_size)
     pending = [j for j in jobs if not shards.is_done(j)]
     report.kept_shards = len(jobs) - len(pending)
@@ -131,17 +132,3 @@ def extract_to_shards(paths: Sequence[Path], names: Sequence[str], out: Path, sp
         report.written_shards += 1
         report.failures.extend(result.failures)
     return report
-
-
-def _unique(paths: Iterable[Path], names: Iterable[str], failures: list[ExtractionFailure]
-            ) -> tuple[list[Path], list[str]]:
-    seen: set[str] = set()
-    out_p, out_n = [], []
-    for p, n in zip(paths, names):
-        if n in seen:
-            failures.append(ExtractionFailure(str(p), n, "repeated name (skipped)"))
-            continue
-        seen.add(n)
-        out_p.append(Path(p))
-        out_n.append(n)
-    return out_p, out_n

@@ -42,22 +42,30 @@ def with_regions(extractor: Any, options: MethodOptions) -> Any:
     return RegionExtractor(extractor, region_source(regions, **overrides))
 
 
+def skip_repeated(paths: Sequence[Path], names: Sequence[str], taken: set[str] | None, reason: str
+                  ) -> tuple[list[Path], list[str], list[ExtractionFailure]]:
+    """(paths, names) without the names in ``taken`` or seen earlier in ``names``, and a failure with
+    ``reason`` for each one skipped."""
+    failures: list[ExtractionFailure] = []
+    fresh_paths, fresh_names = [], []
+    seen = set(taken or ())
+    for p, n in zip(paths, names):
+        if n in seen:
+            failures.append(ExtractionFailure(str(p), n, reason))
+        else:
+            seen.add(n)
+            fresh_paths.append(Path(p))
+            fresh_names.append(n)
+    return fresh_paths, fresh_names, failures
+
+
 def extract_into(sink: Sink, extractor: Any, paths: Sequence[Path], names: Sequence[str], progress: Progress,
                  description: str, workers: int, taken: set[str] | None = None) -> list[ExtractionFailure]:
     """Extract ``paths`` (named ``names``) and commit them to ``sink`` in batches; returns the failures.
 
     Names in ``taken`` or repeated in ``names`` are skipped and reported, not extracted twice.
     """
-    failures: list[ExtractionFailure] = []
-    fresh_paths, fresh_names = [], []
-    seen = set(taken or ())
-    for p, n in zip(paths, names):
-        if n in seen:
-            failures.append(ExtractionFailure(str(p), n, "already in the index (skipped)"))
-        else:
-            seen.add(n)
-            fresh_paths.append(Path(p))
-            fresh_names.append(n)
+    fresh_paths, fresh_names, failures = skip_repeated(paths, names, taken, "already in the index (skipped)")
     path_of = dict(zip(fresh_names, fresh_paths))
     batch: list[ImageFeatures] = []
     advance = progress(description, len(fresh_paths))

@@ -24,6 +24,7 @@ from glocal.errors import DamagedIndexError
 from glocal.io.atomic import (
     FileLock,
     crc32_file,
+    file_damage,
     fsync_dir,
     read_versioned_json,
     with_self_checksum,
@@ -116,13 +117,11 @@ def verify_files(root: Path, manifest: dict[str, Any], *, verify: bool = True) -
     """
     for name, entry in manifest["files"].items():
         path = root / name
-        if not path.exists():
+        why = file_damage(path, entry["bytes"], entry["crc32"] if verify else None)
+        if why == "missing":
             raise GlobalIndexError(f"{path}: data file named by {root / MANIFEST} is missing")
-        if path.stat().st_size != entry["bytes"]:
-            raise GlobalIndexError(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-        if verify and (found := crc32_file(path)) != entry["crc32"]:
-            raise GlobalIndexError(f"{path}: checksum mismatch (crc32 {found:08x}, manifest {entry['crc32']:08x});"
-                                   " the file is damaged")
+        if why is not None:
+            raise GlobalIndexError(f"{path}: {why}{'; the file is damaged' if why.startswith('checksum') else ''}")
 
 
 @contextmanager

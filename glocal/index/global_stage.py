@@ -7,6 +7,7 @@ An IVF-PQ stage is trained once, on the global descriptors of the images present
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class GlobalStage:
                                  f"collection has {len(sample)}: use index=exact (the default), which is exact and "
                                  "fast at this size")
         if self.options.ivfpq_nprobe is not None:
-            params = IvfPqParams(params.nlist, params.m, params.nbits, self.options.ivfpq_nprobe, params.train_size)
+            params = dataclasses.replace(params, nprobe=self.options.ivfpq_nprobe)
         index = GlobalIndex(sample.shape[1], "ivfpq", params=params)
         index.train(sample, expected_size=expected_size)
         self.index = index

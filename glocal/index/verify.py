@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from glocal.errors import DamagedIndexError, GlocalError
-from glocal.io.atomic import crc32_file
+from glocal.io.atomic import file_damage
 
 __all__ = ["Damage", "RepairReport", "VerifyReport", "repair_index", "verify_index"]
 
@@ -77,16 +77,10 @@ class RepairReport:
 
 def _entry_damage(root: Path, sub: str, entry: dict[str, Any], kind: str) -> str | None:
     """Why the file named by a manifest entry (``file`` or key, ``bytes``, ``crc32``) is damaged, or None."""
-    path = root / sub / entry["file"]
-    if not path.is_file():
-        return "missing"
-    size = path.stat().st_size
-    if size != int(entry["bytes"]):
-        return f"size {size} bytes, manifest says {entry['bytes']} (truncated or replaced)"
-    crc = crc32_file(path)
-    if crc != int(entry["crc32"]):
-        return f"checksum mismatch (crc32 {crc:08x}, manifest {int(entry['crc32']):08x}): the {kind} file is damaged"
-    return None
+    why = file_damage(root / sub / entry["file"], entry["bytes"], entry["crc32"])
+    if why is None or why == "missing":
+        return why
+    return f"{why}: the {kind} file is damaged" if why.startswith("checksum") else f"{why} (truncated or replaced)"
 
 
 def _check_features(root: Path, report: VerifyReport) -> None:

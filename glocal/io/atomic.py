@@ -159,6 +159,19 @@ def crc32_file(path: str | Path, block: int = 1 << 22) -> int:
     return crc
 
 
+def file_damage(path: Path, size: int, crc: int | None) -> str | None:
+    """Why the file at ``path`` does not match what a manifest recorded of it (``size`` bytes and, unless
+    None, CRC-32 ``crc``): ``"missing"``, a size or a checksum mismatch; None when it matches."""
+    if not path.is_file():
+        return "missing"
+    found_size = path.stat().st_size
+    if found_size != int(size):
+        return f"size {found_size} bytes, manifest says {size}"
+    if crc is not None and (found := crc32_file(path)) != int(crc):
+        return f"checksum mismatch (crc32 {found:08x}, manifest {int(crc):08x})"
+    return None
+
+
 _SHA256: dict[tuple[str, int, int], str] = {}
 
 

@@ -7,7 +7,7 @@ preprocessing, image size, device, batch size, seed, runtime) and checks it in `
 configs add their own fields and checks. Bad values raise ``ValueError`` naming the config and the field.
 
 The networks read these configs; their architecture configs (``DelgModelConfig``, ...) live with the network
-code and are built by each config's ``model_config()`` (which imports torch, at call time only). This module
+code and are built from these by ``<Model>ModelConfig.from_extractor(config)`` in each model module. This module
 imports neither torch nor any module that does.
 
 Papers' scales (relative to the image loaded at max side 1024):
@@ -21,12 +21,7 @@ Papers' scales (relative to the image loaded at max side 1024):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from glocal.models.delg import DelgModelConfig
-    from glocal.models.dolg import DolgModelConfig
-    from glocal.models.vitgal import VitgalModelConfig
+from typing import Any
 
 DELG_LOCAL_SCALES: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
 DELG_GLOBAL_SCALES: tuple[float, ...] = (0.7071, 1.0, 1.4142)
@@ -169,13 +164,6 @@ class DelgConfig(DeepExtractorConfig):
                               attention_threshold=454.6 if gldv2_clean else 175.0)
         return cls(**(settings | overrides))
 
-    def model_config(self) -> DelgModelConfig:
-        """The network's architecture config (imports torch)."""
-        from glocal.models.delg import DelgModelConfig
-
-        return DelgModelConfig(depth=self.depth, backbone_weights=self.backbone_weights,
-                               backbone_style=self.backbone_style, block3_strides=self.block3_strides,
-                               attention_batchnorm=self.attention_batchnorm)
 
 
 @dataclass(frozen=True)
@@ -207,15 +195,6 @@ class DolgConfig(DeepExtractorConfig):
         settings: dict = dict(checkpoint=checkpoint, multi_atrous=False, preprocessing="imagenet-bgr")
         return cls(**(settings | overrides))
 
-    def model_config(self) -> DolgModelConfig:
-        """The network's architecture config (imports torch)."""
-        from glocal.models.dolg import DolgModelConfig
-
-        return DolgModelConfig(
-            depth=self.depth, backbone_weights=self.backbone_weights, backbone_style=self.backbone_style,
-            multi_atrous=self.multi_atrous, atrous_pointwise_branch=self.atrous_pointwise_branch,
-            fusion=self.fusion, global_pooling=self.global_pooling, fusion_pooling=self.fusion_pooling,
-        )
 
 
 @dataclass(frozen=True)
@@ -276,17 +255,6 @@ class VitgalConfig(DeepExtractorConfig):
         super().__post_init__()
         normalise_global_local_scales(self, type(self).__name__)
 
-    def model_config(self) -> VitgalModelConfig:
-        """The network's architecture config (imports torch)."""
-        from dataclasses import replace
-
-        from glocal.models.layers.xcit import xcit_preset
-        from glocal.models.vitgal import VitgalModelConfig
-
-        overrides = {k: v for k, v in (("embed_dim", self.embed_dim), ("depth", self.depth),
-                                       ("num_heads", self.num_heads)) if v is not None}
-        xcit = replace(xcit_preset(self.variant), **overrides) if overrides else None
-        return VitgalModelConfig(variant=self.variant, xcit=xcit, local_dim=self.local_dim)
 
 
 @dataclass(frozen=True)

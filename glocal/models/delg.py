@@ -56,6 +56,12 @@ class DelgModelConfig:
     attention_loss_weight: float = 1.0
     reconstruction_loss_weight: float = 10.0
 
+    @classmethod
+    def from_extractor(cls, config: DelgConfig) -> DelgModelConfig:
+        """The architecture an extractor config asks for."""
+        return cls(depth=config.depth, backbone_weights=config.backbone_weights, backbone_style=config.backbone_style,
+                   block3_strides=config.block3_strides, attention_batchnorm=config.attention_batchnorm)
+
 
 @dataclass
 class DelgOutput:
@@ -191,7 +197,7 @@ class DelgExtractor(GlobalLocalExtractor):
         self.config = config = config or DelgConfig()
         self.name = "delg-star" if config.binarize else "delg"
         self.descriptor_dim = 16 if config.binarize else 128
-        self._setup(lambda: Delg(config.model_config()))
+        self._setup(lambda: Delg(DelgModelConfig.from_extractor(config)))
 
     def _centres(self, level: PyramidLevel, h: int, w: int) -> tuple[npt.NDArray[np.float64], float]:
         """Receptive-field centres of the res4 cells; the cell is the grid stride (16 or 32 level pixels), so

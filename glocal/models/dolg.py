@@ -65,6 +65,13 @@ class DolgModelConfig:
             if getattr(self, what) not in POOLINGS:
                 raise ValueError(f"dolg.py: {what} must be one of {POOLINGS}, got {getattr(self, what)!r}")
 
+    @classmethod
+    def from_extractor(cls, config: DolgConfig) -> DolgModelConfig:
+        """The architecture an extractor config asks for."""
+        return cls(depth=config.depth, backbone_weights=config.backbone_weights, backbone_style=config.backbone_style,
+                   multi_atrous=config.multi_atrous, atrous_pointwise_branch=config.atrous_pointwise_branch,
+                   fusion=config.fusion, global_pooling=config.global_pooling, fusion_pooling=config.fusion_pooling)
+
 
 def orthogonal_component(f_l: Tensor, f_g: Tensor, eps: float = 1e-12) -> Tensor:
     """DOLG eq. 2-5: remove from every local vector f_l[:, :, i, j] its projection on f_g.
@@ -161,7 +168,7 @@ class DolgExtractor(ModelExtractor):
 
     def __init__(self, config: DolgConfig | None = None) -> None:
         self.config = config = config or DolgConfig()
-        self._setup(lambda: Dolg(config.model_config()))
+        self._setup(lambda: Dolg(DolgModelConfig.from_extractor(config)))
 
     @staticmethod
     def _outputs(model: nn.Module, x: Tensor, flags: tuple[bool, ...]) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,15 @@ class VitgalModelConfig:
 
     def xcit_config(self) -> XcitConfig:
         return self.xcit if self.xcit is not None else xcit_preset(self.variant)
+
+    @classmethod
+    def from_extractor(cls, config: VitgalConfig) -> VitgalModelConfig:
+        """The architecture an extractor config asks for: the XCiT preset with ``embed_dim`` / ``depth`` /
+        ``num_heads`` overridden where set."""
+        overrides = {k: v for k, v in (("embed_dim", config.embed_dim), ("depth", config.depth),
+                                       ("num_heads", config.num_heads)) if v is not None}
+        xcit = replace(xcit_preset(config.variant), **overrides) if overrides else None
+        return cls(variant=config.variant, xcit=xcit, local_dim=config.local_dim)
 
 
 class VitgalMultiAtrous(nn.Module):
@@ -259,7 +268,7 @@ class VitgalExtractor(GlobalLocalExtractor):
     def __init__(self, config: VitgalConfig | None = None) -> None:
         self.config = config = config or VitgalConfig()
         self.descriptor_dim = config.local_dim
-        self._setup(lambda: Vitgal(config.model_config()), quiet_build=False, channels_last=False)
+        self._setup(lambda: Vitgal(VitgalModelConfig.from_extractor(config)), quiet_build=False, channels_last=False)
 
     def _load_checkpoint(self, path: str) -> None:
         load_vitgal_checkpoint(self.model, path)

@@ -149,6 +149,11 @@ def test_scales_are_normalised_and_checked() -> None:
 
 def test_model_config_builds_the_network_config() -> None:
     pytest.importorskip("torch")
-    assert DelgConfig.tf_release("d.npz").model_config().block3_strides
-    assert not DolgConfig.pytorch_port("d.pyth").model_config().multi_atrous
-    assert VitgalConfig(embed_dim=48, depth=1, num_heads=4).model_config().xcit_config().embed_dim == 48
+    from glocal.models.delg import DelgModelConfig
+    from glocal.models.dolg import DolgModelConfig
+    from glocal.models.vitgal import VitgalModelConfig
+
+    assert DelgModelConfig.from_extractor(DelgConfig.tf_release("d.npz")).block3_strides
+    assert not DolgModelConfig.from_extractor(DolgConfig.pytorch_port("d.pyth")).multi_atrous
+    vitgal = VitgalModelConfig.from_extractor(VitgalConfig(embed_dim=48, depth=1, num_heads=4))
+    assert vitgal.xcit_config().embed_dim == 48

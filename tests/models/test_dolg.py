@@ -105,4 +105,4 @@ def test_extractor_global_only_and_rebuild(quiet) -> None:
 def test_pytorch_port_preset() -> None:
     cfg = DolgConfig.pytorch_port("r50_dolg_512.pyth")
     assert (cfg.multi_atrous, cfg.preprocessing, cfg.checkpoint) == (False, "imagenet-bgr", "r50_dolg_512.pyth")
-    assert not cfg.model_config().multi_atrous
+    assert not DolgModelConfig.from_extractor(cfg).multi_atrous
