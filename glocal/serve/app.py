@@ -10,6 +10,7 @@ Endpoints (all answers are JSON; errors are ``{"detail": "<what went wrong>"}``)
 * ``POST /images`` multipart ``image`` + ``name``: index one more image (409 if the name is searchable); the upload
   is kept as ``<index>/uploads/<sha256>.<ext>`` and recorded as its source (``glocal search --draw``).
 * ``DELETE /images/{name}``: remove an image from the results (404 if no searchable image has that name).
+* ``GET /``: a web page to search by photo, with its thumbnails and match data (:mod:`glocal.serve.page`).
 
 The last two answer 403 unless the service was started writable, and 401 unless the request carries
 ``Authorization: Bearer <token>`` with the service's token (compared with :func:`hmac.compare_digest`); a
@@ -63,6 +64,7 @@ from glocal.index.builder import add_images
 from glocal.io.images import ImageReadError, parse_box
 from glocal.serve.freshness import index_fingerprint, keep_upload, refuse_damaged
 from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
+from glocal.serve.page import add_page_routes
 
 MAX_TOP = 10_000
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -356,4 +358,5 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
             raise HTTPException(404, f"no image named {name!r} in the index")
         return {"removed": name, "images": svc.images}
 
+    add_page_routes(app, svc)  # the web page at / (glocal.serve.page)
     return app
