@@ -98,10 +98,11 @@ function pickFile(file) {
   state.img = null;
   state.url = URL.createObjectURL(file);
   const img = new Image();
+  $("query-note").textContent = "";
   img.onload = () => { state.img = img; $("preview").hidden = false; drawPreview(); };
   img.onerror = () => {
     $("preview").hidden = true;
-    showMessage(`This browser cannot show ${file.name}; searching it anyway (the server reads more formats).`);
+    $("query-note").textContent = `This browser cannot show ${file.name}; it is searched anyway (the server reads more formats).`;
   };
   img.src = state.url;
   search();
