@@ -239,6 +239,12 @@ def test_errors_are_readable_and_edits_need_the_token(browser, site, tmp_path: P
     assert browser.find_element("id", "match-view").is_displayed()
 
     browser.find_element("id", "match-close").click()
+    # a result whose picture the server cannot give: a placeholder with the server's reason
+    browser.execute_script("document.getElementById('results').append("
+                           "card({index: 999, name: 'gone', score: 0, inliers: 0}, 99))")
+    placeholder = _wait(browser, lambda d: [e.text for e in d.find_elements("css selector", "#results .placeholder")
+                                            if "no image number 999" in e.text], "the placeholder")
+    assert placeholder[0].startswith("picture unavailable: no image number 999 in the index")
     browser.find_element("css selector", "#edit summary").click()
     browser.find_element("id", "token").send_keys(TOKEN)
     browser.find_element("id", "add-files").send_keys(str(site["add"]))

@@ -209,11 +209,13 @@ function card(hit, rank) {
   img.alt = hit.name;
   img.loading = "lazy";
   img.src = `/thumbnails/${hit.index}?size=small`;
-  img.onerror = () => {
+  img.onerror = async () => {  // a placeholder saying why (the server's reason, asked for again)
     const ph = document.createElement("div");
     ph.className = "placeholder";
-    ph.textContent = "picture unavailable (its file is not where it was indexed)";
+    ph.textContent = "picture unavailable";
     img.replaceWith(ph);
+    const res = await request("GET", img.src);
+    if (res.json && typeof res.json.detail === "string") ph.textContent = `picture unavailable: ${res.json.detail}`;
   };
   thumb.append(img);
   const meta = document.createElement("div");
