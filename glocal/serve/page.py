@@ -2,7 +2,7 @@
 
 Routes added to the app of :func:`glocal.serve.app.create_app` by :func:`add_page_routes`:
 
-* ``GET /`` -> the page (``static/index.html``), ``GET /static/{name}`` -> its script and style sheet. The three
+* ``GET /`` -> the page (``static/index.html``), ``GET /static/{name}`` -> its scripts and style sheet. The
   files ship with the package (read through :mod:`importlib.resources`); no build step and nothing fetched
   from elsewhere, so the page works offline. Only those files can be asked for: the name is looked up in a
   fixed table, never joined to a path.
@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, Response
 SIDES = {"small": 256, "large": 1024}
 #: the page's files: name -> media type (the only names ``/static/`` answers)
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-          "style.css": "text/css; charset=utf-8"}
+          "match.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 CACHE_BYTES = 48 << 20  # resized pictures kept in memory
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -211,6 +211,14 @@ def test_search_by_photo_then_see_the_matches(browser, site, tmp_path: Path) -> 
     canvas = _wait(browser, lambda d: d.find_element("id", "match-canvas").get_attribute("data-drawn")
                    and d.find_element("id", "match-canvas"), "the match view")
     assert int(canvas.get_attribute("data-drawn")) == inliers
+    # the box went to the server in original pixels: the dragged 20%..80% of the photo, and the query ends of
+    # the matches the server found lie inside it
+    frac, inside = browser.execute_script(
+        "const b = state.box, w = state.img.naturalWidth, h = state.img.naturalHeight;"
+        "return [[b[0] / w, b[1] / h, b[2] / w, b[3] / h], state.open.matches.every(([x, y]) =>"
+        " x >= b[0] - 1 && x <= b[2] + 1 && y >= b[1] - 1 && y <= b[3] + 1)]")
+    assert all(abs(f - e) < 0.03 for f, e in zip(frac, (0.2, 0.2, 0.8, 0.8))), frac
+    assert inside
     assert f"{inliers} inlier matches drawn" in browser.find_element("id", "match-note").text
     assert canvas.size["width"] > 400 and canvas.size["height"] > 150
     shot = _shot(browser, tmp_path, "match_view.png")

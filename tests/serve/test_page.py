@@ -61,10 +61,12 @@ def test_the_page_and_its_files_are_served(client) -> None:
     assert '<script src="/static/app.js"' in html and 'href="/static/style.css"' in html
     assert "http://" not in html and "https://" not in html  # nothing from elsewhere: works offline
     assert "default-src 'self'" in res.headers["content-security-policy"]
-    js = client.get("/static/app.js")
-    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
-    assert "/search" in js.text and "/thumbnails/" in js.text and "upload.onprogress" in js.text
-    assert "http://" not in js.text and "https://" not in js.text
+    scripts = [client.get(f"/static/{name}") for name in ("match.js", "app.js")]
+    assert all(r.status_code == 200 and r.headers["content-type"].startswith("text/javascript") for r in scripts)
+    assert all(f'<script src="/static/{name}" defer>' in html for name in ("match.js", "app.js"))
+    js = "\n".join(r.text for r in scripts)
+    assert "/search" in js and "/thumbnails/" in js and "upload.onprogress" in js
+    assert "http://" not in js and "https://" not in js
     css = client.get("/static/style.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert "@import" not in css.text and "url(" not in css.text
