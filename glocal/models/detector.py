@@ -12,6 +12,16 @@ trained with the focal, GIoU and centerness losses, decoded with a score thresho
 non-maximum suppression. :meth:`LandmarkDetector.detect` resizes the loaded pixels so that their longer
 side is ``input_size``, and maps the boxes back to ORIGINAL-image pixels: original = pixel / scale + offset.
 
+Training and use (the Google Landmark Boxes CSV and the GLD image tree; see
+:mod:`glocal.train.detector_data` for the box formats)::
+
+    from glocal.train.detector_data import DetectorBoxDataset, folder_loader, read_boxes, train_detector
+    data = DetectorBoxDataset(read_boxes("boxes_split1.csv"), folder_loader("gld/train"))
+    detector = LandmarkDetector(DetectorConfig())  # ImageNet trunk with the pretrained extra
+    train_detector(detector, data, steps=20000, lr=1e-3, batch_size=8)
+    save_detector(detector, "landmarks.pt")
+    # glocal index build photos/ --out d2r.glx --method d2r --set regions=detector --set detector=landmarks.pt
+
 Checkpoints are ``{"format": "glocal/detector/2", "config": {...}, "state_dict": {...}}`` (written by
 :func:`save_detector`, version from :mod:`glocal.io.versions`); a bare state dict with our parameter names
 is accepted too. Files are read with ``torch.load(..., weights_only=True)`` only. Version-1 files and bare
