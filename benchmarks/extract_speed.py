@@ -15,11 +15,12 @@ bfloat16 autocast; repeat ``--runtime`` to compare. The ONNX export (or loading 
 cached graph) happens on an extra first call, excluded from the timings and shown as "setup s".
 
 HOW / FIRe run their 7 scales (``--scales 7``) or scale 1; ViTGaL its global scale (``--scales 1``) or
-global + its 5 local scales (``--scales 5``); ``--method detector-ssdlite|detector-frcnn`` times the
-landmark detectors of Detect-to-Retrieve on the same image.
+global + its 5 local scales (``--scales 5``); ``--method detector-lite0|detector-lite2`` times the
+landmark detector of Detect-to-Retrieve (:mod:`glocal.models.detector`, EfficientNet-Lite0 / -Lite2 trunk, the
+image resized to its default longer side of 512) on the same image.
 
-Usage: ``python benchmarks/extract_speed.py --method delg|delg-star|dolg|how|fire|vitgal|detector-ssdlite|
-detector-frcnn [--scales 1|3|5|7] [--runtime torch|torch-bf16|onnx] [--device cpu|cuda] [--repeats 3] [--warmup 1]
+Usage: ``python benchmarks/extract_speed.py --method delg|delg-star|dolg|how|fire|vitgal|detector-lite0|
+detector-lite2 [--scales 1|3|5|7] [--runtime torch|torch-bf16|onnx] [--device cpu|cuda] [--repeats 3] [--warmup 1]
 [--threads N]``
 """
 from __future__ import annotations
@@ -49,10 +50,10 @@ SCALE_SETS = {1: (1.0,), 3: DELG_GLOBAL_SCALES, 5: DOLG_SCALES, 7: DELG_LOCAL_SC
 class _DetectorAsExtractor:
     """Times a landmark detector through the extractor interface (returns no features)."""
 
-    def __init__(self, arch: str, device: str) -> None:
+    def __init__(self, backbone: str, device: str) -> None:
         from glocal.models.detector import DetectorConfig, LandmarkDetector
 
-        self.detector = LandmarkDetector(DetectorConfig(arch=arch, device=device))
+        self.detector = LandmarkDetector(DetectorConfig(backbone=backbone, pretrained_backbone=False, device=device))
 
     def extract(self, image: LoadedImage, name: str) -> object:
         self.detector.detect(image)
@@ -71,7 +72,7 @@ def build(method: str, n_scales: int, device: str, threshold: float, runtime: st
     if method.startswith("detector-"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return _DetectorAsExtractor({"detector-ssdlite": "ssdlite", "detector-frcnn": "fasterrcnn"}[method], device)
+            return _DetectorAsExtractor(f"efficientnet-{method.removeprefix('detector-')}", device)
     if method == "vitgal":
         conf = dict(scales=scales if n_scales > 1 else (1.0,), device=device)
         if n_scales == 1:
@@ -116,7 +117,7 @@ def time_extractor(extractor: object, repeats: int, warmup: int, device: str, se
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--method", required=True, choices=(
-        "delg", "delg-star", "dolg", "how", "fire", "vitgal", "detector-ssdlite", "detector-frcnn"))
+        "delg", "delg-star", "dolg", "how", "fire", "vitgal", "detector-lite0", "detector-lite2"))
     p.add_argument("--scales", type=int, choices=sorted(SCALE_SETS), action="append",
                    help="number of pyramid scales; repeat for several rows (default: 1 and 3)")
     p.add_argument("--runtime", choices=("torch", "torch-bf16", "onnx"), action="append",

@@ -15,8 +15,9 @@ steps, whether it fell, and the seconds per step:
 * ``vitgal``: :class:`glocal.models.vitgal.Vitgal` (XCiT-S12): first the ArcFace ``global`` loss on the
   whole network, then ``--steps`` more steps of the autoencoder (``classification``, ``reconstruction``)
   with the rest frozen (:meth:`~glocal.models.vitgal.Vitgal.autoencoder_losses`).
-* ``detector``: SSDlite-MobileNetV3 :class:`glocal.models.detector.LandmarkDetector` trained by
-  :func:`glocal.train.detector_data.train_detector` on bright rectangles over dark noise (its total loss).
+* ``detector``: the FCOS :class:`glocal.models.detector.LandmarkDetector` (EfficientNet-Lite0 trunk, random)
+  trained by :func:`glocal.train.detector_data.train_detector` on bright rectangles over dark noise (its total
+  loss: focal + GIoU + centerness).
 
 Data are learnable: a class is a fixed random pattern (a colour and a texture), every sample adds fresh
 noise (64 x 64 images, 4 classes, batches of 8); FIRe draws 2 tuples per step from 8 classes, the
@@ -236,11 +237,11 @@ def run_detector(steps: int, device: str, seed: int) -> list[LossCurve]:
     dataset = DetectorBoxDataset(boxes, images.__getitem__, AugmentConfig(96, 128, 0.5), seed=seed)
     torch.manual_seed(seed)
     with quiet():
-        detector = LandmarkDetector(DetectorConfig(input_size=128, device=device))
-    progress = Progress("detector (SSDlite)", steps)
+        detector = LandmarkDetector(DetectorConfig(input_size=128, pretrained_backbone=False, device=device))
+    progress = Progress("detector (FCOS)", steps)
     values = train_detector(detector, dataset, steps=steps, lr=1e-3, seed=seed, batch_size=4,
                             log=lambda i, loss: progress(i, {"total": loss}))
-    return [LossCurve("detector", "total (SSD box + class)", values, (time.perf_counter() - progress.start) / steps)]
+    return [LossCurve("detector", "total (focal + GIoU + centerness)", values, (time.perf_counter() - progress.start) / steps)]
 
 
 RUNNERS: dict[str, Callable[[int, str, int], list[LossCurve]]] = {

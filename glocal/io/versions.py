@@ -41,6 +41,9 @@ FORMATS: dict[str, FileFormat] = {f.name: f for f in (
     FileFormat("glocal-feature-file", 1, 1, "feature file", _REBUILD),
     FileFormat("glocal-features", 1, 1, "features folder", "extract again with 'glocal extract'"),
     FileFormat("glocal-checkpoint", 1, 1, "glocal model checkpoint", "save the model again with this glocal"),
+    FileFormat("glocal-detector", 2, 2, "landmark detector checkpoint",
+               "version 1 was the torchvision-format detector of an older glocal: retrain the detector with this "
+               "glocal (glocal.train.detector_data.train_detector)"),
 )}
 
 

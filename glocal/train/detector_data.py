@@ -217,7 +217,8 @@ def synthetic_box_images(n: int, seed: int = 0) -> tuple[dict[str, npt.NDArray[n
 
 
 class DetectorBoxDataset(torch.utils.data.Dataset):
-    """(image (3, H, W) float in [0, 1], target {"boxes": (K, 4), "labels": (K,) ones}) for torchvision.
+    """(image (3, H, W) float in [0, 1], target {"boxes": (K, 4), "labels": (K,) ones}), the training input
+    of :class:`glocal.models.detector.LandmarkDetector` (boxes in the image's pixels).
 
     Augmentation is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same seed and epoch
     (:meth:`set_epoch`) give the same samples.
@@ -262,7 +263,7 @@ class DetectorBoxDataset(torch.utils.data.Dataset):
 
 
 def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """Keep images of different sizes as a list (torchvision detectors batch them themselves)."""
+    """Keep images of different sizes as a list (the detector pads them into one batch itself)."""
     return [b[0] for b in batch], [b[1] for b in batch]
 
 
@@ -270,12 +271,14 @@ def train_detector(model: torch.nn.Module, dataset: DetectorBoxDataset, steps: i
                    batch_size: int = 4, optimizer: str = "adamw", weight_decay: float = 1e-4,
                    max_grad_norm: float | None = 10.0,
                    log: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train ``model`` (a :class:`glocal.models.detector.LandmarkDetector` or a torchvision detector) for
-    ``steps`` optimiser steps on ``dataset``; returns the total loss of every step.
+    """Train ``model`` (a :class:`glocal.models.detector.LandmarkDetector`, or any module whose training-mode
+    ``forward(images, targets)`` returns a dict of loss terms) for ``steps`` optimiser steps on ``dataset``;
+    returns the total loss of every step.
 
-    The loss is the sum of the torchvision model's terms (SSD: box regression + classification with hard
-    negative mining; Faster R-CNN: RPN and box-head terms), as in appendix B of D2R. Samples are shuffled
-    with ``seed`` and reshuffled every epoch; the model is left in eval mode.
+    The loss is the sum of the detector's terms: FCOS focal classification + GIoU box + centerness
+    (:mod:`glocal.models.detection.losses`; the paper trained SSD and Faster R-CNN with their own losses,
+    D2R section 5.1). Samples are shuffled with ``seed`` and reshuffled every epoch; the model is left in
+    eval mode.
 
     :param optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
     """

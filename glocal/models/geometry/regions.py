@@ -187,7 +187,8 @@ def region_source(
 
     :param name: ``detector``, ``rmac`` or ``none`` (see the module docstring).
     :param detector: an existing :class:`LandmarkDetector` (``detector`` source); otherwise one is built from
-        ``detector_config`` updated with ``detector_overrides`` (e.g. ``checkpoint="d2r.pt"``).
+        ``detector_config`` updated with ``detector_overrides`` (e.g. ``checkpoint="d2r.pt"``); with a
+        checkpoint and no ``detector_config``, its backbone and head settings come from the file.
     :param levels: R-MAC levels (``rmac`` source).
     :param filt: box cleaning (minimum side, full-image IoU, maximum count).
     """
@@ -199,8 +200,12 @@ def region_source(
         if detector is None:
             from glocal.models.detector import DetectorConfig, LandmarkDetector
 
-            conf = replace(detector_config or DetectorConfig(), **detector_overrides)
-            detector = LandmarkDetector(conf)
+            checkpoint = detector_overrides.get("checkpoint")
+            if checkpoint and detector_config is None:
+                rest = {k: v for k, v in detector_overrides.items() if k != "checkpoint"}
+                detector = LandmarkDetector.from_checkpoint(checkpoint, **rest)
+            else:
+                detector = LandmarkDetector(replace(detector_config or DetectorConfig(), **detector_overrides))
         elif detector_overrides or detector_config is not None:
             raise ValueError("regions.py: give either a built detector or its configuration, not both")
         return detector_source(detector, filt)
