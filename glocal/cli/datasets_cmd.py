@@ -11,6 +11,9 @@ import typer
 
 from glocal.cli.common import err, out, show_progress
 
+#: where ``glocal datasets download NAME`` puts NAME/ when no destination is given
+DEFAULT_DEST = Path("data/datasets")
+
 
 def download_command(
     name: Annotated[str, typer.Argument(help="roxford5k, rparis6k or r1m.")],
@@ -39,7 +42,7 @@ def download_command(
 
     if destination is not None and dest is not None and destination != dest:
         raise BadOptionError(f"two destinations given ({destination} and --dest {dest}); give one")
-    dest = destination or dest or Path("data/datasets")
+    dest = destination or dest or DEFAULT_DEST
 
     if name not in SOURCES:
         raise BadOptionError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(SOURCES))}")
