@@ -121,6 +121,11 @@ def eval_command(
 
     if index is None:  # a missing extra is said before the dataset is read
         get(method or default_method()).check_installed()
+    elif (index / "manifest.json").is_file():  # a missing or damaged index is reported when it is opened
+        from glocal.index.collection import Collection
+
+        with Collection.open(index) as collection:  # reads the manifest only; no model imported
+            collection.spec.check_installed()
     settings = parse_set(settings_kv or [])
     if checkpoint is not None:
         settings["checkpoint"] = checkpoint_file(checkpoint, method or default_method())

@@ -331,20 +331,54 @@ def _check(command: str, args: list[str], expect: Expect, cwd: Path, env: dict[s
     return None
 
 
+def chains(commands: list[str]) -> list[list[str]]:
+    """The commands in groups that can run side by side: two commands that name the same output
+    (:data:`PLACEHOLDERS` not marked "(input)") are in one group, which keeps README order."""
+    outputs = {p for p, what in PLACEHOLDERS.items() if not what.endswith("(input)")}
+    group_of: dict[str, int] = {}
+    groups: list[list[str]] = []
+    for command in commands:
+        touched = {t for t in shlex.split(re.sub(r"[\[\]]", " ", command)) if t in outputs}
+        ids = sorted({group_of[t] for t in touched if t in group_of})
+        if not ids:
+            groups.append([])
+            ids = [len(groups) - 1]
+        keep = ids[0]
+        for other in ids[1:]:  # a command joining two groups merges them (in README order)
+            groups[keep] = sorted(groups[keep] + groups[other], key=commands.index)
+            groups[other] = []
+            group_of.update({t: keep for t, g in group_of.items() if g == other})
+        groups[keep].append(command)
+        group_of.update({t: keep for t in touched})
+    return [g for g in groups if g]
+
+
+def test_chains_keep_commands_on_one_output_together() -> None:
+    cmds = ["glocal index build photos/ --out my.glx", "glocal methods", "glocal extract photos/ --out feats/",
+            "glocal index add my.glx more/", "glocal index build --features feats/ --out my2.glx"]
+    assert chains(cmds) == [[cmds[0], cmds[3]], [cmds[1]], [cmds[2], cmds[4]]]
+
+
 def test_every_readme_command_runs_as_printed(fixture_dir: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     commands = readme_commands(README.read_text(encoding="utf-8"))
     env = _env(tmp_path)
-    failures, timings = [], []
-    for command in commands:
-        expect = EXPECT.get(command)
-        if expect is None:
-            failures.append(f"{command}: not in EXPECT")
-            continue
-        for args in variants(command):
-            t0 = time.perf_counter()
-            why = _check(command, args, expect, fixture_dir, env)
-            timings.append(f"{time.perf_counter() - t0:6.1f} s  {shlex.join(args)}")
-            if why is not None:
-                failures.append(f"{shlex.join(args)}: {why}")
-    print("\n".join(timings))
+    unknown = [c for c in commands if c not in EXPECT]
+    assert not unknown, f"README commands without an entry in EXPECT: {unknown}"
+
+    def run_chain(chain: list[str]) -> list[tuple[str, float, str | None]]:
+        done = []
+        for command in chain:
+            for args in variants(command):
+                t0 = time.perf_counter()
+                why = _check(command, args, EXPECT[command], fixture_dir, env)
+                done.append((shlex.join(args), time.perf_counter() - t0, why))
+        return done
+
+    # independent chains two at a time (each command is one process, OMP_NUM_THREADS=1)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = [r for chain in pool.map(run_chain, chains(commands)) for r in chain]
+    print("\n".join(f"{seconds:6.1f} s  {args}" for args, seconds, _ in results))
+    failures = [f"{args}: {why}" for args, _, why in results if why is not None]
     assert not failures, "README commands that do not run as printed:\n" + "\n".join(failures)

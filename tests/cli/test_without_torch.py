@@ -2,6 +2,7 @@
 method's index run with PyTorch imports blocked."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -54,3 +55,12 @@ def test_index_info_remove_compact_of_a_deep_index_without_torch(demo_benchmark,
     assert added.returncode == 4 and "pip install 'glocal[deep]'" in added.stderr, added.stderr
     assert len(added.stderr.strip().splitlines()) == 1
     assert '"images": 3' in _glocal_without_torch("index", "info", str(index), "--json").stdout
+    # evaluating with that index says so before reading the dataset
+    data = tmp_path / "mine"
+    data.mkdir()
+    for p in demo_benchmark.db_paths[:2]:
+        shutil.copy(p, data / p.name)
+    (data / "labels.csv").write_text("file,label\n" + "".join(f"{p.name},x\n" for p in demo_benchmark.db_paths[:2]))
+    evaluated = _glocal_without_torch("eval", "custom", "--data", str(data), "--index", str(index))
+    assert evaluated.returncode == 4 and "pip install 'glocal[deep]'" in evaluated.stderr, evaluated.stderr
+    assert len(evaluated.stderr.strip().splitlines()) == 1
