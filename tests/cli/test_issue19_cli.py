@@ -149,3 +149,15 @@ def test_doctor_reports_every_registered_method_and_extra() -> None:
     assert "secret-value" not in text.output
     for spec in all_specs():
         assert spec.name in text.output
+
+
+def test_doctor_gpu_line_for_each_case() -> None:
+    """What ``glocal doctor`` says about GPUs, for the cases this machine cannot show (a report is plain data)."""
+    from glocal.cli.doctor_cmd import _gpu_line
+
+    assert _gpu_line({"installed": False}).startswith("unknown: PyTorch is not installed")
+    assert _gpu_line({"installed": True, "error": "OSError: libcuda"}) == "unknown: PyTorch does not import (OSError: libcuda)"
+    two = {"installed": True, "gpus": ["NVIDIA H200", "NVIDIA H200"], "cuda_build": "13.0"}
+    assert _gpu_line(two) == "2 visible: NVIDIA H200, NVIDIA H200"
+    assert _gpu_line({"installed": True, "gpus": [], "cuda_build": None}) == "none visible to PyTorch (CPU-only build)"
+    assert _gpu_line({"installed": True, "gpus": [], "cuda_build": "13.0", "mps_available": True}).endswith("Apple MPS available")
