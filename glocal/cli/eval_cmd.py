@@ -116,9 +116,16 @@ def eval_command(
     from glocal.evaluate.report import write_dataset_report
     from glocal.evaluate.runner import EvalRequest, load_evaluation_dataset, run_evaluation
     from glocal.evaluate.tables import results_json
-    from glocal.methods import default_method
+    from glocal.methods import default_method, get
     from glocal.methods.options import parse_set
 
+    if index is None:  # a missing extra is said before the dataset is read
+        get(method or default_method()).check_installed()
+    elif (index / "manifest.json").is_file():  # a missing or damaged index is reported when it is opened
+        from glocal.index.collection import Collection
+
+        with Collection.open(index) as collection:  # reads the manifest only; no model imported
+            collection.spec.check_installed()
     settings = parse_set(settings_kv or [])
     if checkpoint is not None:
         settings["checkpoint"] = checkpoint_file(checkpoint, method or default_method())

@@ -143,17 +143,26 @@ def add(
 @app.command("remove")
 def remove(
     index: Path = typer.Argument(..., help="Existing index folder."),
-    names: list[str] = typer.Argument(..., help="Image names as 'glocal search' prints them."),
+    names: list[str] = typer.Argument(..., help="Images to remove: the path you indexed (photos/old.jpg) or the "
+                                      "name 'glocal search' prints (old.jpg)."),
 ) -> None:
     """Remove images from an index: never returned again, their entries stay on disk (tombstoned) until
     'glocal index compact'; a removed name can be added again with 'glocal index add'."""
+    from glocal.index.names import resolve_names
+
     with _open(index, writable=True) as collection:
-        missing = collection.remove(names)
+        match = resolve_names(collection.live_names().values(), collection.sources, names)
+        targets = list(dict.fromkeys(match.found.values()))
+        collection.remove(targets)
         left = len(collection)
-    for n in missing:
-        err.print(f"[yellow]not in the index[/yellow]: {escape(n)}", highlight=False)
-    out.print(f"removed {len(names) - len(missing)} images; the index now holds {left}")
-    if missing:
+    for text, near in match.missing.items():
+        hint = f"; did you mean: {', '.join(near)}" if near else ""
+        err.print(f"[yellow]not in the index[/yellow]: {escape(text)}{escape(hint)}", highlight=False, soft_wrap=True)
+    for text, options in match.ambiguous.items():
+        err.print(f"[yellow]not removed[/yellow]: {escape(text)} could be any of {escape(', '.join(options))}; "
+                  "give the stored name", highlight=False, soft_wrap=True)
+    out.print(f"removed {len(targets)} images; the index now holds {left}")
+    if match.missing or match.ambiguous:
         raise typer.Exit(EXIT_PARTIAL)
 
 

@@ -41,11 +41,24 @@ def search(
     if as_json:
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return
-    table = Table(title=f"{query} in {index}")
-    for col in ("rank", "image", "inliers", "shortlist score"):
-        table.add_column(col)
-    for r, h in enumerate(hits, 1):
-        table.add_row(str(r), h.name, str(h.inliers), f"{h.shortlist_score:.4f}")
+    columns = ("rank", "image", "inliers", "shortlist score")
+    rows = [(str(r), h.name, str(h.inliers), f"{h.shortlist_score:.4f}") for r, h in enumerate(hits, 1)]
+    print_results(f"{query} in {index}", columns, rows)
+
+
+def print_results(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table on a terminal (names folded, never cut); piped or redirected, one tab-separated line per
+    result after a header line, whole names, no width limit (``--json`` is the format for programs)."""
+    if not out.is_terminal:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 

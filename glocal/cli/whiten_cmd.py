@@ -27,14 +27,15 @@ def whiten_command(
     (scale 1), or a global descriptor's (one per image; see the method's docs)."""
     from glocal.errors import BadOptionError
     from glocal.io.images import list_images
-    from glocal.methods import all_specs, create_extractor
+    from glocal.methods import all_specs, create_extractor, get
     from glocal.progress import as_progress
-    from glocal.train.whitening import learn_whitening
 
     learners = [s.name for s in all_specs() if "whitening" in s.capabilities]
     method = method or learners[0]
     if method not in learners:
         raise BadOptionError(f"--method {method}: whitening is learned for {', '.join(learners)}")
+    get(method).check_installed()  # the missing extra in one line, before the training code imports it
+    from glocal.train.whitening import learn_whitening
     conf = {"checkpoint": checkpoint_file(checkpoint, method)} if checkpoint else {}
     extractor = create_extractor(method, **conf)
     files = list_images(images)[:max_images]

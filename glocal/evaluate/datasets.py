@@ -23,6 +23,9 @@ lists are separated by ``;``; an empty box means no crop::
     query,positives,junk,x1,y1,x2,y2
     q1.jpg,a.jpg;c.jpg,sub/b.jpg,10,20,300,400
 
+Labels (``labels.csv``, header ``file,label``): every labelled image is a query against all the
+others, positives are the images with the same label (:mod:`glocal.evaluate.labels_gnd`).
+
 The custom ground truth becomes ``gnd = [{"ok": [...], "junk": [...]}]`` (database indices) and is
 scored as one setup named ``all``.
 """
@@ -38,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from glocal.errors import BadInputError
+from glocal.evaluate.labels_gnd import is_labels_csv, read_labels_csv
 from glocal.io.images import IMAGE_SUFFIXES
 from glocal.io.safe_pickle import safe_load_pickle
 
@@ -297,7 +301,7 @@ def _read_custom_csv(path: Path) -> list[dict[str, Any]]:
                     bbox = [float(c) for c in coords]
                 except ValueError as exc:
                     raise DatasetError(f"{path}: line {line}: box needs four numbers x1,y1,x2,y2; got {coords}") from exc
-            queries.append({"image": (row["query"] or "").strip(), "bbox": bbox,
+            queries.append({"image": (row["query"] or "").strip(), "bbox": bbox, "line": line,
                             "positives": _split_list(row["positives"]), "junk": _split_list(row.get("junk"))})
     return queries
 
@@ -307,7 +311,8 @@ def load_custom(root: str | Path, gt_path: str | Path | None = None, crop: bool 
     """Load a folder of your own photos with a JSON or CSV ground truth (format in the module docstring).
 
     :param root: the image folder; image names are relative to it.
-    :param gt_path: ground-truth file; default ``root/groundtruth.json`` or ``root/groundtruth.csv``.
+    :param gt_path: ground-truth file; default ``root/groundtruth.json``, ``root/groundtruth.csv`` or
+        ``root/labels.csv``.
     :param crop: crop queries to their ``bbox`` when given.
     :raises DatasetError: unknown names, duplicates, bad boxes or missing files, naming the file.
     """
@@ -315,16 +320,18 @@ def load_custom(root: str | Path, gt_path: str | Path | None = None, crop: bool 
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
     if gt_path is None:
-        options = [root / "groundtruth.json", root / "groundtruth.csv"]
+        options = [root / "groundtruth.json", root / "groundtruth.csv", root / "labels.csv"]
         found = [o for o in options if o.is_file()]
         if not found:
-            raise DatasetError(f"{root}: no groundtruth.json or groundtruth.csv; pass the ground-truth file")
+            raise DatasetError(f"{root}: no groundtruth.json, groundtruth.csv or labels.csv; pass the ground-truth file")
         gt_path = found[0]
     path = Path(gt_path)
     if not path.is_file():
         raise DatasetError(f"{path}: ground-truth file does not exist")
     database: list[str] | None = None
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() == ".csv" and is_labels_csv(path):
+        database, queries = read_labels_csv(path, root, check_files=check_files)
+    elif path.suffix.lower() == ".csv":
         queries = _read_custom_csv(path)
     else:
         database, queries = _read_custom_json(path)
@@ -345,7 +352,9 @@ def load_custom(root: str | Path, gt_path: str | Path | None = None, crop: bool 
         for key, out in (("positives", "ok"), ("junk", "junk")):
             unknown = [n for n in q[key] if n not in index]
             if unknown:
-                raise DatasetError(f"{path}: query {q['image']}: {key} {unknown[:3]} are not database images")
+                line = f"line {q['line']}: " if q.get("line") else ""
+                raise DatasetError(f"{path}: {line}query {q['image']}: unknown image {', '.join(unknown[:3])} in "
+                                   f"{key} (not a database image)")
             lists[out] = [index[n] for n in q[key]]
         gnd.append(lists)
         b = q["bbox"]

@@ -5,10 +5,14 @@ file exists (a server that ignores the range restarts from zero). The finished f
 the size announced by the server and, where :data:`SOURCES` knows it, its sha256; the sha256 of every
 file is recorded in ``dest/checksums.json``. Tar archives are extracted member by member refusing
 absolute paths, ``..``, links and special files, so an archive cannot write outside its folder.
+
+``GLOCAL_DATASETS_URL`` (or ``base_url``) fetches every file from a mirror instead. Without network the
+error says so, names the URL and how to place the files by hand (:func:`by_hand`).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +67,20 @@ SOURCES: dict[str, list[Source]] = {
     "r1m": _r1m_sources(R1M_BASE),
 }
 
+#: environment variable naming a mirror of every dataset file (``$GLOCAL_DATASETS_URL/FILENAME``)
+MIRROR_ENV = "GLOCAL_DATASETS_URL"
+
+
+def by_hand(name: str, src: Source, url: str, folder: Path) -> str:
+    """How to place ``src`` by hand so that the next run (and the dataset loader) finds it."""
+    if src.extract is None:
+        return (f"to place it by hand, download {url} on a machine with network and save it as "
+                f"{folder / src.filename} (where 'glocal eval {name} --data {folder}' looks for it)")
+    return (f"to place it by hand, download {url} on a machine with network and save it as "
+            f"{folder / src.filename}, then run this command again (it extracts the archive), or extract its "
+            f"images yourself into {folder / 'jpg'}/ (where 'glocal eval {name} --data {folder}' looks for them)")
+
+
 def _extract_flat(archive: Path, jpg: Path) -> int:
     """Extract into a scratch folder, then move every .jpg into ``jpg/`` (Paris tars nest by landmark)."""
     scratch = jpg.parent / f".extract-{archive.name}"
@@ -96,11 +114,12 @@ def download_dataset(
     Finished archives are remembered in ``checksums.json`` so a rerun skips them.
 
     :param base_url: replaces the host part of every URL: the file is fetched from
-        ``{base_url}/{filename}`` (a mirror holding the files side by side).
+        ``{base_url}/{filename}`` (a mirror holding the files side by side); default ``$GLOCAL_DATASETS_URL``.
     :param sources: replaces :data:`SOURCES` (tests, mirrors).
     :returns: the dataset folder.
     """
     table = sources if sources is not None else SOURCES
+    base_url = base_url or os.environ.get(MIRROR_ENV) or None
     if name not in table:
         raise DownloadError(f"unknown dataset {name!r}; expected one of {sorted(table)}")
     folder = Path(dest) / name
@@ -121,7 +140,8 @@ def download_dataset(
         url = f"{base_url.rstrip('/')}/{src.filename}" if base_url else src.url
         target = folder / src.filename
         say(f"fetching {url}")
-        digest = download_file(url, target, sha256=src.sha256, size=src.size, retries=retries, progress=progress)
+        digest = download_file(url, target, sha256=src.sha256, size=src.size, retries=retries, progress=progress,
+                               by_hand=by_hand(name, src, url, folder))
         entry = {"url": url, "sha256": digest, "size": target.stat().st_size, "verified": src.sha256 is not None}
         if src.extract is not None:
             jpg = folder / "jpg"

@@ -5,14 +5,22 @@ exists (a server that ignores the range restarts from zero). The finished file i
 announced by the server and, where the caller knows it, its sha256. Tar archives are extracted member by
 member refusing absolute paths, ``..``, links and special files, so an archive cannot write outside its
 folder.
+
+When the host cannot be reached at all (no network, a name that does not resolve, a refused connection)
+the error is :class:`UnreachableError`: it says so, names the URL and where to put the file by hand
+(``by_hand``), and is not retried (a refused or unresolvable host does not come back in a second).
 """
 from __future__ import annotations
 
+import errno
 import http.client
+import os
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
@@ -37,6 +45,42 @@ R1M_BASE = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
 
 class DownloadError(BadInputError):
     """A download or extraction failed; the message names the URL or file and the problem."""
+
+
+class UnreachableError(DownloadError):
+    """The host of a URL could not be reached (no network, unknown host, connection refused or timed out)."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+#: errno values that mean "this host cannot be reached from here" (retrying at once does not help)
+_UNREACHABLE = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
+
+
+def _unreachable_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` means the host cannot be reached at all, or None when it is another failure."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) else exc
+    if isinstance(reason, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(reason, ConnectionRefusedError):
+        return "the connection was refused"
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return "the connection timed out"
+    if isinstance(reason, OSError) and reason.errno in _UNREACHABLE:
+        return os.strerror(reason.errno).lower()
+    return None
+
+
+def host_of(url: str) -> str:
+    """The host (and port) part of ``url``, for messages."""
+    return urllib.parse.urlsplit(url).netloc or url
+
+
+def by_hand_hint(url: str, dest: str | Path) -> str:
+    """The default way to place a file by hand: fetch ``url`` elsewhere and save it as ``dest``."""
+    return f"to place it by hand, download {url} on a machine with network and save it as {dest}"
 
 
 def _total_from_headers(status: int, headers: object, offset: int) -> int | None:
@@ -99,13 +143,17 @@ def download_file(
     timeout: float = 60.0,
     progress: bool = True,
     retry_wait: float = 1.0,
+    by_hand: str | None = None,
 ) -> str:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions.
 
     :param sha256: expected hex digest; a mismatch deletes the part file and raises.
     :param size: expected size in bytes (else the size the server announced is checked).
     :param retries: further attempts after a failed or short transfer, each resuming with ``Range``.
+    :param by_hand: where to put the file by hand so the caller finds it (appended to a failed fetch's
+        message); default :func:`by_hand_hint`.
     :returns: the sha256 of the downloaded file.
+    :raises UnreachableError: the host cannot be reached (no network, unknown host, refused, timed out).
     :raises DownloadError: HTTP errors, a short file after all retries, or a size / digest mismatch.
     """
     dest = Path(dest)
@@ -119,15 +167,22 @@ def download_file(
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     bar = Progress(*columns, disable=not progress, transient=True)
+    hint = by_hand or by_hand_hint(url, dest)
     last_error: Exception | None = None
     with bar:
         for attempt in range(retries + 1):
             try:
                 total = _fetch_once(url, part, bar, timeout)
-            except DownloadError:
-                raise
+            except DownloadError as exc:
+                raise DownloadError(f"{exc}; {hint}") from exc
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # resets, timeouts, short reads
                 last_error = exc
+                why = _unreachable_reason(exc)
+                have = part.stat().st_size if part.exists() else 0
+                if why is not None and (have == 0 or attempt == retries):
+                    kept = f" (the {have} bytes received so far stay in {part} for a later resume)" if have else ""
+                    raise UnreachableError(f"cannot download {url}: no network, or {host_of(url)} cannot be "
+                                           f"reached ({why}){kept}; {hint}", url) from None
             else:
                 expected = size if size is not None else total
                 have = part.stat().st_size if part.exists() else 0
@@ -140,8 +195,9 @@ def download_file(
             if attempt < retries:
                 time.sleep(retry_wait)
         else:
-            raise DownloadError(f"{url}: failed after {retries + 1} attempts, partial data kept in {part} "
-                                f"for a later resume ({last_error})")
+            have = part.stat().st_size if part.exists() else 0
+            kept = f", the {have} bytes received stay in {part} for a later resume" if have else ""
+            raise DownloadError(f"{url}: failed after {retries + 1} attempts ({last_error}){kept}; {hint}")
     digest = sha256_file(part)
     if sha256 is not None and digest != sha256:
         part.unlink()

@@ -196,6 +196,9 @@ class MethodSpec:
         options = self.extractor if options is None else options
         if self.fixed:
             options = dataclasses.replace(options, **self.fixed)
+        if getattr(options, "runtime", None) == "onnx":  # say so before a network is built (and warned about)
+            for module in EXTRA_MODULES["onnx"]:
+                require(module, "onnx", f"method {self.name!r} with runtime='onnx'")
         return self.build_extractor(options)
 
 

@@ -67,7 +67,9 @@ def fetch(name: str, *, progress: bool = True, dest_dir: Path | None = None) -> 
     mirror = os.environ.get("GLOCAL_WEIGHTS_URL")
     url = f"{mirror.rstrip('/')}/{w.filename}" if mirror else w.url
     try:
-        digest = download_file(url, path, sha256=w.sha256, progress=progress)
+        hint = (f"to place it by hand, download {url} on a machine with network and save it as {path} "
+                f"(where --checkpoint {name} looks for it)")
+        digest = download_file(url, path, sha256=w.sha256, progress=progress, by_hand=hint)
     except DownloadError as exc:
         raise WeightsError(f"weights {name!r}: {exc}") from None
     record.write_text(digest + "\n")

@@ -15,7 +15,7 @@ runner = CliRunner()
 @pytest.mark.parametrize("args", [[], ["index"], ["index", "build"], ["index", "add"], ["index", "info"], ["index", "remove"], ["index", "compact"],
                                   ["search"], ["demo"], ["eval"], ["datasets", "download"], ["visualize", "attention"], ["whiten"],
                                   ["weights", "list"], ["weights", "download"], ["methods"], ["methods", "show"],
-                                  ["extract"]])
+                                  ["extract"], ["doctor"]])
 def test_help_on_every_command(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output

@@ -2,6 +2,7 @@
 method's index run with PyTorch imports blocked."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import warnings
@@ -49,3 +50,17 @@ def test_index_info_remove_compact_of_a_deep_index_without_torch(demo_benchmark,
     searched = _glocal_without_torch("search", str(index), str(demo_benchmark.db_paths[0]))
     assert searched.returncode == 4 and "pip install 'glocal[deep]'" in searched.stderr
     assert "Traceback" not in searched.stderr and len(searched.stderr.strip().splitlines()) == 1
+    # adding images needs the model too: the same one line, and the index is left as it was
+    added = _glocal_without_torch("index", "add", str(index), str(demo_benchmark.db_paths[5]))
+    assert added.returncode == 4 and "pip install 'glocal[deep]'" in added.stderr, added.stderr
+    assert len(added.stderr.strip().splitlines()) == 1
+    assert '"images": 3' in _glocal_without_torch("index", "info", str(index), "--json").stdout
+    # evaluating with that index says so before reading the dataset
+    data = tmp_path / "mine"
+    data.mkdir()
+    for p in demo_benchmark.db_paths[:2]:
+        shutil.copy(p, data / p.name)
+    (data / "labels.csv").write_text("file,label\n" + "".join(f"{p.name},x\n" for p in demo_benchmark.db_paths[:2]))
+    evaluated = _glocal_without_torch("eval", "custom", "--data", str(data), "--index", str(index))
+    assert evaluated.returncode == 4 and "pip install 'glocal[deep]'" in evaluated.stderr, evaluated.stderr
+    assert len(evaluated.stderr.strip().splitlines()) == 1

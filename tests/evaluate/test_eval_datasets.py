@@ -171,7 +171,7 @@ def test_custom_json_explicit_database_and_errors(tmp_path: Path) -> None:
     ds = load_custom(tmp_path, gt)
     assert ds.db_names == ["a.jpg", "q2.jpg"] and ds.gnd[0]["ok"] == [1]
     gt.write_text(json.dumps({"queries": [{"image": "q1.jpg", "positives": ["nope.jpg"]}]}))
-    with pytest.raises(DatasetError, match=r"truth.json: query q1.jpg: positives \['nope.jpg'\]"):
+    with pytest.raises(DatasetError, match=r"truth.json: query q1.jpg: unknown image nope.jpg in positives"):
         load_custom(tmp_path, gt)
     gt.write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):
