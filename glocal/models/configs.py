@@ -301,6 +301,8 @@ class VitgalConfig(DeepExtractorConfig):
 
     backbone_weights: str | None = option(None, "timm / official XCiT ImageNet file for the trunk, used when no "
                                           "checkpoint is given")
+    backbone: str = option("xcit", "trunk: XCiT (its size: variant); ViTGaL's heads run on XCiT tokens only",
+                           ("xcit",))
     variant: str = option("s12", "XCiT trunk: s12 (XCiT-S12/16) or s24 (XCiT-S24/16)", XCIT_VARIANTS)
     embed_dim: int | None = option(None, "overrides the variant's token dimension (None: the variant's)")
     depth: int | None = option(None, "overrides the variant's number of XCiT blocks (None: the variant's)")
@@ -312,9 +314,12 @@ class VitgalConfig(DeepExtractorConfig):
     attention_threshold: float = option(0.0, "keep local features scoring >= this (uniform attention scores 1)")
 
     def __post_init__(self) -> None:
+        if self.backbone != "xcit":
+            raise ValueError(f"{type(self).__name__}: backbone must be 'xcit', got {self.backbone!r}: ViTGaL's "
+                             "multi-atrous and class-attention heads are built for XCiT's tokens (choose its size "
+                             "with variant=s12 or s24); the CNN backbones serve the other deep methods")
         super().__post_init__()
         normalise_global_local_scales(self, type(self).__name__)
-
 
 
 @dataclass(frozen=True)
