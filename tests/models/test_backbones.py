@@ -220,3 +220,26 @@ def test_a_bad_backbone_name_is_one_line() -> None:
         with pytest.raises(BadOptionError) as err:
             methods.get(method).configure({"backbone": "vgg16"})
         assert "\n" not in str(err.value) and "vgg16" in str(err.value)
+
+
+@pytest.mark.parametrize("method", [s.name for s in methods.all_specs()
+                                    if s.first_stage == "asmk" and "backbone" in {f.name for f in
+                                                                                 dataclasses.fields(s.extractor)}])
+def test_regional_aggregation_runs_on_a_small_backbone(method: str, demo_benchmark, tmp_path) -> None:
+    """Detect-to-Retrieve's R-ASMK* (regions of the R-MAC grid) over a local-feature method on MobileNetV2: the
+    regional stage only sees descriptors, so any backbone serves it."""
+    from glocal.index.builder import build_index
+    from glocal.search import Searcher
+
+    spec = methods.get(method)
+    settings = {**_tiny(spec, "mobilenetv2"), "max_side": 128, "max_keypoints": 60, "regions": "rmac",
+                "codebook_size": 16}
+    paths, names = demo_benchmark.db_paths[:6], demo_benchmark.db_names[:6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        built = build_index(paths, names, tmp_path / "r.glx", method=method, settings=settings, progress=False)
+        assert built.collection.options.index.resolved_aggregation == "r-asmk"
+        searcher = Searcher(built.collection)
+        hits = searcher.search(paths[2], top=6)
+    assert hits[0].name == names[2]
+    searcher.close()
