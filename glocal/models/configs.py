@@ -299,10 +299,11 @@ class VitgalConfig(DeepExtractorConfig):
     """Settings of the ``vitgal`` extractor (:mod:`glocal.models.vitgal`); checkpoint: ViTGaL (+ autoencoder)
     weights, ours or the ViTGaL release's."""
 
-    backbone_weights: str | None = option(None, "timm / official XCiT ImageNet file for the trunk, used when no "
-                                          "checkpoint is given")
-    backbone: str = option("xcit", "trunk: XCiT (its size: variant); ViTGaL's heads run on XCiT tokens only",
-                           ("xcit",))
+    backbone_weights: str | None = option(None, "ImageNet weights of the trunk when no checkpoint is given: a "
+                                          "timm / official XCiT file for xcit; for a CNN as backbone_weights of "
+                                          "the CNN methods ('random', a file, None: its package's)")
+    backbone: str = option("xcit", "trunk: xcit (the paper's; its size: variant), or a CNN whose stride-16 map "
+                           "becomes the tokens", ("xcit", *BACKBONE_NAMES))
     variant: str = option("s12", "XCiT trunk: s12 (XCiT-S12/16) or s24 (XCiT-S24/16)", XCIT_VARIANTS)
     embed_dim: int | None = option(None, "overrides the variant's token dimension (None: the variant's)")
     depth: int | None = option(None, "overrides the variant's number of XCiT blocks (None: the variant's)")
@@ -314,12 +315,17 @@ class VitgalConfig(DeepExtractorConfig):
     attention_threshold: float = option(0.0, "keep local features scoring >= this (uniform attention scores 1)")
 
     def __post_init__(self) -> None:
-        if self.backbone != "xcit":
-            raise ValueError(f"{type(self).__name__}: backbone must be 'xcit', got {self.backbone!r}: ViTGaL's "
-                             "multi-atrous and class-attention heads are built for XCiT's tokens (choose its size "
-                             "with variant=s12 or s24); the CNN backbones serve the other deep methods")
         super().__post_init__()
-        normalise_global_local_scales(self, type(self).__name__)
+        what = type(self).__name__
+        if self.backbone != "xcit":
+            if self.embed_dim is not None or self.depth is not None:
+                raise ValueError(f"{what}: embed_dim and depth describe the XCiT trunk; with backbone "
+                                 f"{self.backbone!r} the tokens have its stride-16 channels")
+            channels, heads = BACKBONES[self.backbone].channels["res4"], self.num_heads or 8
+            if channels % heads:
+                raise ValueError(f"{what}: num_heads={heads} does not divide the {channels} channels of "
+                                 f"{self.backbone!r}'s stride-16 map")
+        normalise_global_local_scales(self, what)
 
 
 @dataclass(frozen=True)
