@@ -126,6 +126,10 @@ def check_runtime_device(config: Any, what: str) -> None:
     if config.runtime == "onnx" and not is_cpu_device(config.device):
         raise ValueError(f"{what}: runtime='onnx' runs on the CPU only, got device {config.device!r}; use "
                          "runtime='torch' on a GPU")
+    if config.runtime == "onnx" and str(getattr(config, "backbone", "")).startswith("efficientnet-lite"):
+        # measured: the dynamic-shape export of its size-dependent TF 'SAME' padding did not end in 15 minutes
+        raise ValueError(f"{what}: runtime='onnx' cannot export the {config.backbone} backbone (size-dependent TF "
+                         "'SAME' padding); use runtime='torch' or another backbone")
 
 
 def float_scales(config: Any, name: str, what: str) -> tuple[float, ...]:

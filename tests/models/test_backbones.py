@@ -243,3 +243,19 @@ def test_regional_aggregation_runs_on_a_small_backbone(method: str, demo_benchma
         hits = searcher.search(paths[2], top=6)
     assert hits[0].name == names[2]
     searcher.close()
+
+
+def test_vitgal_on_a_cnn_refuses_xcit_only_settings() -> None:
+    from glocal.models.configs import VitgalConfig
+
+    assert VitgalConfig().backbone == "xcit"
+    with pytest.raises(ValueError, match="embed_dim and depth describe the XCiT trunk"):
+        VitgalConfig(backbone="mobilenetv2", embed_dim=48)
+    with pytest.raises(ValueError, match="num_heads=5 does not divide the 96 channels"):
+        VitgalConfig(backbone="mobilenetv2", num_heads=5)
+
+
+def test_onnx_runtime_refuses_efficientnet_lite_in_one_line() -> None:
+    with pytest.raises(BadOptionError, match="runtime='onnx' cannot export the efficientnet-lite0") as err:
+        methods.get(_backbone_methods()[0]).configure({"backbone": "efficientnet-lite0", "runtime": "onnx"})
+    assert "\n" not in str(err.value)
