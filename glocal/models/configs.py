@@ -127,7 +127,7 @@ def check_runtime_device(config: Any, what: str) -> None:
         raise ValueError(f"{what}: runtime='onnx' runs on the CPU only, got device {config.device!r}; use "
                          "runtime='torch' on a GPU")
     if config.runtime == "onnx" and str(getattr(config, "backbone", "")).startswith("efficientnet-lite"):
-        # measured: the dynamic-shape export of its size-dependent TF 'SAME' padding did not end in 15 minutes
+        # measured: the dynamic-shape export of its size-dependent TF 'SAME' padding did not finish within 14 minutes here
         raise ValueError(f"{what}: runtime='onnx' cannot export the {config.backbone} backbone (size-dependent TF "
                          "'SAME' padding); use runtime='torch' or another backbone")
 
