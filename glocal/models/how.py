@@ -34,7 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glocal.io.images import LoadedImage
-from glocal.models.configs import HowConfig, HowFireConfig
+from glocal.models import backbones
+from glocal.models.backbones.catalog import STRIDE16
+from glocal.models.backbones.stages import FeatureBackbone
+from glocal.models.configs import RANDOM_WEIGHTS, HowConfig, HowFireConfig, resolved_preprocessing
 from glocal.models.extractor_base import seeded_init, warn_if_bf16_is_slow
 from glocal.models.geometry.pyramid import (
     LocalCandidates,
@@ -48,16 +51,22 @@ from glocal.models.geometry.pyramid import (
 )
 from glocal.models.geometry.receptive_field import feature_centers_xy, receptive_field
 from glocal.models.how_fire_checkpoints import load_into, save_glocal_checkpoint
-from glocal.models.layers.backbone import BackboneConfig, ResNetBackbone
 from glocal.models.layers.whitening import PCAWhitening, stack_feature_sample
 from glocal.records import ImageFeatures
 
 
-def build_trunk(depth: int = 50, imagenet_weights: str | None = None) -> ResNetBackbone:
-    """R50- / R101-: torchvision ResNet up to res4 (1024 channels, stride 16)."""
+def build_trunk(backbone: str | int = "resnet50", imagenet_weights: str | None = None) -> FeatureBackbone:
+    """A backbone up to its stride-16 map (:func:`glocal.models.backbones.build` with ``last_stage="res4"``): for
+    ``resnet50`` / ``resnet101`` (or a depth 50 / 101) the papers' R50- / R101- (1024 channels)."""
+    name = f"resnet{backbone}" if isinstance(backbone, int) else backbone
     with warnings.catch_warnings():  # the extractor issues its own, more specific warning
         warnings.filterwarnings("ignore", message=".*NO pretrained weights.*")
-        return ResNetBackbone(BackboneConfig(depth=depth, weights=imagenet_weights, last_stage="res4"))
+        return backbones.build(name, imagenet_weights, last_stage=STRIDE16)
+
+
+def config_trunk(config: HowFireConfig) -> FeatureBackbone:
+    """The trunk a HOW / FIRe config asks for (random when a checkpoint will replace its weights)."""
+    return build_trunk(config.backbone, RANDOM_WEIGHTS if config.checkpoint else config.imagenet_weights)
 
 
 def trunk_forward(trunk: nn.Module, x: Tensor, bf16: bool = False) -> Tensor:
@@ -67,13 +76,13 @@ def trunk_forward(trunk: nn.Module, x: Tensor, bf16: bool = False) -> Tensor:
         convolutions are where the time goes; the heads (whitening, LIT) stay in float32.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = trunk(x, outputs=("res4",))["res4"] if isinstance(trunk, ResNetBackbone) else trunk(x)
+        out = trunk(x, outputs=(STRIDE16,))[STRIDE16] if isinstance(trunk, FeatureBackbone) else trunk(x)
     return out.float() if bf16 else out
 
 
 def trunk_path(trunk: nn.Module) -> list[nn.Module]:
     """The trunk's layers from input to output, for the receptive-field walk."""
-    return trunk.path_to("res4") if isinstance(trunk, ResNetBackbone) else [trunk]
+    return trunk.path_to(STRIDE16) if isinstance(trunk, FeatureBackbone) else [trunk]
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ class PyramidExtractor:
         self.device = torch.device(config.device)
         # channels_last convolutions (oneDNN on CPU, tensor cores on CUDA): faster, same results
         self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.preprocessing = preprocessing_by_name(config.preprocessing)
+        self.preprocessing = preprocessing_by_name(resolved_preprocessing(config))
         self.net.trunk_bf16 = config.runtime == "torch-bf16"
         if self.net.trunk_bf16:
             warn_if_bf16_is_slow(self.device, self.method or self.name)
@@ -251,13 +260,17 @@ class HowExtractor(PyramidExtractor):
     method = "how"
 
     def __init__(self, config: HowConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
-        """:param trunk: replaces the R50- trunk (tests, experiments); it must output ``feature_dim`` channels."""
+        """:param trunk: replaces the config's trunk (tests, experiments); it must output ``feature_dim`` channels
+            (without it, the dimension is the config backbone's stride-16 channels)."""
         config = config or HowConfig()
         with seeded_init(config.seed):
-            net = HowNet(trunk if trunk is not None else build_trunk(config.depth, config.imagenet_weights), feature_dim=feature_dim,
-                         output_dim=config.output_dim, smoothing_kernel=config.smoothing_kernel)
+            if trunk is None:
+                trunk = config_trunk(config)
+                feature_dim = trunk.channels[STRIDE16]
+            net = HowNet(trunk, feature_dim=feature_dim, output_dim=config.output_dim,
+                         smoothing_kernel=config.smoothing_kernel)
         super().__init__(config, net)
-        self._load({"depth": config.depth, "output_dim": config.output_dim,
+        self._load({"backbone": config.backbone, "depth": config.depth, "output_dim": config.output_dim,
                     "smoothing_kernel": config.smoothing_kernel})
 
     def strength_map(self, image: LoadedImage, scale: float = 1.0) -> npt.NDArray[np.float32]:

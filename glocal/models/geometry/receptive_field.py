@@ -16,7 +16,8 @@ path of a residual block is walked.
 
 The walk knows ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.AvgPool2d``, size-dependent padding layers (any
 module with a ``pads(n) -> (before, after)`` method, e.g. TensorFlow ``'same'`` padding in
-``glocal.models.layers.backbone.SamePad2d``), containers (``nn.Sequential``, ``nn.ModuleList``), torchvision
+``glocal.models.backbones.resnet.SamePad2d``; a convolution with a ``same_pads(n, axis)`` method pads itself
+that way), containers (``nn.Sequential``, ``nn.ModuleList``), torchvision
 ``BasicBlock`` / ``Bottleneck`` and any module with a ``receptive_path()`` method returning the modules
 of its main path in order. Point-wise modules (batch norm, activations, identity, dropout) are skipped.
 Anything else raises :class:`ReceptiveFieldError` rather than guessing.
@@ -122,6 +123,14 @@ def receptive_field(
             center -= before * jump
             n += before + after
             continue
+        same_pads = getattr(layer, "same_pads", None)
+        if callable(same_pads):  # a convolution padding itself TF-'same' (size-dependent), e.g. EfficientNet's
+            if n is None:
+                raise ReceptiveFieldError(f"receptive_field.py: {type(layer).__name__} (TF 'same' padding) needs "
+                                          "input_length")
+            before, after = same_pads(n, axis)
+            center -= before * jump
+            n += before + after
         k = _pair(layer.kernel_size, axis)
         s = _pair(layer.stride if layer.stride is not None else layer.kernel_size, axis)
         d = _pair(getattr(layer, "dilation", 1), axis)
