@@ -6,6 +6,7 @@
 - ``features.glf``: every record's CRC32 (a torn tail left by a crash is not damage: it is ignored);
 - ``ivf/`` (ASMK methods): its ``MANIFEST.json``, then the codebook, every segment and the tombstones file
   against the size and CRC32 the manifest records;
+- ``words.glf`` (ASMK indexes built since it exists): every record's CRC32, like ``features.glf``;
 - ``global/`` (global methods): its ``MANIFEST.json``, then every data file it names, the same way.
 
 ``sources.jsonl`` (image files, for drawing matches) has no checksum and is not checked.
@@ -83,20 +84,24 @@ def _entry_damage(root: Path, sub: str, entry: dict[str, Any], kind: str) -> str
     return f"{why}: the {kind} file is damaged" if why.startswith("checksum") else f"{why} (truncated or replaced)"
 
 
-def _check_features(root: Path, report: VerifyReport) -> None:
+def _check_features(root: Path, report: VerifyReport, file: str = "features.glf", kind: str = "features") -> None:
     from glocal.io.feature_file import RecordFile
 
-    path = root / "features.glf"
+    path = root / file
     report.files_checked += 1
     try:
         records = RecordFile(path)
     except GlocalError as exc:
-        report.damage.append(Damage("features", "features.glf", str(exc)))
+        report.damage.append(Damage(kind, file, str(exc)))
         return
     try:
         for i, name, why in records.check():
+            if kind == "words":  # records are named by image position
+                report.damage.append(Damage(kind, file, f"record {i} (image position {name or 'unknown'}) is "
+                                            f"damaged ({why})"))
+                continue
             image = f"image {name!r}" if name else "image name unknown"
-            report.damage.append(Damage("features", "features.glf", f"record {i} ({image}) is damaged ({why})",
+            report.damage.append(Damage(kind, file, f"record {i} ({image}) is damaged ({why})",
                                         (name,) if name else (), position=i))
     finally:
         records.close()
@@ -166,6 +171,8 @@ def verify_index(path: str | Path) -> VerifyReport:
     _check_features(root, report)
     if asmk or (asmk is None and (root / "ivf").is_dir()):
         _check_ivf(root, report)
+        if (root / "words.glf").exists():
+            _check_features(root, report, "words.glf", "words")
     if asmk is False or (asmk is None and (root / "global").is_dir()):
         _check_global(root, report)
     return report
@@ -225,6 +232,8 @@ def _why_not(d: Damage) -> str:
         return "every image's entries depend on the codebook; rebuild the index"
     if d.kind == "tombstones":
         return "which images were removed cannot be known without the tombstones file; rebuild the index"
+    if d.kind == "words":
+        return "the per-feature visual words are re-made from the features by a rebuild; rebuild the index"
     if d.kind == "global":
         return "the global index file cannot be restored from the folder; rebuild the index"
     return "this damage cannot be repaired; rebuild the index"
