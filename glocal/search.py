@@ -70,6 +70,7 @@ class Searcher:
         self.collection = collection
         self.workers = workers  # threads for re-ranking
         self._extractor: Any = None
+        self._query_extractor: Any = None
         #: seconds of the last query's stages: extract (file queries), first_stage, verification
         self.last_timings: dict[str, float] = {}
         self._warned_no_words = False
@@ -106,6 +107,17 @@ class Searcher:
         return self._extractor
 
     @property
+    def query_extractor(self) -> Any:
+        """The extractor for query images: the index's, or one loading at ``query_max_side`` when set."""
+        side = self.options.search.query_max_side
+        if side is None or not hasattr(self.options.extractor, "max_side"):
+            return self.extractor
+        if self._query_extractor is None:
+            config = dataclasses.replace(self.options.extractor, max_side=side)
+            self._query_extractor = self.collection.spec.create_extractor(config)
+        return self._query_extractor
+
+    @property
     def database_extractor(self) -> Any:
         """The extractor for images added to the collection (with regions when the index uses them)."""
         return with_regions(self.extractor, self.collection.options)
@@ -122,7 +134,7 @@ class Searcher:
 
         :raises glocal.io.images.ImageReadError: the file cannot be read as an image.
         """
-        return extract_one(self.extractor, Path(query_path), Path(query_path).name, box=box)
+        return extract_one(self.query_extractor, Path(query_path), Path(query_path).name, box=box)
 
     def search(self, query_path: Path, box: Box | None = None, top: int = 100, rerank_top: int | None = None,
                qe: int | None = None, dba: int | None = None) -> list[SearchHit]:

@@ -42,10 +42,10 @@ def search(
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return
     table = Table(title=f"{query} in {index}")
-    for col in ("rank", "image", "inliers", "shortlist score"):
+    for col in ("rank", "image", "verified", "inliers", "shortlist score"):
         table.add_column(col)
     for r, h in enumerate(hits, 1):
-        table.add_row(str(r), h.name, str(h.inliers), f"{h.shortlist_score:.4f}")
+        table.add_row(str(r), h.name, "yes" if h.verified else "no", str(h.inliers), f"{h.shortlist_score:.4f}")
     out.print(table)
 
 

@@ -136,7 +136,13 @@ class AsmkStage:
 
     def word_features(self, position: int) -> dict[str, npt.NDArray] | None:
         """The stored words and geometry of the image at ``position`` (None without a word store)."""
-        return None if self.words is None else self.words.read(position)
+        if self.words is None:
+            return None
+        try:
+            return self.words.read(position)
+        except KeyError:
+            raise DamagedIndexError(f"{self.words.records.path}: no record for image {position}; 'glocal index "
+                                    "verify' checks the index, a rebuild restores the file") from None
 
     def stats(self) -> dict:
         return index_stats(self.index).as_dict()

@@ -67,7 +67,8 @@ class WordStore:
         descriptors' words, first column used), written with one fsync."""
         items = []
         for i, (f, w) in enumerate(zip(features, nearest)):
-            words = np.asarray(w, np.int64).reshape(len(f.descriptors), -1)[:, 0]
+            w = np.asarray(w, np.int64)
+            words = w[:, 0] if w.ndim == 2 else w.reshape(-1)
             arrays = {"words": words.astype(self.word_dtype),
                       "signs": residual_signs(f.descriptors, words, centroids),
                       "keypoints": np.asarray(f.keypoints, np.float32), "scales": np.asarray(f.scales, np.float32)}

@@ -74,10 +74,14 @@ class SearchOptions:
     qe_alpha: float = option(3.0, "alpha of alpha-QE")
     dba: int = option(1, "alpha-DBA: each database vector averaged with this many, itself included (1: off)")
     dba_alpha: float = option(3.0, "alpha of alpha-DBA")
+    query_max_side: int | None = option(None, "query images loaded with their longest side at most this many "
+                                        "pixels (None: the index's max_side); smaller extracts faster")
 
     def __post_init__(self) -> None:
         if self.qe < 1 or self.dba < 1:
             raise ValueError("qe and dba count vectors, the query itself included: >= 1")
+        if self.query_max_side is not None and self.query_max_side < 16:
+            raise ValueError(f"query_max_side must be >= 16 pixels, got {self.query_max_side}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Fast spatial matching (Philbin et al., CVPR 2007, sec. 3.1): a SIFT corresponden
 
 (theta = 0 for upright features, the gravity-vector assumption), so instead of ~1,000 random 3-point samples
 a few hypotheses are enough: here the ``hypotheses`` correspondences with the smallest residual-code
-distance of each candidate (ties: the earlier pair), every one scored against all the candidate's pairs.
+distance of each candidate (ties: the earlier pair), every one scored against the candidate's pairs (its
+best :data:`SCORING_PAIRS` by code distance when it has more).
 A pair supports a hypothesis when it lands within ``threshold_px`` and, when ``consistency`` is set, its own
 scale ratio is within a factor 2 of s and its orientation difference within 30 degrees of theta (both
 from the correspondence's own frame). The best hypothesis is refined by local optimisation (LO-RANSAC,
@@ -35,6 +36,9 @@ __all__ = ["BatchVerification", "verify_batch"]
 SCALE_FACTOR = 2.0
 #: ... and its orientation difference within this angle (radians, 30 degrees)
 ANGLE_TOLERANCE = np.pi / 6
+#: hypotheses are scored against at most this many of a candidate's pairs (smallest code distance first): the
+#: scoring costs hypotheses x pairs, and without a code filter a candidate can have thousands of pairs
+SCORING_PAIRS = 1024
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,11 @@ def verify_batch(corr: Correspondences, threshold_px: float = 20.0, hypotheses: 
     a, b = s * np.cos(theta), s * np.sin(theta)
     tx = corr.dst[chosen, 0] - (a * corr.src[chosen, 0] - b * corr.src[chosen, 1])
     ty = corr.dst[chosen, 1] - (b * corr.src[chosen, 0] + a * corr.src[chosen, 1])
-    # every hypothesis against every pair of its candidate
-    per_h = counts[h_cand]
+    # every hypothesis against its candidate's first SCORING_PAIRS pairs by code distance (``order`` lists each
+    # candidate's pairs in one block, at the candidate's bounds, best first)
+    per_h = np.minimum(counts[h_cand], SCORING_PAIRS)
     h_of = np.repeat(np.arange(len(chosen)), per_h)
-    pair = corr.bounds[h_cand][h_of] + _segment_ranges(per_h)
+    pair = order[corr.bounds[h_cand][h_of] + _segment_ranges(per_h)]
     sx, sy = corr.src[pair, 0], corr.src[pair, 1]
     ex = a[h_of] * sx - b[h_of] * sy + tx[h_of] - corr.dst[pair, 0]
     ey = b[h_of] * sx + a[h_of] * sy + ty[h_of] - corr.dst[pair, 1]
@@ -144,7 +149,7 @@ def verify_batch(corr: Correspondences, threshold_px: float = 20.0, hypotheses: 
     if consistency:
         support &= np.abs(np.log(corr.scale[pair] / s[h_of])) <= np.log(SCALE_FACTOR)
         if corr.angle is not None:
-            d = np.angle(np.exp(1j * (corr.angle[pair] - theta[h_of])))
+            d = np.mod(corr.angle[pair] - theta[h_of] + np.pi, 2 * np.pi) - np.pi  # wrapped to [-pi, pi)
             support &= np.abs(d) <= ANGLE_TOLERANCE
     score = np.bincount(h_of, support, len(chosen))
     # best hypothesis per candidate (highest support, then the earlier hypothesis)
