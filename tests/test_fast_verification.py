@@ -164,3 +164,15 @@ def test_codebook_smaller_than_requested_is_said_and_recorded(demo_benchmark, tm
     ok = runner.invoke(app, ["index", "build", str(folder), "--out", str(tmp_path / "ok.glx"), "--codebook-size",
                              "8"], env={"GLOCAL_PROGRESS": "0"})
     assert ok.exit_code == 0 and "requested" not in ok.output
+
+
+def test_query_max_side_extracts_the_query_smaller_in_original_pixels(small_index: Path, demo_benchmark) -> None:
+    q = demo_benchmark.query_paths[0]
+    with Searcher.open(small_index) as full, Searcher.open(small_index, settings={"query_max_side": 160}) as small:
+        a, b = full.query_features(q), small.query_features(q)
+        assert small.database_extractor.max_side == full.extractor.max_side  # images added keep the index's size
+        hits = small.search(q, top=3)
+    assert 0 < b.num_features < a.num_features
+    # keypoints stay in original pixels: both spread over the same image extent
+    assert (b.keypoints.max(axis=0) > 0.6 * a.keypoints.max(axis=0)).all()
+    assert hits and hits[0].inliers > 0
