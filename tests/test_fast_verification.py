@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import glocal.search as search_module
 from glocal.cli.main import app
 from glocal.index.builder import build_index
-from glocal.index.verify import verify_index
+from glocal.index.verify import repair_index, verify_index
 from glocal.io.images import load_image
 from glocal.models.sift import RootSiftExtractor
 from glocal.rerank.matching import match_descriptors
@@ -132,6 +132,9 @@ def test_words_file_is_verified_and_an_index_without_it_falls_back(small_index: 
     data[len(data) // 2] ^= 0xFF  # inside a middle record (a torn last record is a crash's tail, not damage)
     (copy / "words.glf").write_bytes(bytes(data))
     assert any(d.kind == "words" for d in verify_index(copy).damage)
+    fixed = repair_index(copy)
+    assert fixed.after is not None and fixed.after.ok and fixed.dropped == []
+    assert (copy / "words.glf").read_bytes() == (small_index / "words.glf").read_bytes()  # written again, same
     (copy / "words.glf").unlink()
     q = demo_benchmark.query_paths[0]
     with Searcher.open(small_index) as s:

@@ -6,7 +6,8 @@
 - ``features.glf``: every record's CRC32 (a torn tail left by a crash is not damage: it is ignored);
 - ``ivf/`` (ASMK methods): its ``MANIFEST.json``, then the codebook, every segment and the tombstones file
   against the size and CRC32 the manifest records;
-- ``words.glf`` (ASMK indexes built since it exists): every record's CRC32, like ``features.glf``;
+- ``words.glf`` (ASMK indexes built since it exists): every record's CRC32, like ``features.glf``; repair
+  writes it again from the features;
 - ``global/`` (global methods): its ``MANIFEST.json``, then every data file it names, the same way.
 
 ``sources.jsonl`` (image files, for drawing matches) has no checksum and is not checked.
@@ -194,13 +195,18 @@ def repair_index(path: str | Path, report: VerifyReport | None = None) -> Repair
         result.after = report
         return result
     fixable = [d for d in report.damage if d.kind in ("segment", "features") and d.position is not None]
+    words = [d for d in report.damage if d.kind == "words"]  # re-made from the features (compaction or rebuild)
     for d in report.damage:
-        if d not in fixable:
+        if d not in fixable and d not in words:
             result.unrepaired.append((d, _why_not(d)))
         elif d.kind == "features" and not d.images:
             result.unrepaired.append((d, "the record's image name cannot be read, so its image cannot be removed"))
     if result.unrepaired:
         result.after = report
+        return result
+    if not fixable:  # only the per-feature words are damaged: write them again from the features
+        _rebuild_words(root)
+        result.after = verify_index(root)
         return result
     collection = Collection.open(root, writable=True)
     try:
@@ -225,6 +231,16 @@ def repair_index(path: str | Path, report: VerifyReport | None = None) -> Repair
     return result
 
 
+def _rebuild_words(root: Path) -> None:
+    from glocal.index.collection import Collection
+    from glocal.index.word_store import rebuild
+
+    with Collection.open(root, writable=True) as collection:
+        ivf = collection.stage.index
+        rebuild(root, collection.features, collection.stage.count, ivf.quantizer or ivf.codebook,
+                ivf.codebook.centroids)
+
+
 def _why_not(d: Damage) -> str:
     if d.kind == "manifest":
         return "a manifest has no copy to restore it from; rebuild the index"
@@ -232,8 +248,6 @@ def _why_not(d: Damage) -> str:
         return "every image's entries depend on the codebook; rebuild the index"
     if d.kind == "tombstones":
         return "which images were removed cannot be known without the tombstones file; rebuild the index"
-    if d.kind == "words":
-        return "the per-feature visual words are re-made from the features by a rebuild; rebuild the index"
     if d.kind == "global":
         return "the global index file cannot be restored from the folder; rebuild the index"
     return "this damage cannot be repaired; rebuild the index"

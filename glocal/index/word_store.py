@@ -12,8 +12,9 @@ That is 34 bytes per 128-D feature (68 kB for 2,000) against 0.5-1 MB of descrip
 verifying a shortlist of 100 reads a few MB and no descriptor. The records are written by the ASMK stage
 when it indexes an image (before the inverted file commits it: an image indexed again after a crash gets a
 newer record of the same name, which shadows the old one), so compaction and repair, which re-index the
-live images, rebuild the file. Indexes built before this file existed have none: their search falls back
-to descriptor matching.
+live images, rebuild the file, and :func:`rebuild` re-makes it from ``features.glf`` (``glocal index verify
+--repair`` when only this file is damaged). Indexes built before this file existed have none: their search
+falls back to descriptor matching.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from glocal.index.asmk import Quantizer, assign_many
+from glocal.io.atomic import fsync_dir
 from glocal.io.feature_file import RecordFile
 from glocal.records import ImageFeatures
 
@@ -86,3 +89,21 @@ class WordStore:
 
     def close(self) -> None:
         self.records.close()
+
+
+def rebuild(root: Path, features: Sequence[ImageFeatures], count: int, quantizer: Quantizer,
+            centroids: npt.NDArray, batch: int = 64) -> None:
+    """Write ``root/words.glf`` anew from the first ``count`` stored images (positions 0 .. count - 1) and swap
+    it in atomically; the caller holds the index's writer lock."""
+    root = Path(root)
+    tmp = root / (FILE + ".rebuilding")
+    tmp.unlink(missing_ok=True)
+    store = WordStore(RecordFile(tmp, writable=True), len(centroids))
+    try:
+        for start in range(0, count, batch):
+            images = [features[i] for i in range(start, min(start + batch, count))]
+            store.append(start, images, assign_many(quantizer, [f.descriptors for f in images], k=1), centroids)
+    finally:
+        store.close()
+    tmp.replace(root / FILE)
+    fsync_dir(root)
