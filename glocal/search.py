@@ -48,7 +48,7 @@ def verifier_options(options: RerankOptions) -> VerifierOptions:
 def word_verifier_options(options: RerankOptions) -> WordVerifierOptions:
     return WordVerifierOptions(assignments=options.word_assignments, max_hamming=options.max_hamming,
                                hypotheses=options.hypotheses, lo_iterations=options.lo_iterations,
-                               threshold_px=options.threshold_px)
+                               threshold_px=options.threshold_px, lo_hypotheses=options.lo_hypotheses)
 
 
 def order_min_inliers(options: RerankOptions) -> int:

@@ -65,10 +65,11 @@ def test_rerank_options_reach_the_word_and_descriptor_matchers(small_index: Path
     q = demo_benchmark.query_paths[0]
     with Searcher.open(small_index, settings={"hypotheses": 3, "max_hamming": 17, "word_assignments": 2,
                                               "threshold_px": 9.0, "verify_min_inliers": 7, "lo_iterations": 1,
-                                              "order": "verified"}) as s:
+                                              "order": "verified", "lo_hypotheses": 2}) as s:
         s.search(q, top=5)
     width, opts, kw = seen["words"]
-    assert width == 2 and (opts.hypotheses, opts.max_hamming, opts.threshold_px, opts.lo_iterations) == (3, 17, 9.0, 1)
+    assert width == 2 and (opts.hypotheses, opts.max_hamming, opts.threshold_px, opts.lo_iterations,
+                           opts.lo_hypotheses) == (3, 17, 9.0, 1, 2)
     assert kw == {"min_inliers": 7, "verify_min_inliers": 7}
     with Searcher.open(small_index, settings={"matcher": "descriptors", "ratio": 0.7, "threshold_px": 11.0}) as s:
         s.search(q, top=5)

@@ -109,6 +109,7 @@ class RerankOptions:
                                      "at most this many bits (None: all pairs)")
     hypotheses: int = option(32, "words: similarity hypotheses per image (its best same-word pairs)")
     lo_iterations: int = option(3, "words: least-squares affine refits of the best hypothesis (local optimisation)")
+    lo_hypotheses: int = option(1, "words: best hypotheses per image refined by local optimisation (best kept)")
     max_distance: float | None = option(None, "keep a match only below this descriptor distance "
                                         "(L2; Hamming bits for binary codes)")
     ratio: float | None = option(None, "Lowe's ratio test: keep a match if d1 < ratio * d2")
@@ -130,7 +131,7 @@ class RerankOptions:
         for name in ("verify_min_inliers", "lo_iterations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("word_assignments", "hypotheses"):
+        for name in ("word_assignments", "hypotheses", "lo_hypotheses"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.order == "verified" and self.verify_min_inliers < 1:

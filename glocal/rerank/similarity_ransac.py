@@ -11,7 +11,8 @@ distance of each candidate (ties: the earlier pair), every one scored against th
 best :data:`SCORING_PAIRS` by code distance when it has more).
 A pair supports a hypothesis when it lands within ``threshold_px`` and, when ``consistency`` is set, its own
 scale ratio is within a factor 2 of s and its orientation difference within 30 degrees of theta (both
-from the correspondence's own frame). The best hypothesis is refined by local optimisation (LO-RANSAC,
+from the correspondence's own frame). The best hypothesis (the ``refine`` best, each on its own, keeping the best result) is refined by local
+optimisation (LO-RANSAC,
 Chum, Matas & Kittler, DAGM 2003): an affine map is fitted by least squares to its inliers,
 
     min_A sum_i || A [x_q,i; 1] - x_d,i ||^2   (normal equations, one 3 x 3 system per candidate),
@@ -113,8 +114,10 @@ def _affine_inliers(models: npt.NDArray[np.float64], cand: npt.NDArray[np.int64]
 
 
 def verify_batch(corr: Correspondences, threshold_px: float = 20.0, hypotheses: int = 32, lo_iterations: int = 3,
-                 consistency: bool = True, active: npt.NDArray[np.bool_] | None = None) -> BatchVerification:
-    """Verify every candidate of ``corr`` (module docstring); ``active`` (C,) False skips a candidate (0)."""
+                 consistency: bool = True, active: npt.NDArray[np.bool_] | None = None, refine: int = 1
+                 ) -> BatchVerification:
+    """Verify every candidate of ``corr`` (module docstring); ``active`` (C,) False skips a candidate (0);
+    ``refine``: hypotheses per candidate refined by local optimisation (the best result is kept)."""
     n = len(corr.bounds) - 1
     counts = corr.counts.copy()
     if active is not None:
@@ -126,6 +129,81 @@ def verify_batch(corr: Correspondences, threshold_px: float = 20.0, hypotheses: 
     mask = np.zeros(len(cand), bool)
     if n == 0 or counts.sum() == 0:
         return BatchVerification(inliers, transforms, mask)
+    # hypotheses: each candidate's first ``hypotheses`` pairs by (code distance, position)
+    order = np.lexsort((np.arange(len(cand)), corr.distance, cand))
+    rank = _segment_ranges(corr.counts)
+    n_hyp = np.minimum(counts, int(hypotheses))
+    chosen = order[rank < n_hyp[cand]]
+    h_cand = cand[chosen]
+    s = corr.scale[chosen]
+    theta = corr.angle[chosen] if corr.angle is not None else np.zeros(len(chosen))
+    a, b = s * np.cos(theta), s * np.sin(theta)
+    tx = corr.dst[chosen, 0] - (a * corr.src[chosen, 0] - b * corr.src[chosen, 1])
+    ty = corr.dst[chosen, 1] - (b * corr.src[chosen, 0] + a * corr.src[chosen, 1])
+    # every hypothesis against its candidate's first SCORING_PAIRS pairs by code distance (``order`` lists each
+    # candidate's pairs in one block, at the candidate's bounds, best first)
+    per_h = np.minimum(counts[h_cand], SCORING_PAIRS)
+    h_of = np.repeat(np.arange(len(chosen)), per_h)
+    pair = order[corr.bounds[h_cand][h_of] + _segment_ranges(per_h)]
+    sx, sy = corr.src[pair, 0], corr.src[pair, 1]
+    ex = a[h_of] * sx - b[h_of] * sy + tx[h_of] - corr.dst[pair, 0]
+    ey = b[h_of] * sx + a[h_of] * sy + ty[h_of] - corr.dst[pair, 1]
+    support = ex * ex + ey * ey <= thr2
+    if consistency:
+        support &= np.abs(np.log(corr.scale[pair] / s[h_of])) <= np.log(SCALE_FACTOR)
+        if corr.angle is not None:
+            d = np.mod(corr.angle[pair] - theta[h_of] + np.pi, 2 * np.pi) - np.pi  # wrapped to [-pi, pi)
+            support &= np.abs(d) <= ANGLE_TOLERANCE
+    score = np.bincount(h_of, support, len(chosen))
+    # the ``refine`` best hypotheses of each candidate (highest support, then the earlier hypothesis) are each
+    # refined on all the candidate's pairs, as "virtual" candidates; each candidate keeps its best result
+    by_score = np.lexsort((np.arange(len(chosen)), -score, h_cand))
+    group_rank = _segment_ranges(np.bincount(h_cand[by_score], minlength=n))
+    sel = by_score[group_rank < max(1, int(refine))]
+    v_cand = h_cand[sel]
+    n_v = len(sel)
+    v_of = np.repeat(np.arange(n_v), counts[v_cand])
+    vpair = corr.bounds[v_cand][v_of] + _segment_ranges(counts[v_cand])
+    vcorr = Correspondences(corr.query[vpair], corr.db[vpair], corr.distance[vpair], corr.src[vpair],
+                            corr.dst[vpair], corr.scale[vpair], None, np.concatenate([[0], np.cumsum(counts[v_cand])]),
+                            corr.unique_query[v_cand])
+    h = sel[v_of]
+    ex = a[h] * vcorr.src[:, 0] - b[h] * vcorr.src[:, 1] + tx[h] - vcorr.dst[:, 0]
+    ey = b[h] * vcorr.src[:, 0] + a[h] * vcorr.src[:, 1] + ty[h] - vcorr.dst[:, 1]
+    start = ex * ex + ey * ey <= thr2  # the hypothesis's support (as scored) on all the candidate's pairs
+    if consistency:
+        start &= np.abs(np.log(vcorr.scale / s[h])) <= np.log(SCALE_FACTOR)
+        if corr.angle is not None:
+            d = np.mod(corr.angle[vpair] - theta[h] + np.pi, 2 * np.pi) - np.pi
+            start &= np.abs(d) <= ANGLE_TOLERANCE
+    vmask, v_inliers = _one_to_one(start, v_of, vcorr, n_v)
+    v_models = np.stack([np.stack([a[sel], -b[sel], tx[sel]], 1), np.stack([b[sel], a[sel], ty[sel]], 1)], 1)
+    for _ in range(int(lo_iterations)):
+        models, ok = _fit_affine(vmask, v_of, vcorr, n_v)
+        new_mask, new_inliers = _one_to_one(_affine_inliers(models, v_of, vcorr, thr2) & ok[v_of], v_of, vcorr, n_v)
+        better = ok & (new_inliers >= v_inliers)
+        if not better.any():
+            break
+        vmask = np.where(better[v_of], new_mask, vmask)
+        v_inliers = np.where(better, new_inliers, v_inliers)
+        v_models = np.where(better[:, None, None], models, v_models)
+    # per candidate, the virtual candidate with the most inliers (then the better-supported hypothesis)
+    pick = np.lexsort((np.arange(n_v), -v_inliers, v_cand))
+    first = np.ones(n_v, bool)
+    first[1:] = v_cand[pick][1:] != v_cand[pick][:-1]
+    best_v = pick[first]
+    inliers = np.zeros(n, np.int64)
+    inliers[v_cand[best_v]] = v_inliers[best_v]
+    transforms = np.full((n, 2, 3), np.nan)
+    transforms[v_cand[best_v]] = v_models[best_v]
+    is_best = np.zeros(n_v, bool)
+    is_best[best_v] = True
+    mask = np.zeros(len(cand), bool)
+    mask[vpair[vmask & is_best[v_of]]] = True
+    if active is not None:
+        mask &= active[cand]
+        inliers = np.where(active, inliers, 0)
+    return BatchVerification(inliers, transforms, mask)
     # hypotheses: each candidate's first ``hypotheses`` pairs by (code distance, position)
     order = np.lexsort((np.arange(len(cand)), corr.distance, cand))
     rank = _segment_ranges(corr.counts)

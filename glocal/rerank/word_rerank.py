@@ -36,6 +36,7 @@ class WordVerifierOptions:
     lo_iterations: int = 3
     threshold_px: float = 20.0
     consistency: bool = True
+    lo_hypotheses: int = 1
 
 
 def rerank_words(query: QueryWords, candidates: Sequence[WordFeatures], shortlist_scores: npt.ArrayLike,
@@ -54,7 +55,7 @@ def rerank_words(query: QueryWords, candidates: Sequence[WordFeatures], shortlis
     corr = tentative_correspondences(query, candidates, options.assignments, options.max_hamming)
     active = corr.unique_query >= max(3, int(min_inliers))
     result = verify_batch(corr, options.threshold_px, options.hypotheses, options.lo_iterations,
-                          options.consistency, active=active)
+                          options.consistency, active=active, refine=options.lo_hypotheses)
     inliers = result.inliers
     order = final_order(inliers, scores, min_inliers=min_inliers)
     out = []

@@ -108,3 +108,14 @@ def test_deterministic_and_empty_inputs() -> None:
     out = rerank_words(q, [empty], [1.0])
     assert out[0].inliers == 0 and out[0].matches.shape == (0, 4)
     assert rerank_words(q, [], []) == []
+
+
+def test_refining_more_hypotheses_never_finds_fewer_inliers() -> None:
+    rng = np.random.default_rng(5)
+    q = _query(rng)
+    cands = [_transformed(q, rng, share=s_, angle=0.3)[0] for s_ in (0.05, 0.1, 0.3)] + [_random_image(rng)]
+    corr = tentative_correspondences(q, cands, 1, 40)
+    one, three = verify_batch(corr, refine=1), verify_batch(corr, refine=3)
+    assert (three.inliers >= one.inliers).all() and one.inliers[2] > 100
+    for res in (one, three):  # the mask holds exactly the counted one-to-one inliers
+        assert [int(res.inlier_mask[corr.bounds[c]:corr.bounds[c + 1]].sum()) for c in range(4)] == res.inliers.tolist()
