@@ -23,6 +23,8 @@ class ImageFeatures:
     :param strengths: (N,) float32 attention / norm / detector response; higher is stronger.
     :param global_descriptor: optional (G, D) float32 global vector(s), L2-normalised rows.
     :param regions: optional (R, 4) float32 boxes x1, y1, x2, y2 in original-image pixels.
+    :param orientations: optional (N,) float32 dominant orientation of each feature in radians (SIFT's angle,
+        image axes); with scales and keypoints one correspondence gives a similarity transform.
     """
 
     name: str
@@ -33,6 +35,7 @@ class ImageFeatures:
     strengths: npt.NDArray[np.float32]
     global_descriptor: npt.NDArray[np.float32] | None = None
     regions: npt.NDArray[np.float32] | None = None
+    orientations: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.descriptors)
@@ -44,6 +47,8 @@ class ImageFeatures:
             arr = getattr(self, what)
             if arr.shape != (n,):
                 raise ValueError(f"{self.name}: {what} must be ({n},), got {arr.shape}")
+        if self.orientations is not None and self.orientations.shape != (n,):
+            raise ValueError(f"{self.name}: orientations must be ({n},), got {self.orientations.shape}")
         if self.global_descriptor is not None and self.global_descriptor.ndim != 2:
             raise ValueError(f"{self.name}: global_descriptor must be (G, D), got {self.global_descriptor.shape}")
         if self.regions is not None and (self.regions.ndim != 2 or self.regions.shape[1] != 4):
@@ -64,6 +69,7 @@ class ImageFeatures:
             strengths=self.strengths[index],
             global_descriptor=self.global_descriptor,
             regions=self.regions,
+            orientations=None if self.orientations is None else self.orientations[index],
         )
 
     def in_box(self, box: tuple[float, float, float, float]) -> ImageFeatures:
@@ -84,6 +90,8 @@ class SearchHit:
     :param shortlist_score: similarity from the first stage (ASMK or global).
     :param inliers: number of RANSAC inliers (0 when not verified).
     :param matches: (M, 4) inlier correspondences x_q, y_q, x_db, y_db in original pixels.
+    :param verified: the decision of spatial verification: True when the image was verified and reached the
+        method's calibrated inlier threshold (``verify_min_inliers``), i.e. it shows the query's object.
     """
 
     index: int
@@ -92,6 +100,7 @@ class SearchHit:
     shortlist_score: float
     inliers: int = 0
     matches: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    verified: bool = False
 
     def to_dict(self, with_matches: bool = False) -> dict:
         d = {
@@ -100,6 +109,7 @@ class SearchHit:
             "score": float(self.score),
             "shortlist_score": float(self.shortlist_score),
             "inliers": int(self.inliers),
+            "verified": bool(self.verified),
         }
         if with_matches:
             d["matches"] = self.matches.round(2).tolist()

@@ -12,6 +12,8 @@ score) for the verified top ``rerank_top``; the rest keep their first-stage orde
 from __future__ import annotations
 
 import dataclasses
+import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from glocal.records import ImageFeatures, SearchHit
 from glocal.rerank.matching import MatcherOptions
 from glocal.rerank.shortlist import rerank
 from glocal.rerank.verification import VerifierOptions
+from glocal.rerank.word_matching import QueryWords, WordFeatures
+from glocal.rerank.word_rerank import WordVerifierOptions, rerank_words
 
 Box = tuple[float, float, float, float]
 
@@ -41,6 +45,22 @@ def verifier_options(options: RerankOptions) -> VerifierOptions:
                            max_iters=options.max_iters, confidence=options.confidence, seed=options.ransac_seed)
 
 
+def word_verifier_options(options: RerankOptions) -> WordVerifierOptions:
+    return WordVerifierOptions(assignments=options.word_assignments, max_hamming=options.max_hamming,
+                               hypotheses=options.hypotheses, lo_iterations=options.lo_iterations,
+                               threshold_px=options.threshold_px, lo_hypotheses=options.lo_hypotheses)
+
+
+def order_min_inliers(options: RerankOptions) -> int:
+    """The ``min_inliers`` of the final order: 0 (DELG) or, with order ``verified``, the decision threshold."""
+    return options.verify_min_inliers if options.order == "verified" else 0
+
+
+def word_features(arrays: Mapping[str, Any]) -> WordFeatures:
+    return WordFeatures(arrays["words"], arrays.get("signs"), arrays["keypoints"], arrays["scales"],
+                        arrays.get("orientations"))
+
+
 class Searcher:
     """Answers queries against one collection (see module docstring)."""
 
@@ -50,6 +70,10 @@ class Searcher:
         self.collection = collection
         self.workers = workers  # threads for re-ranking
         self._extractor: Any = None
+        self._query_extractor: Any = None
+        #: seconds of the last query's stages: extract (file queries), first_stage, verification
+        self.last_timings: dict[str, float] = {}
+        self._warned_no_words = False
         self.options = collection.options
         if settings:
             self.options = collection.spec.configure(settings, base=collection.options)
@@ -83,6 +107,17 @@ class Searcher:
         return self._extractor
 
     @property
+    def query_extractor(self) -> Any:
+        """The extractor for query images: the index's, or one loading at ``query_max_side`` when set."""
+        side = self.options.search.query_max_side
+        if side is None or not hasattr(self.options.extractor, "max_side"):
+            return self.extractor
+        if self._query_extractor is None:
+            config = dataclasses.replace(self.options.extractor, max_side=side)
+            self._query_extractor = self.collection.spec.create_extractor(config)
+        return self._query_extractor
+
+    @property
     def database_extractor(self) -> Any:
         """The extractor for images added to the collection (with regions when the index uses them)."""
         return with_regions(self.extractor, self.collection.options)
@@ -99,13 +134,17 @@ class Searcher:
 
         :raises glocal.io.images.ImageReadError: the file cannot be read as an image.
         """
-        return extract_one(self.extractor, Path(query_path), Path(query_path).name, box=box)
+        return extract_one(self.query_extractor, Path(query_path), Path(query_path).name, box=box)
 
     def search(self, query_path: Path, box: Box | None = None, top: int = 100, rerank_top: int | None = None,
                qe: int | None = None, dba: int | None = None) -> list[SearchHit]:
         """Search with an image file; see :meth:`search_features`."""
-        return self.search_features(self.query_features(query_path, box), top=top, rerank_top=rerank_top,
-                                    qe=qe, dba=dba)
+        t0 = time.perf_counter()
+        query = self.query_features(query_path, box)
+        extract_s = time.perf_counter() - t0
+        hits = self.search_features(query, top=top, rerank_top=rerank_top, qe=qe, dba=dba)
+        self.last_timings = {"extract": extract_s} | self.last_timings
+        return hits
 
     def search_features(self, query: ImageFeatures, top: int = 100, rerank_top: int | None = None,
                         qe: int | None = None, dba: int | None = None) -> list[SearchHit]:
@@ -122,20 +161,51 @@ class Searcher:
         if changes:
             search_options = dataclasses.replace(search_options, **changes)
         n_verify = opts.rerank.rerank_top if rerank_top is None else rerank_top
-        idx, scores = self.collection.stage.search(query, top=max(top, n_verify), options=search_options)
+        t0 = time.perf_counter()
+        stage = self.collection.stage
+        words = n_verify > 0 and query.num_features > 0 and self._use_words()
+        nearest = stage.query_words(query) if words else None
+        kwargs = {"nearest": nearest} if nearest is not None else {}
+        idx, scores = stage.search(query, top=max(top, n_verify), options=search_options, **kwargs)
         names = self.collection.features.names
         hits = [SearchHit(int(i), names[i], float(s), float(s)) for i, s in zip(idx, scores)]
+        t1 = time.perf_counter()
         if n_verify > 0 and hits and query.num_features > 0:
             head, tail = hits[:n_verify], hits[n_verify:]
-            verified = rerank(
-                query, self.collection.features.view([h.index for h in head]),
-                np.array([h.shortlist_score for h in head], np.float32),
-                matcher=matcher_options(opts.rerank), verifier=verifier_options(opts.rerank), workers=self.workers,
-            )
+            shortlist = np.array([h.shortlist_score for h in head], np.float32)
+            ro = opts.rerank
+            if nearest is not None:
+                a = min(ro.word_assignments, nearest.shape[1])
+                signs = stage.query_signs(query, nearest[:, :a]) if ro.max_hamming is not None else None
+                qw = QueryWords(nearest[:, :a], signs, query.keypoints, query.scales, query.orientations)
+                cands = [word_features(stage.word_features(h.index)) for h in head]
+                verified = rerank_words(qw, cands, shortlist, word_verifier_options(ro),
+                                        min_inliers=order_min_inliers(ro), verify_min_inliers=ro.verify_min_inliers)
+            else:
+                verified = rerank(
+                    query, self.collection.features.view([h.index for h in head]), shortlist,
+                    matcher=matcher_options(ro), verifier=verifier_options(ro), workers=self.workers,
+                    min_inliers=order_min_inliers(ro), verify_min_inliers=ro.verify_min_inliers,
+                )
             head = [SearchHit(head[r.position].index, head[r.position].name, r.score,
-                              head[r.position].shortlist_score, r.inliers, r.matches) for r in verified]
+                              head[r.position].shortlist_score, r.inliers, r.matches, r.is_match) for r in verified]
             hits = head + tail
+        self.last_timings = {"first_stage": t1 - t0, "verification": time.perf_counter() - t1}
         return hits[:top]
+
+    def _use_words(self) -> bool:
+        """Whether verification uses visual words: asked for (``matcher=words``) and the index stores them;
+        an older index without a word store falls back to descriptor matching, with one warning."""
+        if self.options.rerank.matcher != "words":
+            return False
+        if getattr(self.collection.stage, "words", None) is not None:
+            return True
+        if not self._warned_no_words:
+            warnings.warn(f"{self.collection.root}: this index stores no visual words per feature (built before "
+                          "they were kept); verifying with descriptor matching instead, rebuild it for the fast "
+                          "matcher=words", stacklevel=3)
+            self._warned_no_words = True
+        return False
 
     def settings(self) -> dict[str, Any]:
         """The collection's settings (what reproduces a result), with the checkpoint's digest when one is set."""

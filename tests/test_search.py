@@ -200,12 +200,17 @@ def test_search_time_options_change_search_and_rerank_only(demo_benchmark, demo_
     q = demo_benchmark.query_paths[0]
     box = tuple(demo_benchmark.gnd[0]["bbx"])
     root = demo_index.collection.root
-    with Searcher.open(root, settings={"ratio": 0.9}) as same, Searcher.open(root, settings={"ratio": 0.6}) as strict:
+    default = demo_index.options.rerank.max_hamming
+    with Searcher.open(root, settings={"max_hamming": default}) as same, \
+            Searcher.open(root, settings={"max_hamming": 16}) as strict:
         loose_hits, strict_hits = same.search(q, box=box, top=5), strict.search(q, box=box, top=5)
-        assert strict.options.rerank.ratio == 0.6 and strict.settings()["rerank"]["ratio"] == 0.6
+        assert strict.options.rerank.max_hamming == 16 and strict.settings()["rerank"]["max_hamming"] == 16
     assert [(h.name, h.inliers) for h in loose_hits] == [(h.name, h.inliers) for h in demo_index.search(q, box=box,
                                                                                                        top=5)]
-    assert strict_hits[0].inliers < loose_hits[0].inliers  # a stricter ratio test keeps fewer matches
+    assert strict_hits[0].inliers < loose_hits[0].inliers  # a stricter code filter keeps fewer pairs
+    with Searcher.open(root, settings={"matcher": "descriptors", "ratio": 0.9}) as loose, \
+            Searcher.open(root, settings={"matcher": "descriptors", "ratio": 0.6}) as strict:
+        assert strict.search(q, box=box, top=5)[0].inliers < loose.search(q, box=box, top=5)[0].inliers
     for fixed in ({"max_keypoints": 100}, {"codebook_size": 64}):
         with pytest.raises(BadOptionError, match="fixed when the index is built"):
             Searcher.open(root, settings=fixed)

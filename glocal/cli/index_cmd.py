@@ -77,7 +77,10 @@ def build(
                              workers=workers)
     collection = result.collection
     count = len(collection)
+    notes = result.notes
     collection.close()
+    for note in notes:
+        err.print(f"[yellow]warning[/yellow]: {escape(note)}", highlight=False)
     report_failures(result.failures)
     report_no_features(result.no_features, verbose)
     out.print(f"indexed {count} images into {out_path} ({len(result.failures)} skipped, "

@@ -52,6 +52,11 @@ def rerank_text(rerank: RerankOptions) -> str:
     """The re-ranking in words (``top 100: mutual NN, ratio 0.9; affine usac_fast, 20 px``), or ``none``."""
     if rerank.rerank_top == 0:
         return "none"
+    verified = f"; yes from {rerank.verify_min_inliers} inliers" if rerank.verify_min_inliers else ""
+    if rerank.matcher == "words":
+        codes = f", codes <= {rerank.max_hamming} bits" if rerank.max_hamming is not None else ""
+        return (f"top {rerank.rerank_top}: shared words ({rerank.word_assignments} per query feature{codes}); "
+                f"similarity + affine LO, {_number(rerank.threshold_px)} px{verified}")
     tests = []
     if rerank.mutual:
         tests.append("mutual NN")
@@ -61,7 +66,7 @@ def rerank_text(rerank: RerankOptions) -> str:
         tests.append(f"distance < {_number(round(rerank.max_distance, 4))}")
     matcher = ", ".join(tests) or "nearest neighbours"
     return (f"top {rerank.rerank_top}: {matcher}; {rerank.model} {rerank.estimator}, "
-            f"{_number(rerank.threshold_px)} px")
+            f"{_number(rerank.threshold_px)} px{verified}")
 
 
 def weights_text(spec: MethodSpec) -> str:

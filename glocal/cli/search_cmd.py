@@ -41,8 +41,9 @@ def search(
     if as_json:
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return
-    columns = ("rank", "image", "inliers", "shortlist score")
-    rows = [(str(r), h.name, str(h.inliers), f"{h.shortlist_score:.4f}") for r, h in enumerate(hits, 1)]
+    columns = ("rank", "image", "verified", "inliers", "shortlist score")
+    rows = [(str(r), h.name, "yes" if h.verified else "no", str(h.inliers), f"{h.shortlist_score:.4f}")
+            for r, h in enumerate(hits, 1)]
     print_results(f"{query} in {index}", columns, rows)
 
 

@@ -16,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from glocal.errors import BadOptionError, DamagedIndexError
-from glocal.index.asmk import assign_many
+from glocal.index.asmk import aggregate, assign_many
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import InvertedFile
 from glocal.index.kmeans import train_codebook
 from glocal.index.layout import IndexSettings
 from glocal.index.quantizer import CoarseQuantizer, fast_quantizer
 from glocal.index.stats import index_stats
+from glocal.index.word_store import WordStore, residual_signs
 from glocal.methods.stages import AsmkIndexOptions, SearchOptions
 from glocal.progress import Progress, no_progress
 from glocal.records import ImageFeatures
@@ -40,9 +41,11 @@ Donor = tuple[Codebook, CoarseQuantizer | None, dict]
 class AsmkStage:
     """The ASMK first stage of one index (see module docstring)."""
 
-    def __init__(self, index: InvertedFile, options: AsmkIndexOptions) -> None:
+    def __init__(self, index: InvertedFile, options: AsmkIndexOptions, words: WordStore | None = None) -> None:
         self.index = index
         self.options = options
+        #: per-feature words and geometry for fast spatial verification (None: an index older than it)
+        self.words = words
 
     @classmethod
     def create(cls, root: Path, options: AsmkIndexOptions, codebook: Codebook, held_out: npt.NDArray | None = None,
@@ -57,17 +60,23 @@ class AsmkStage:
             binary=options.binary, aggregation=options.resolved_aggregation, alpha=options.alpha, tau=options.tau,
             db_assignments=options.db_assignments, query_assignments=min(options.query_assignments, codebook.size),
         )
-        return cls(InvertedFile.create(Path(root) / "ivf", codebook, settings, quantizer=quantizer), options)
+        ivf = InvertedFile.create(Path(root) / "ivf", codebook, settings, quantizer=quantizer)
+        return cls(ivf, options, WordStore.open(Path(root), codebook.size, create=True))
 
     @classmethod
     def open(cls, root: Path, options: AsmkIndexOptions, writable: bool = False) -> AsmkStage:
-        return cls(InvertedFile.open(Path(root) / "ivf", writable=writable, verify="lazy"), options)
+        ivf = InvertedFile.open(Path(root) / "ivf", writable=writable, verify="lazy")
+        try:
+            return cls(ivf, options, WordStore.open(Path(root), ivf.codebook.size, writable=writable))
+        except BaseException:
+            ivf.close()
+            raise
 
     def create_empty_like(self, root: Path) -> AsmkStage:
         """A new, empty stage at ``root`` with this one's codebook, fast quantizer and settings (compaction)."""
         ivf = self.index
-        return type(self)(InvertedFile.create(Path(root) / "ivf", ivf.codebook, ivf.settings, quantizer=ivf.quantizer),
-                          self.options)
+        new = InvertedFile.create(Path(root) / "ivf", ivf.codebook, ivf.settings, quantizer=ivf.quantizer)
+        return type(self)(new, self.options, WordStore.open(Path(root), ivf.codebook.size, create=True))
 
     @property
     def codebook(self) -> Codebook:
@@ -87,6 +96,8 @@ class AsmkStage:
         ivf = self.index
         nearest = assign_many(ivf.quantizer or ivf.codebook, [f.descriptors for f in features],
                               k=ivf.settings.db_assignments)
+        if self.words is not None:  # first: an image indexed again after a crash gets a record that shadows
+            self.words.append(ivf.n_images, features, nearest, ivf.codebook.centroids)
         ivf.add([ivf.aggregate_database(f, nearest=n) for f, n in zip(features, nearest)])
 
     def remove(self, positions: Sequence[int]) -> None:
@@ -96,12 +107,42 @@ class AsmkStage:
         """(count,) True at the positions of removed images."""
         return self.index.removed
 
-    def search(self, query: ImageFeatures, top: int, options: SearchOptions
+    def search(self, query: ImageFeatures, top: int, options: SearchOptions, nearest: npt.NDArray | None = None
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(positions, scores) of the ``top`` best images; ``nearest``: the query's words from
+        :meth:`query_words` (computed here when None)."""
         if options.qe > 1 or options.dba > 1:
             raise BadOptionError("query expansion (qe) and database augmentation (dba) apply to global "
                                  "descriptors, not to an ASMK index")
-        return self.index.search(self.index.aggregate_query(query.descriptors), top=top)
+        ivf = self.index
+        if nearest is None:
+            nearest = self.query_words(query)
+        agg = aggregate(query.descriptors, ivf.codebook, ivf.settings.query_assignments, ivf.settings.binary,
+                        nearest=nearest)
+        return ivf.search(agg, top=top)
+
+    def query_words(self, query: ImageFeatures) -> npt.NDArray[np.int64]:
+        """(N, query_assignments) nearest words of the query's descriptors, nearest first."""
+        ivf = self.index
+        x = np.asarray(query.descriptors, np.float32)
+        k = ivf.settings.query_assignments
+        if len(x) == 0:
+            return np.zeros((0, k), np.int64)
+        return (ivf.quantizer or ivf.codebook).assign(x, k=k)
+
+    def query_signs(self, query: ImageFeatures, nearest: npt.NDArray) -> npt.NDArray[np.uint8]:
+        """(N, k, d / 8) residual sign bits of the query's descriptors to each of its ``nearest`` words."""
+        return residual_signs(query.descriptors, nearest, self.index.codebook.centroids)
+
+    def word_features(self, position: int) -> dict[str, npt.NDArray] | None:
+        """The stored words and geometry of the image at ``position`` (None without a word store)."""
+        if self.words is None:
+            return None
+        try:
+            return self.words.read(position)
+        except KeyError:
+            raise DamagedIndexError(f"{self.words.records.path}: no record for image {position}; 'glocal index "
+                                    "verify' checks the index, a rebuild restores the file") from None
 
     def stats(self) -> dict:
         return index_stats(self.index).as_dict()
@@ -113,6 +154,8 @@ class AsmkStage:
 
     def close(self) -> None:
         self.index.close()
+        if self.words is not None:
+            self.words.close()
 
 
 def descriptor_sample(features: Iterable[ImageFeatures], per_image: int, seed: int,
@@ -138,7 +181,20 @@ def train_asmk_stage(root: Path, options: AsmkIndexOptions, sample: npt.NDArray,
     codebook = train_codebook(sample, options.codebook_size, iterations=KMEANS_ITERATIONS, seed=options.codebook_seed,
                               on_iteration=lambda: advance(1))
     held_out = np.random.default_rng(options.codebook_seed + 1).permutation(sample)[:CALIBRATION_DESCRIPTORS]
-    return AsmkStage.create(root, options, codebook, held_out=held_out), dict(codebook.info)
+    info = dict(codebook.info) | {"codebook_size_requested": int(options.codebook_size),
+                                  "codebook_size": codebook.size}
+    return AsmkStage.create(root, options, codebook, held_out=held_out), info
+
+
+def codebook_note(record: dict) -> str | None:
+    """One line when the codebook has fewer words than asked for (the training sample was too small: k-means
+    needs 39 descriptors per word), else None."""
+    asked, got = record.get("requested_size"), record.get("size")
+    if asked is None or got is None or got >= asked:
+        return None
+    return (f"codebook: requested {asked:,} words, trained {got:,} because only {record.get('sample', 0):,} "
+            f"training descriptors were available (39 per word); give more images (--codebook-images) or a "
+            f"smaller --codebook-size")
 
 
 def codebook_donor(index: Path, donor_method: str, donor_is_asmk: bool, donor_codebook: dict, method: str) -> Donor:

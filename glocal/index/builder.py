@@ -21,7 +21,7 @@ from glocal import methods
 from glocal.errors import BadInputError, BadOptionError
 from glocal.extract.batch import ExtractionFailure
 from glocal.extract.stage import create_extractors, extract_into
-from glocal.index.asmk_stage import AsmkStage, codebook_donor, descriptor_sample, train_asmk_stage
+from glocal.index.asmk_stage import AsmkStage, codebook_donor, codebook_note, descriptor_sample, train_asmk_stage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import manifest_options, new_manifest, read_manifest, write_manifest
 from glocal.io.atomic import fsync_dir, storage_errors
@@ -41,6 +41,12 @@ class BuildResult:
     collection: Collection
     failures: list[ExtractionFailure] = field(default_factory=list)
     no_features: list[str] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """Lines the user should read: a codebook smaller than requested (:func:`codebook_note`)."""
+        note = codebook_note(self.collection.manifest.get("codebook", {}))
+        return [note] if note else []
 
 
 def has_no_features(features: ImageFeatures, asmk: bool) -> bool:

@@ -153,9 +153,13 @@ class Collection:
         sizes = {p.relative_to(self.root).as_posix(): p.stat().st_size for p in self.root.rglob("*") if p.is_file()}
         total = sum(sizes.values())
         n = max(len(self), 1)
-        return {"images": len(self), "removed_images": len(self.names) - len(self), "method": self.method,
-                "shortlist": self.stage.stats(), "features_bytes_per_image": sizes.get("features.glf", 0) / n,
-                "total_bytes": total, "total_bytes_per_image": total / n}
+        out = {"images": len(self), "removed_images": len(self.names) - len(self), "method": self.method}
+        codebook = self.manifest.get("codebook", {})
+        if "size" in codebook:  # ASMK: the words trained, and the words asked for when fewer were possible
+            out["codebook_words"] = codebook["size"]
+            out["codebook_words_requested"] = codebook.get("requested_size", codebook["size"])
+        return out | {"shortlist": self.stage.stats(), "features_bytes_per_image": sizes.get("features.glf", 0) / n,
+                      "total_bytes": total, "total_bytes_per_image": total / n}
 
     # -- writing ---------------------------------------------------------------------------------------
     def _require_writable(self) -> None:

@@ -6,6 +6,8 @@
 - ``features.glf``: every record's CRC32 (a torn tail left by a crash is not damage: it is ignored);
 - ``ivf/`` (ASMK methods): its ``MANIFEST.json``, then the codebook, every segment and the tombstones file
   against the size and CRC32 the manifest records;
+- ``words.glf`` (ASMK indexes built since it exists): every record's CRC32, like ``features.glf``; repair
+  writes it again from the features;
 - ``global/`` (global methods): its ``MANIFEST.json``, then every data file it names, the same way.
 
 ``sources.jsonl`` (image files, for drawing matches) has no checksum and is not checked.
@@ -83,20 +85,24 @@ def _entry_damage(root: Path, sub: str, entry: dict[str, Any], kind: str) -> str
     return f"{why}: the {kind} file is damaged" if why.startswith("checksum") else f"{why} (truncated or replaced)"
 
 
-def _check_features(root: Path, report: VerifyReport) -> None:
+def _check_features(root: Path, report: VerifyReport, file: str = "features.glf", kind: str = "features") -> None:
     from glocal.io.feature_file import RecordFile
 
-    path = root / "features.glf"
+    path = root / file
     report.files_checked += 1
     try:
         records = RecordFile(path)
     except GlocalError as exc:
-        report.damage.append(Damage("features", "features.glf", str(exc)))
+        report.damage.append(Damage(kind, file, str(exc)))
         return
     try:
         for i, name, why in records.check():
+            if kind == "words":  # records are named by image position
+                report.damage.append(Damage(kind, file, f"record {i} (image position {name or 'unknown'}) is "
+                                            f"damaged ({why})"))
+                continue
             image = f"image {name!r}" if name else "image name unknown"
-            report.damage.append(Damage("features", "features.glf", f"record {i} ({image}) is damaged ({why})",
+            report.damage.append(Damage(kind, file, f"record {i} ({image}) is damaged ({why})",
                                         (name,) if name else (), position=i))
     finally:
         records.close()
@@ -166,6 +172,8 @@ def verify_index(path: str | Path) -> VerifyReport:
     _check_features(root, report)
     if asmk or (asmk is None and (root / "ivf").is_dir()):
         _check_ivf(root, report)
+        if (root / "words.glf").exists():
+            _check_features(root, report, "words.glf", "words")
     if asmk is False or (asmk is None and (root / "global").is_dir()):
         _check_global(root, report)
     return report
@@ -187,13 +195,18 @@ def repair_index(path: str | Path, report: VerifyReport | None = None) -> Repair
         result.after = report
         return result
     fixable = [d for d in report.damage if d.kind in ("segment", "features") and d.position is not None]
+    words = [d for d in report.damage if d.kind == "words"]  # re-made from the features (compaction or rebuild)
     for d in report.damage:
-        if d not in fixable:
+        if d not in fixable and d not in words:
             result.unrepaired.append((d, _why_not(d)))
         elif d.kind == "features" and not d.images:
             result.unrepaired.append((d, "the record's image name cannot be read, so its image cannot be removed"))
     if result.unrepaired:
         result.after = report
+        return result
+    if not fixable:  # only the per-feature words are damaged: write them again from the features
+        _rebuild_words(root)
+        result.after = verify_index(root)
         return result
     collection = Collection.open(root, writable=True)
     try:
@@ -216,6 +229,16 @@ def repair_index(path: str | Path, report: VerifyReport | None = None) -> Repair
     compact_index(root)  # rebuilds the first stage and the feature file from the live images
     result.after = verify_index(root)
     return result
+
+
+def _rebuild_words(root: Path) -> None:
+    from glocal.index.collection import Collection
+    from glocal.index.word_store import rebuild
+
+    with Collection.open(root, writable=True) as collection:
+        ivf = collection.stage.index
+        rebuild(root, collection.features, collection.stage.count, ivf.quantizer or ivf.codebook,
+                ivf.codebook.centroids)
 
 
 def _why_not(d: Damage) -> str:

@@ -279,7 +279,7 @@ class RecordFile:
 
 
 # -- ImageFeatures on top of records --------------------------------------------------------------
-_FEATURE_KEYS = ("descriptors", "keypoints", "scales", "strengths", "global_descriptor", "regions")
+_FEATURE_KEYS = ("descriptors", "keypoints", "scales", "strengths", "global_descriptor", "regions", "orientations")
 
 
 def features_to_record(f: ImageFeatures) -> tuple[dict[str, np.ndarray], dict]:
@@ -298,6 +298,7 @@ def features_from_record(name: str, attrs: dict, arrays: dict[str, np.ndarray]) 
         strengths=arrays["strengths"],
         global_descriptor=arrays.get("global_descriptor"),
         regions=arrays.get("regions"),
+        orientations=arrays.get("orientations"),
     )
 
 

@@ -1,10 +1,18 @@
 """``sift``, the weight-free default: RootSIFT (Arandjelovic & Zisserman, CVPR 2012) -> ASMK* (Tolias et
-al., ICCV 2013) -> spatial verification of the top 100 (mutual nearest neighbours + Lowe's ratio, affine
-USAC, 20 px, seed 0), ordered by (inliers, ASMK score).
+al., ICCV 2013) -> spatial verification of the top 100, ordered by (inliers, ASMK score).
+
+Verification is fast spatial matching (Philbin et al., CVPR 2007; ``matcher=words``): same-word pairs from
+each query feature's 3 nearest words, kept when their residual sign codes differ in at most 40 of 128 bits,
+one similarity hypothesis per pair (position, scale, SIFT orientation), affine local optimisation, 20 px;
+no descriptor is read. These values are provisional: 40 bits keeps 94 % of the true same-word pairs and 10 %
+of the false ones on Oxford Graf 1-4 (homographies known), 3 words per query feature recover 257 true pairs
+against 142 with one on Graf 1-3 at ~1.7x the pairs, and ``words`` was chosen over ``descriptors`` for speed
+(``benchmarks/RESULTS.md``); the leave-one-set-out selection (``benchmarks/default_selection.py``) decides.
+``matcher=descriptors`` is the former verifier (mutual nearest neighbours + Lowe's ratio 0.9, affine USAC,
+seed 0). ``verify_min_inliers`` is calibrated on negative pairs (``benchmarks/calibrate_verified.py``).
 
 The codebook is smaller than the deep methods' (4,096 words): user collections are often small and the size
-is clipped to the training sample anyway. Ratio 0.9 and USAC_FAST were measured on mini-ROxf/RPar
-(``benchmarks/RESULTS.md``).
+is clipped to the training sample anyway (the build says so).
 """
 from __future__ import annotations
 
@@ -23,7 +31,8 @@ SPECS = (
         extractor=SiftConfig(),
         build_extractor=_build,
         index=AsmkIndexOptions(codebook_size=4096),
-        rerank=RerankOptions(rerank_top=100, ratio=0.9, mutual=True, estimator="usac_fast"),
+        rerank=RerankOptions(rerank_top=100, ratio=0.9, mutual=True, estimator="usac_fast", matcher="words",
+                             word_assignments=3, max_hamming=40, verify_min_inliers=5),
         training="none",
         needs_weights=False,
         default=True,

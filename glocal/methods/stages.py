@@ -14,6 +14,8 @@ ASMK_AGGREGATIONS = ("auto", "asmk", "r-asmk", "regions")
 REGION_SOURCES = ("none", "rmac", "detector")
 GLOBAL_INDEX_KINDS = ("exact", "ivfpq")
 VERIFIER_MODELS = ("affine", "homography")
+MATCHERS = ("descriptors", "words")
+RERANK_ORDERS = ("inliers", "verified")
 ESTIMATORS = ("ransac", "usac_default", "usac_fast", "usac_accurate", "usac_magsac", "usac_prosac")
 
 
@@ -72,18 +74,42 @@ class SearchOptions:
     qe_alpha: float = option(3.0, "alpha of alpha-QE")
     dba: int = option(1, "alpha-DBA: each database vector averaged with this many, itself included (1: off)")
     dba_alpha: float = option(3.0, "alpha of alpha-DBA")
+    query_max_side: int | None = option(None, "query images loaded with their longest side at most this many "
+                                        "pixels (None: the index's max_side); smaller extracts faster")
 
     def __post_init__(self) -> None:
         if self.qe < 1 or self.dba < 1:
             raise ValueError("qe and dba count vectors, the query itself included: >= 1")
+        if self.query_max_side is not None and self.query_max_side < 16:
+            raise ValueError(f"query_max_side must be >= 16 pixels, got {self.query_max_side}")
 
 
 @dataclass(frozen=True)
 class RerankOptions:
     """Spatial verification of the shortlist (DELG, Cao et al., ECCV 2020, appendix: putative matches ->
-    robust affine fit -> inlier count), ordered by (inliers, shortlist score)."""
+    robust affine fit -> inlier count), ordered by (inliers, shortlist score).
+
+    ``matcher=descriptors``: nearest-neighbour descriptor matching and an OpenCV estimator (``ratio``,
+    ``mutual``, ``max_distance``, ``estimator``, ``max_iters``, ``confidence``, ``ransac_seed``).
+    ``matcher=words`` (ASMK indexes): fast spatial matching (Philbin et al., CVPR 2007): same-word pairs
+    filtered by residual codes (``word_assignments``, ``max_hamming``), single-correspondence similarity
+    hypotheses (``hypotheses``) and least-squares affine local optimisation (``lo_iterations``), no descriptor
+    read. Both count inliers within ``threshold_px``; ``verify_min_inliers`` makes the yes/no decision."""
 
     rerank_top: int = option(0, "shortlisted images verified (0: no re-ranking)")
+    matcher: str = option("descriptors", "descriptors (nearest neighbours + OpenCV estimator) or words (shared "
+                          "visual words + similarity hypotheses; ASMK indexes, else descriptors)", choices=MATCHERS)
+    verify_min_inliers: int = option(0, "an image is a verified match (yes/no) from this many inliers on "
+                                     "(0: no decision, every verified image says no)")
+    order: str = option("inliers", "inliers: every verified image by (inliers, shortlist score) (DELG); verified: "
+                        "images reaching verify_min_inliers first by inliers, the others in shortlist order",
+                        choices=RERANK_ORDERS)
+    word_assignments: int = option(1, "words: query words per feature used for pairs (<= query_assignments)")
+    max_hamming: int | None = option(None, "words: keep a same-word pair when its residual sign codes differ in "
+                                     "at most this many bits (None: all pairs)")
+    hypotheses: int = option(32, "words: similarity hypotheses per image (its best same-word pairs)")
+    lo_iterations: int = option(3, "words: least-squares affine refits of the best hypothesis (local optimisation)")
+    lo_hypotheses: int = option(1, "words: best hypotheses per image refined by local optimisation (best kept)")
     max_distance: float | None = option(None, "keep a match only below this descriptor distance "
                                         "(L2; Hamming bits for binary codes)")
     ratio: float | None = option(None, "Lowe's ratio test: keep a match if d1 < ratio * d2")
@@ -102,3 +128,11 @@ class RerankOptions:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        for name in ("verify_min_inliers", "lo_iterations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("word_assignments", "hypotheses", "lo_hypotheses"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.order == "verified" and self.verify_min_inliers < 1:
+            raise ValueError("order=verified needs verify_min_inliers >= 1")

@@ -34,6 +34,10 @@ class SiftConfig:
         "help": "OpenCV's edge threshold (higher: fewer edge-like keypoints filtered out)"})
     max_side: int = field(default=1024, metadata={
         "help": "images are loaded with their longest side at most this many pixels"})
+    n_octave_layers: int = field(default=3, metadata={
+        "help": "OpenCV's DoG layers per octave (Lowe: 3)"})
+    sigma: float = field(default=1.6, metadata={
+        "help": "OpenCV's Gaussian blur of the first octave (Lowe: 1.6)"})
 
 
 class RootSiftExtractor:
@@ -46,7 +50,8 @@ class RootSiftExtractor:
         self.config = config or SiftConfig()
         # nfeatures=0 keeps all; we select by response ourselves to get a deterministic order.
         self._sift = cv2.SIFT_create(
-            nfeatures=0, contrastThreshold=self.config.contrast_threshold, edgeThreshold=self.config.edge_threshold
+            nfeatures=0, nOctaveLayers=self.config.n_octave_layers, contrastThreshold=self.config.contrast_threshold,
+            edgeThreshold=self.config.edge_threshold, sigma=self.config.sigma,
         )
 
     @property
@@ -63,10 +68,14 @@ class RootSiftExtractor:
                 name=name, image_size=image.original_size,
                 descriptors=np.zeros((0, 128), np.float32), keypoints=np.zeros((0, 2), np.float32),
                 scales=np.zeros(0, np.float32), strengths=np.zeros(0, np.float32),
+                orientations=np.zeros(0, np.float32),
             )
         xy = np.array([k.pt for k in kps], dtype=np.float32)
         size = np.array([k.size for k in kps], dtype=np.float32)
         response = np.array([k.response for k in kps], dtype=np.float32)
+        # OpenCV's angle is in degrees, from +x towards +y in image axes (y down): an image rotated by R turns
+        # every angle by R's angle (checked in tests/rerank/test_word_verification.py)
+        angle = np.deg2rad(np.array([k.angle for k in kps], dtype=np.float32)).astype(np.float32)
         # strongest first; stable sort on (-response, y, x) for a reproducible order
         order = np.lexsort((xy[:, 0], xy[:, 1], -response))[: self.config.max_keypoints]
         inv = 1.0 / image.scale
@@ -78,4 +87,5 @@ class RootSiftExtractor:
             keypoints=keypoints.astype(np.float32),
             scales=(size[order] * inv).astype(np.float32),
             strengths=response[order],
+            orientations=angle[order],
         )

@@ -38,6 +38,7 @@ class Reranked:
     :param shortlist_score: the candidate's first-stage score.
     :param verified: True when ``inliers >= min_inliers`` (ordered by inliers), else shortlist order.
     :param putative: number of putative matches before verification.
+    :param is_match: the yes/no decision: ``inliers >= verify_min_inliers`` (and that threshold is >= 1).
     """
 
     position: int
@@ -46,6 +47,7 @@ class Reranked:
     shortlist_score: float = 0.0
     verified: bool = False
     putative: int = 0
+    is_match: bool = False
 
     @property
     def score(self) -> float:
@@ -85,6 +87,7 @@ def rerank(
     verifier: VerifierOptions | None = None,
     min_inliers: int = 0,
     workers: int = 1,
+    verify_min_inliers: int = 0,
 ) -> list[Reranked]:
     """Verify each candidate against the query and return them in DELG's final order.
 
@@ -97,6 +100,7 @@ def rerank(
     :param verifier: verification options; default :class:`VerifierOptions` (DELG's affine model, 20 px,
         1,000 trials, seed 0, USAC_FAST estimator); ``VerifierOptions.delg_reference()`` for plain RANSAC.
     :param min_inliers: candidates with fewer inliers keep their shortlist order after the verified ones.
+    :param verify_min_inliers: from this many inliers on a candidate is a match (``Reranked.is_match``; 0: none is)
     :param workers: candidates verified in parallel threads (results are identical to ``workers=1``;
         a lazily loading ``candidates`` sequence must then tolerate concurrent reads).
     :return: one :class:`Reranked` per candidate, in final order.
@@ -140,6 +144,7 @@ def rerank(
             shortlist_score=float(scores[p]),
             verified=bool(inliers[p] >= min_inliers),
             putative=found[p][0],
+            is_match=bool(verify_min_inliers >= 1 and inliers[p] >= verify_min_inliers),
         )
         for p in order
     ]

@@ -75,6 +75,7 @@ def test_search_with_a_database_image_finds_it_first(client, demo_benchmark) -> 
     assert body["ms"] > 0 and len(body["results"]) == 5
     first = body["results"][0]
     assert first["name"] == name and first["index"] == 3 and first["inliers"] >= 15
+    assert first["verified"] is True  # the yes/no decision travels in the service's JSON
     assert "matches" not in first
 
 
