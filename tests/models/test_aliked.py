@@ -95,6 +95,17 @@ def test_deformable_convolution_with_zero_and_integer_offsets_is_a_shifted_convo
     assert torch.allclose(deform_conv2d(x, half, weight), F.conv2d(avg, weight), atol=1e-5)
 
 
+def test_deformable_convolution_equals_torchvisions_operator() -> None:
+    """Where torchvision is installed, its ``deform_conv2d`` (the operator the release was trained with) gives
+    the same output for random offsets, reads beyond the map included."""
+    ops = pytest.importorskip("torchvision.ops")
+    torch.manual_seed(1)
+    x, weight, bias = torch.randn(2, 4, 11, 13), torch.randn(3, 4, 3, 3), torch.randn(3)
+    offset = torch.randn(2, 18, 11, 13) * 3
+    want = ops.deform_conv2d(x, offset, weight, bias, padding=1)
+    assert torch.allclose(deform_conv2d(x, offset, weight, bias, padding=1), want, atol=1e-4)
+
+
 def test_nms_and_keypoints_find_subpixel_peaks() -> None:
     h, w = 40, 50
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
