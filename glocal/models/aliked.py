@@ -260,11 +260,9 @@ class Aliked(nn.Module):
         """The release's maps: (L2-normalised feature map (1, dim, H, W), score map (1, 1, H, W)) of RGB
         ``image`` (1, 3, H, W) in [0, 1]."""
         enc = self.encode(image)
-        size = enc.x1.shape[-2:]
         parts = [enc.x1] + [F.interpolate(p, scale_factor=f, mode="bilinear", align_corners=True)
-                            for p, f in enc.coarse]
+                            for p, f in enc.coarse]  # the padded side is a multiple of 32: sizes agree
         x1234 = torch.cat(parts, dim=1)
-        assert x1234.shape[-2:] == size
         scores = torch.sigmoid(self.score_head(x1234))
         return self._crop(enc, F.normalize(x1234, p=2.0, dim=1)), self._crop(enc, scores)
 
