@@ -26,6 +26,7 @@ TINY = {
     "fire": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "num_templates": 16, "iterations": 2},
     "vitgal": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "embed_dim": 48, "depth": 2, "num_heads": 4},
     "gem": {"max_side": 96, "scales": [1.0], "backbone": "efficientnet-lite0"},
+    "aliked": {"max_side": 128, "random_weights": True, "score_threshold": 0.0, "max_keypoints": 200},
 }
 
 
