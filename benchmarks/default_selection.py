@@ -282,7 +282,7 @@ def main() -> None:
     result["command"] = " ".join(["python", *sys.argv])
     if args.reuse:
         result["measured at load (1-min)"] = {
-            "default and shortlist": {s: runs[s][chosen["final"]].load for s in sets},
+            "default and shortlist": {s: round(runs[s][chosen["final"]].load, 1) for s in sets},
             "brute force (per query, reused)": [round(v, 1) for v in forcer.loads]}
     text = selection_report.markdown(result)
     print(text)
