@@ -25,21 +25,26 @@ def writable(path: Path) -> Searcher:
 
 
 def test_queries_find_their_transformed_copies(demo_benchmark, demo_index) -> None:
-    ranks = []
+    """The demo is hard on purpose (tests/test_demo.py): most, not all, positives verify at the top."""
+    ranks, shortlist_ranks = [], []
     for qpath, g in zip(demo_benchmark.query_paths, demo_benchmark.gnd):
-        hits = demo_index.search(qpath, box=tuple(g["bbx"]), top=len(demo_index))
+        query = demo_index.query_features(qpath, box=tuple(g["bbx"]))
+        hits = demo_index.search_features(query, top=len(demo_index))
+        shortlist_ranks.append([h.index for h in demo_index.search_features(query, top=len(demo_index), rerank_top=0)])
         order = [h.index for h in hits]
         ranks.append(order)
         positives = set(g["easy"]) | set(g["hard"])
-        # every easy copy is within the first 5 results, and the best result is a positive
-        assert set(g["easy"]) <= set(order[:5]), (qpath.name, order[:10], g)
+        # most easy copies are within the first 5 results, and the best result is a positive
+        assert len(set(g["easy"]) & set(order[:5])) >= 2, (qpath.name, order[:10], g)
         assert order[0] in positives | set(g["junk"])
         # verified positives carry real inlier matches in original image coordinates
         top = hits[0]
         assert top.inliers >= 15 and top.matches.shape == (top.inliers, 4)
-    res = revisited_setups(ranks, demo_benchmark.gnd)
-    assert res["medium"].map > 0.8
-    assert res["hard"].map > 0.6
+    res, shortlist = revisited_setups(ranks, demo_benchmark.gnd), revisited_setups(shortlist_ranks, demo_benchmark.gnd)
+    # far above random (E / M / H about 0.04 / 0.09 / 0.07), clearly below perfect, and verification is what
+    # lifts it there
+    assert 0.8 < res["medium"].map < 0.97 and 0.7 < res["hard"].map < 0.95
+    assert res["medium"].map > shortlist["medium"].map + 0.05 and res["hard"].map > shortlist["hard"].map + 0.1
 
 
 def test_shortlist_alone_is_already_useful(demo_benchmark, demo_index) -> None:
