@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -75,7 +74,8 @@ def train_command(
                  "eval_every": eval_every, "seed": seed, "device": device}
         run_settings = RunSettings(method=spec.name, data=str(data), settings=settings, train=train,
                                    images=str(images) if images is not None else None, eval_fraction=eval_fraction,
-                                   command=shlex.join(["glocal", *sys.argv[1:]]))
+                                   command=_command(spec.name, data, run, images, init, train, eval_fraction,
+                                                    settings_kv or []))
 
     def on_data(ts: object) -> None:
         s = ts.summary()  # type: ignore[attr-defined]
@@ -101,3 +101,19 @@ def train_command(
                         progress=as_progress(show_progress()), on_log=on_log, on_data=on_data)
     err.print(f"model card: {escape(str(path.parent / 'MODEL_CARD.md'))}", highlight=False)
     out.print(str(path), highlight=False, soft_wrap=True)
+
+
+def _command(method: str, data: Path, run: Path, images: Path | None, init: str | None, train: dict,
+             eval_fraction: float, settings: list[str]) -> str:
+    """The command line that repeats this run, every training setting spelled out (for the model card)."""
+    words = ["glocal", "train", method, "--data", str(data), "--out", str(run)]
+    if images is not None:
+        words += ["--images", str(images)]
+    if init is not None:
+        words += ["--init", init]
+    for key, value in train.items():
+        words += [f"--{key.replace('_', '-')}", str(value)]
+    words += ["--eval-fraction", str(eval_fraction)]
+    for item in settings:
+        words += ["--set", item]
+    return shlex.join(words)
