@@ -2,7 +2,8 @@
 (:mod:`glocal.train.session`); the last line printed is the exported weights file.
 
 Exit status 2 with one line ``training regime X is not implemented yet`` for a method whose regime is not
-implemented (so far only ``tuples``: ``gem``).
+implemented (so far only ``tuples``: ``gem``); 1 when images were skipped (missing or unreadable, each named on
+stderr; the model is still trained and exported); 3 for a bad label file (one line naming file and line).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from glocal.cli.common import checkpoint_file, err, out, show_progress
+from glocal.cli.common import EXIT_PARTIAL, checkpoint_file, err, out, show_progress
 
 
 def train_command(
@@ -77,12 +78,15 @@ def train_command(
                                    command=_command(spec.name, data, run, images, init, train, eval_fraction,
                                                     settings_kv or []))
 
+    seen: list[tuple[str, str]] = []
+
     def on_data(ts: object) -> None:
         s = ts.summary()  # type: ignore[attr-defined]
         err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors, "
                   f"{s['distractors']} without a class", highlight=False)
+        seen.extend(ts.problems)  # type: ignore[attr-defined]
         for path, reason in ts.problems:  # type: ignore[attr-defined]
-            err.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False)
+            err.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
         if ts.singletons:  # type: ignore[attr-defined]
             names = ", ".join(ts.singletons[:10])  # type: ignore[attr-defined]
             err.print(f"{len(ts.singletons)} classes with one image (no pair; negatives only): "  # type: ignore[attr-defined]
@@ -96,11 +100,17 @@ def train_command(
             parts.append(f"held-out mAP {100 * row['eval_map']:.2f}")
         err.print("  ".join(parts), highlight=False)
 
-    path = train_method(spec, run_settings, run, resume=resume is not None,
+    path, problems = train_method(spec, run_settings, run, resume=resume is not None,
                         steps=steps if resume is not None else None,
                         progress=as_progress(show_progress()), on_log=on_log, on_data=on_data)
     err.print(f"model card: {escape(str(path.parent / 'MODEL_CARD.md'))}", highlight=False)
+    reported = {p for p, _ in seen}
+    for bad, reason in problems:
+        if bad not in reported:
+            err.print(f"[yellow]skipped[/yellow] {escape(bad)}: {escape(reason)}", highlight=False, soft_wrap=True)
     out.print(str(path), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _command(method: str, data: Path, run: Path, images: Path | None, init: str | None, train: dict,

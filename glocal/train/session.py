@@ -72,8 +72,9 @@ def check_regime(spec: Any) -> None:
 def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: bool = False,
                  steps: int | None = None, progress: Progress = no_progress,
                  on_log: Callable[[dict[str, float]], None] | None = None,
-                 on_data: Callable[[Any], None] | None = None) -> Path:
-    """Train ``spec``'s network as ``run_settings`` says, in the folder ``run``; returns the exported file.
+                 on_data: Callable[[Any], None] | None = None) -> tuple[Path, list[tuple[str, str]]]:
+    """Train ``spec``'s network as ``run_settings`` says, in the folder ``run``; returns the exported file
+    and the ``(path, reason)`` of every file left out (missing or unreadable).
 
     :param resume: continue from the newest checkpoint in ``run`` (``run_settings`` should come from
         :meth:`RunSettings.load`).
@@ -110,7 +111,7 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
     result = train_tuples(network, options.extractor.preprocessing, train, held_out, config, run, resume=resume,
                           progress=progress, on_log=on_log)
     card = model_card(spec, options, run_settings, config, data, train, held_out, result)
-    return export_model(result.network, run, card)
+    return export_model(result.network, run, card), result.problems
 
 
 def model_card(spec: Any, options: Any, run_settings: RunSettings, config: Any, data: Any, train: Any,

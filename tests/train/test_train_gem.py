@@ -65,3 +65,17 @@ def test_bad_labels_file_is_one_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["train", "gem", "--data", str(csv), "--out", str(tmp_path / "r"), *TINY])
     assert res.exit_code == 3
     assert res.stderr.strip() == f"error: {csv}:2: 3 fields, expected 2 (file,label)"
+
+
+def test_missing_and_unreadable_images_are_listed_exit_1(shapes: Path, tmp_path: Path) -> None:
+    (shapes / "class1" / "broken.png").write_bytes(b"not an image")
+    rows = [f"class{c}/{i}.png,c{c}" for c in range(3) for i in range(3)] + ["gone.png,c0", "class1/broken.png,c1"]
+    csv = shapes / "labels.csv"
+    csv.write_text("file,label\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "gem", "--data", str(csv), "--out", str(run), "--steps", "1",
+                                   "--eval-fraction", "0", *TINY])
+    assert res.exit_code == 1, res.output
+    assert res.stdout.strip().splitlines()[-1] == str(run / "model.pt")
+    skipped = [line for line in res.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2 and "gone.png: missing" in skipped[0] and "broken.png" in skipped[1]
