@@ -12,7 +12,8 @@ Reproducible: every random choice comes from one ``torch.Generator`` seeded with
 generator and torch RNG states, the epoch's tuples and the position in them, and the log so far;
 ``resume=True`` continues from the newest one and reaches bit-identical weights to an uninterrupted run on the
 same machine and thread count. ``RUN/log.csv`` has one row per step (loss, learning rate, images/s, and the
-held-out mAP on evaluation steps; images/s leaves out the time spent mining: every ``eval_every`` steps, at step 0 and at the end). On CUDA: mixed
+held-out mAP on evaluation steps: every ``eval_every`` steps, at step 0 and at the end; images/s leaves out the
+time spent mining). On CUDA: mixed
 precision (fp16 autocast with a gradient scaler) and channels_last; on the CPU plain float32.
 """
 from __future__ import annotations
