@@ -134,6 +134,9 @@ def _register_optional() -> None:
     from glocal.cli.whiten_cmd import whiten_command
 
     app.command("whiten")(whiten_command)
+    from glocal.cli.train_cmd import train_command
+
+    app.command("train")(train_command)
 
     visualize = typer.Typer(help="Pictures of what a model looks at.", no_args_is_help=True)
     visualize.command("attention")(attention_command)

@@ -188,6 +188,11 @@ class GemExtractor(ModelExtractor):
             raise BadInputError("gem.py: no whitening learned yet (fit_whitening first)")
         return save_global_whitening(path, *self._fitted)
 
+    def trainable_network(self) -> nn.Module:
+        """The network ``glocal train`` fine-tunes: (1, 3, H, W) preprocessed pixels -> (1, 1280) un-normalised
+        GeM descriptor (no whitening); its state dict is what ``config.checkpoint`` loads."""
+        return self.model
+
     def _random_init(self) -> str:
         if backbone_weights_source(self.config.backbone, self.config.backbone_weights) is None:
             return "the backbone uses RANDOM weights"

@@ -1,0 +1,129 @@
+"""``glocal train METHOD --data DATA --out RUN``: fine-tune a method's network in the regime its spec names
+(:mod:`glocal.train.session`); the last line printed is the exported weights file.
+
+Exit status 2 with one line ``training regime X is not implemented yet`` for a method whose regime is not
+implemented (so far only ``tuples``: ``gem``); 1 when images were skipped (missing or unreadable, each named on
+stderr; the model is still trained and exported); 3 for a bad label file (one line naming file and line).
+"""
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from glocal.cli.common import EXIT_PARTIAL, checkpoint_file, err, out, show_progress
+
+
+def train_command(
+    method: Annotated[str, typer.Argument(help="The method whose network is trained (see 'glocal methods').")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Training data: a folder per class, a labels .csv (file,label) or a revisited gnd .pkl.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (checkpoints, log, model.pt).")] = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Folder the labels .csv / gnd image names are relative to (default: next to the file).")] = None,
+    init: Annotated[str | None, typer.Option(
+        "--init", help="Weights to start from (file or published name; default: the method's own).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps in all (default 100).")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Tuples per micro-batch.")] = 5,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-6,
+    accumulate: Annotated[int, typer.Option("--accumulate", help="Micro-batches per optimizer step.")] = 1,
+    negatives: Annotated[int, typer.Option("--negatives", help="Hard negatives per tuple.")] = 5,
+    margin: Annotated[float, typer.Option("--margin", help="Contrastive margin tau.")] = 0.7,
+    image_size: Annotated[int, typer.Option("--image-size", help="Longest image side in training.")] = 512,
+    frozen_fraction: Annotated[float, typer.Option(
+        "--frozen-fraction", help="Fraction of the parameter tensors, earliest first, kept frozen.")] = 0.0,
+    eval_fraction: Annotated[float, typer.Option(
+        "--eval-fraction", help="Fraction of the classes held out for the evaluation hook.")] = 0.2,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (0: none).")] = 0,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Held-out mAP every N steps (0: none).")] = 0,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue the run in this folder from its newest checkpoint.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:i.")] = "cpu",
+    settings_kv: Annotated[list[str] | None, typer.Option(
+        "--set", help="Option KEY=VALUE of the method (VALUE as JSON); repeatable.")] = None,
+) -> None:
+    """Fine-tune a method's network on your images; prints the exported weights file last."""
+    from glocal.errors import BadOptionError
+    from glocal.methods import get
+    from glocal.methods.options import parse_set
+    from glocal.progress import as_progress
+    from glocal.train.session import RunSettings, check_regime, train_method
+
+    spec = get(method)
+    check_regime(spec)
+    if resume is not None:
+        run = resume
+        stored = RunSettings.load(run)
+        if stored.method != spec.name:
+            raise BadOptionError(f"--resume {run}: the run trains {stored.method!r}, not {spec.name!r}")
+        run_settings = stored
+    else:
+        if data is None or out_dir is None:
+            raise BadOptionError("--data and --out are needed (or --resume RUN)")
+        run = out_dir
+        settings = parse_set(settings_kv or [])
+        if init is not None:
+            settings["checkpoint"] = checkpoint_file(init, spec.name)
+        train = {"steps": steps if steps is not None else 100, "batch": batch, "accumulate": accumulate, "lr": lr,
+                 "margin": margin, "negatives": negatives, "image_size": image_size,
+                 "frozen_fraction": frozen_fraction, "checkpoint_every": checkpoint_every,
+                 "eval_every": eval_every, "seed": seed, "device": device}
+        run_settings = RunSettings(method=spec.name, data=str(data), settings=settings, train=train,
+                                   images=str(images) if images is not None else None, eval_fraction=eval_fraction,
+                                   command=_command(spec.name, data, run, images, init, train, eval_fraction,
+                                                    settings_kv or []))
+
+    seen: list[tuple[str, str]] = []
+
+    def on_data(ts: object) -> None:
+        s = ts.summary()  # type: ignore[attr-defined]
+        err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors, "
+                  f"{s['distractors']} without a class", highlight=False)
+        seen.extend(ts.problems)  # type: ignore[attr-defined]
+        for path, reason in ts.problems:  # type: ignore[attr-defined]
+            err.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        if ts.singletons:  # type: ignore[attr-defined]
+            names = ", ".join(ts.singletons[:10])  # type: ignore[attr-defined]
+            err.print(f"{len(ts.singletons)} classes with one image (no pair; negatives only): "  # type: ignore[attr-defined]
+                      f"{escape(names)}", highlight=False)
+
+    def on_log(row: dict[str, float]) -> None:
+        parts = [f"step {int(row['step'])}", f"epoch {int(row['epoch'])}"]
+        if not math.isnan(row["loss"]):
+            parts += [f"loss {row['loss']:.4f}", f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} images/s"]
+        if not math.isnan(row["eval_map"]):
+            parts.append(f"held-out mAP {100 * row['eval_map']:.2f}")
+        err.print("  ".join(parts), highlight=False)
+
+    path, problems = train_method(spec, run_settings, run, resume=resume is not None,
+                        steps=steps if resume is not None else None,
+                        progress=as_progress(show_progress()), on_log=on_log, on_data=on_data)
+    err.print(f"model card: {escape(str(path.parent / 'MODEL_CARD.md'))}", highlight=False)
+    reported = {p for p, _ in seen}
+    for bad, reason in problems:
+        if bad not in reported:
+            err.print(f"[yellow]skipped[/yellow] {escape(bad)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    out.print(str(path), highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _command(method: str, data: Path, run: Path, images: Path | None, init: str | None, train: dict,
+             eval_fraction: float, settings: list[str]) -> str:
+    """The command line that repeats this run, every training setting spelled out (for the model card)."""
+    words = ["glocal", "train", method, "--data", str(data), "--out", str(run)]
+    if images is not None:
+        words += ["--images", str(images)]
+    if init is not None:
+        words += ["--init", init]
+    for key, value in train.items():
+        words += [f"--{key.replace('_', '-')}", str(value)]
+    words += ["--eval-fraction", str(eval_fraction)]
+    for item in settings:
+        words += ["--set", item]
+    return shlex.join(words)

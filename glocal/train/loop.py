@@ -1,0 +1,330 @@
+"""The training loop of the ``tuples`` regime (:mod:`glocal.train.tuples`): a network that maps one image
+(1, 3, H, W) to a global descriptor (1, D) is fine-tuned with the contrastive loss on mined tuples.
+
+What it does, step by step: a *step* is one optimizer update over ``accumulate`` micro-batches of ``batch``
+tuples each (gradient accumulation); every image of a tuple runs through the network on its own, at its own
+size (longest side ``image_size``), as in cirtorch; batch norms keep their running statistics (eval mode) while
+their weights train. Tuples are re-mined with the current network whenever the previous ones are used up (an
+*epoch*). Adam with weight decay; the learning rate multiplied by ``lr_gamma`` after each step.
+
+Reproducible: every random choice comes from one ``torch.Generator`` seeded with ``seed``. A checkpoint every
+``checkpoint_every`` steps (``RUN/checkpoints/step-NNNNNNN.pt``) holds the network, optimizer, scheduler, the
+generator and torch RNG states, the epoch's tuples and the position in them, and the log so far;
+``resume=True`` continues from the newest one and reaches bit-identical weights to an uninterrupted run on the
+same machine and thread count. ``RUN/log.csv`` has one row per step (loss, learning rate, images/s, and the
+held-out mAP on evaluation steps: every ``eval_every`` steps, at step 0 and at the end; images/s leaves out the
+time spent mining). On CUDA: mixed
+precision (fp16 autocast with a gradient scaler) and channels_last; on the CPU plain float32.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from glocal.errors import BadInputError, BadOptionError
+from glocal.io.images import ImageReadError, load_image
+from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
+from glocal.progress import Progress, no_progress
+from glocal.train.data import TrainingSet
+from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised, tuple_loss
+
+STATE_FORMAT = "glocal/train-state/1"
+LOG_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "eval_map")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_tuples` (defaults: cirtorch's GeM fine-tuning where it has one)."""
+
+    steps: int = 100
+    batch: int = 5
+    accumulate: int = 1
+    lr: float = 1e-6
+    weight_decay: float = 1e-6
+    lr_gamma: float = 1.0
+    margin: float = 0.7
+    negatives: int = 5
+    queries_per_epoch: int = 0
+    pool_size: int = 0
+    image_size: int = 512
+    frozen_fraction: float = 0.0
+    checkpoint_every: int = 0
+    eval_every: int = 0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "accumulate", "image_size"):
+            if getattr(self, name) < 1:
+                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.frozen_fraction < 1.0:
+            raise BadOptionError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction}")
+        if not self.lr > 0 or not self.margin > 0 or not self.lr_gamma > 0:
+            raise BadOptionError("--lr, --margin and lr_gamma must be > 0")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the trained network, the log rows, the last step, the data problems met."""
+
+    network: nn.Module
+    history: list[dict[str, float]]
+    step: int
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def evaluations(self) -> list[tuple[int, float]]:
+        """(step, held-out mAP) of every evaluation."""
+        return [(int(r["step"]), r["eval_map"]) for r in self.history if not math.isnan(r.get("eval_map", math.nan))]
+
+
+class ImageCache:
+    """Images of a training set loaded once (longest side ``max_side``) and kept as uint8 pixels."""
+
+    def __init__(self, data: TrainingSet, max_side: int) -> None:
+        self.data, self.max_side = data, max_side
+        self._pixels: dict[int, np.ndarray] = {}
+
+    def check(self) -> list[tuple[str, str]]:
+        """Load every image; the unreadable ones as ``(path, reason)``."""
+        bad = []
+        for i, path in enumerate(self.data.files):
+            try:
+                self.pixels(i)
+            except ImageReadError as exc:
+                bad.append((str(path), exc.reason))
+        return bad
+
+    def pixels(self, i: int) -> np.ndarray:
+        if i not in self._pixels:
+            self._pixels[i] = load_image(self.data.files[i], max_side=self.max_side).pixels
+        return self._pixels[i]
+
+
+def readable(data: TrainingSet, max_side: int) -> tuple[TrainingSet, ImageCache]:
+    """``data`` without the images that cannot be loaded (added to its problems), and their cache."""
+    cache = ImageCache(data, max_side)
+    bad = cache.check()
+    if not bad:
+        return data, cache
+    bad_paths = {p for p, _ in bad}
+    kept = [i for i, f in enumerate(data.files) if str(f) not in bad_paths]
+    clean = data.subset(kept)
+    clean.problems = data.problems + bad
+    new_cache = ImageCache(clean, max_side)
+    new_cache._pixels = {k: cache._pixels[old] for k, old in enumerate(kept)}
+    return clean, new_cache
+
+
+class _Runner:
+    """The network on its device with the preprocessing: descriptors with or without gradients."""
+
+    def __init__(self, network: nn.Module, preprocessing: str, device: torch.device) -> None:
+        self.network, self.device = network, device
+        self.prep = preprocessing_by_name(preprocessing)
+        self.cuda = device.type == "cuda"
+
+    def forward(self, pixels: np.ndarray) -> Tensor:
+        x = image_to_tensor(pixels, self.prep, self.device)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.network(x).float()
+        return self.network(x)
+
+    @torch.no_grad()
+    def describe(self, cache: ImageCache, indices: Sequence[int]) -> Tensor:
+        was_training = self.network.training
+        self.network.eval()
+        out = torch.cat([normalised(self.forward(cache.pixels(int(i)))) for i in indices])
+        self.network.train(was_training)
+        if was_training:
+            freeze_batchnorm(self.network)
+        return out
+
+
+def freeze_batchnorm(network: nn.Module) -> None:
+    """Batch norms in eval mode (running statistics fixed; their weights still train)."""
+    for m in network.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def trainable_parameters(network: nn.Module, frozen_fraction: float) -> list[nn.Parameter]:
+    """The parameters after the first ``frozen_fraction`` of the network's parameter tensors (in definition
+    order: the early layers), which are frozen (``requires_grad=False``)."""
+    params = list(network.parameters())
+    cut = int(len(params) * frozen_fraction)
+    for p in params[:cut]:
+        p.requires_grad_(False)
+    return params[cut:]
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """A run's checkpoint files, oldest first."""
+    return sorted((run / "checkpoints").glob("step-*.pt"))
+
+
+def _save_state(run: Path, step: int, state: dict) -> Path:
+    folder = run / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:07d}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_log(run: Path, history: list[dict[str, float]]) -> None:
+    tmp = run / "log.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+    os.replace(tmp, run / "log.csv")
+
+
+def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, held_out: TrainingSet | None,
+                 config: TrainConfig, run: str | Path, resume: bool = False, progress: Progress = no_progress,
+                 on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Fine-tune ``network`` (image -> un-normalised global descriptor) on ``train`` (module docstring).
+
+    :param preprocessing: pixel normalisation preset of the network.
+    :param held_out: images of classes not trained on, for the evaluation hook (None or empty: no evaluation).
+    :param run: the run folder (checkpoints, log).
+    :param resume: continue from the newest checkpoint in ``run``.
+    :param on_log: called with every log row.
+    """
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    device = torch.device(config.device)
+    train, cache = readable(train, config.image_size)
+    problems = list(train.problems)
+    if held_out is not None and len(held_out.anchors()):
+        held_out, eval_cache = readable(held_out, config.image_size)
+        problems += [p for p in held_out.problems if p not in problems]
+    else:
+        held_out, eval_cache = None, None
+    if len(train.anchors()) == 0:
+        raise BadInputError(f"{train.source}: no class has two readable images; nothing to train on")
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    network.to(device)
+    if device.type == "cuda":
+        network.to(memory_format=torch.channels_last)
+    params = trainable_parameters(network, config.frozen_fraction)
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    runner = _Runner(network, preprocessing, device)
+    step, epoch, position = 0, 0, 0
+    tuples: Tuples | None = None
+    history: list[dict[str, float]] = []
+
+    if resume:
+        found = checkpoints(run)
+        if not found:
+            raise BadInputError(f"{run}: no checkpoint to resume from (expected checkpoints/step-*.pt)")
+        state = torch.load(found[-1], map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise BadInputError(f"{found[-1]}: not a glocal training state ({STATE_FORMAT})")
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        tuples = Tuples(state["tuples"].numpy().copy()) if state["tuples"].numel() else None
+        history = [dict(r) for r in state["history"]]
+
+    def evaluate() -> float:
+        if held_out is None:
+            return math.nan
+        return mean_average_precision(runner.describe(eval_cache, range(len(held_out))), held_out)
+
+    def snapshot() -> dict:
+        return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
+                "tuples": torch.from_numpy(tuples.rows) if tuples is not None else torch.zeros(0, dtype=torch.int64),
+                "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                "history": history, "config": dataclasses.asdict(config)}
+
+    if step == 0 and config.eval_every and held_out is not None:
+        row = {"step": 0, "epoch": 0, "loss": math.nan, "lr": config.lr, "images_per_s": math.nan,
+               "eval_map": evaluate()}
+        history.append(row)
+        if on_log:
+            on_log(row)
+
+    mining = [0.0]  # seconds spent mining in the current step (not counted in images/s)
+
+    def next_tuples() -> np.ndarray:
+        nonlocal tuples, position, epoch
+        if tuples is None or position >= len(tuples):
+            t_mine = time.perf_counter()
+            epoch += 1
+            tuples = mine_tuples(train, lambda ids: runner.describe(cache, ids), config.negatives, generator,
+                                 config.queries_per_epoch, config.pool_size)
+            position = 0
+            mining[0] += time.perf_counter() - t_mine
+        rows = tuples.rows[position:position + config.batch]
+        position += len(rows)
+        return rows
+
+    network.train()
+    freeze_batchnorm(network)
+    advance = progress("training", config.steps - step)
+    while step < config.steps:
+        t0, mining[0] = time.perf_counter(), 0.0
+        optimizer.zero_grad(set_to_none=True)
+        total, images = 0.0, 0
+        for _ in range(config.accumulate):
+            rows = next_tuples()
+            for row in rows:
+                ids = [int(i) for i in row if i >= 0]
+                desc = normalised(torch.cat([runner.forward(cache.pixels(i)) for i in ids]))
+                loss = tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
+                scaler.scale(loss).backward()
+                total += float(loss.detach())
+                images += len(ids)
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        step += 1
+        elapsed = time.perf_counter() - t0 - mining[0]
+        row = {"step": step, "epoch": epoch, "loss": total, "lr": lr, "images_per_s": images / max(elapsed, 1e-9),
+               "eval_map": math.nan}
+        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+            row["eval_map"] = evaluate()
+            network.train()
+            freeze_batchnorm(network)
+        history.append(row)
+        if on_log:
+            on_log(row)
+        advance(1)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            _save_state(run, step, snapshot())
+            _write_log(run, history)
+    _write_log(run, history)
+    network.eval()
+    return TrainResult(network, history, step, problems)

@@ -1,0 +1,47 @@
+"""Synthetic training images: one coloured shape per class on a noisy background, drawn in the test."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 200, 40), (200, 60, 220), (40, 210, 210)]
+
+
+def draw_shape(cls: int, rng: np.random.Generator, side: int = 48) -> Image.Image:
+    """Class ``cls``: its own colour and shape, random place and size, on noise."""
+    noise = rng.integers(0, 90, size=(side, side, 3), dtype=np.uint8)
+    img = Image.fromarray(noise)
+    d = ImageDraw.Draw(img)
+    r = int(rng.integers(side // 5, side // 3))
+    cx, cy = (int(v) for v in rng.integers(r, side - r, size=2))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    colour = COLOURS[cls % len(COLOURS)]
+    kind = cls % 3
+    if kind == 0:
+        d.ellipse(box, fill=colour)
+    elif kind == 1:
+        d.rectangle(box, fill=colour)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    return img
+
+
+def write_folder_per_class(root: Path, classes: int = 4, per_class: int = 5, seed: int = 0,
+                           distractors: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw_shape(c, rng).save(root / f"class{c}" / f"{i}.png")
+    for i in range(distractors):
+        Image.fromarray(rng.integers(0, 255, size=(48, 48, 3), dtype=np.uint8)).save(root / f"noise{i}.png")
+    return root
+
+
+@pytest.fixture
+def shapes(tmp_path: Path) -> Path:
+    """A folder per class: 4 classes of 5 images, 2 distractors."""
+    return write_folder_per_class(tmp_path / "shapes", distractors=2)
