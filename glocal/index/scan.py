@@ -1,0 +1,186 @@
+"""Compiled ASMK* scoring: one pass over the query words' posting lists, popcount on packed 64-bit words.
+
+The same sums as :func:`glocal.index.postings.item_scores` (Tolias et al., IJCV 2016; D2R eq. 1-2): for every
+query word c and every database item Y in c's posting list,
+
+    acc[Y] += w_c * sigma(1 - 2 h / d),   h = popcount(b(X_c) xor b(Y_c)),   sigma(u) = u^alpha if u > tau else 0
+
+with ``sigma`` read from the (d + 1)-entry table of :func:`glocal.index.kernel.selectivity_table` and
+``w_c`` = 1 (or the IDF weight). Items are added to in the same order as the vectorised path (query words
+ascending, list order inside a word, float64), so on an index whose lists fit one gather chunk the scores
+are bit-identical, and otherwise equal to float64 rounding.
+
+Where the time goes in the vectorised path (``benchmarks/asmk_scale.py --profile``): copying every entry's
+code and item id out of the lists, repeating the query code per entry, XOR, popcount per byte, a table
+look-up, and one ``bincount`` into a dense float64 array per chunk, then four more passes over all N images
+(normalisation, float32, removed, ``argpartition``). Here each entry is read once and added in place, the
+item range is split between threads (posting lists hold items in ascending order, so a thread finds its
+part of each list by binary search and threads never write the same cell), and normalisation, removal and
+the top-k are one fused pass.
+
+numba compiles the loops (``cache=True``: compiled once per machine, then loaded from ``__pycache__``).
+Without numba, :data:`AVAILABLE` is False and callers use the vectorised path.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+
+from glocal.index.layout import Segment
+
+try:  # numba is optional: the vectorised numpy path gives the same scores without it
+    import numba
+    from numba.core import types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - exercised where numba is not installed
+    numba = None
+
+AVAILABLE = numba is not None
+
+if AVAILABLE:
+    @intrinsic
+    def _popcount(typingctx, x):  # noqa: ANN001, ANN202 - numba intrinsic signature
+        """LLVM ``ctpop`` of an unsigned 64-bit integer (one POPCNT instruction where the CPU has it)."""
+        if x != types.uint64:
+            return None
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            return builder.ctpop(args[0])
+
+        return types.uint64(types.uint64), codegen
+
+    @numba.njit(nogil=True, cache=True)
+    def _scan(codes, items, starts, lens, qcodes, qrows, table, wq, lo, hi, acc):  # noqa: ANN001, ANN202
+        """acc[item] += wq[j] * table[h] for the entries of list j whose item lies in [lo, hi)."""
+        width = codes.shape[1]
+        for j in range(len(starts)):
+            s = starts[j]
+            e = s + lens[j]
+            a = s + np.searchsorted(items[s:e], lo)
+            b = s + np.searchsorted(items[s:e], hi)
+            r = qrows[j]
+            w = wq[j]
+            if width == 2:
+                q0 = qcodes[r, 0]
+                q1 = qcodes[r, 1]
+                for i in range(a, b):
+                    h = _popcount(codes[i, 0] ^ q0) + _popcount(codes[i, 1] ^ q1)
+                    acc[items[i]] += table[h] * w
+            else:
+                for i in range(a, b):
+                    h = np.uint64(0)
+                    for k in range(width):
+                        h += _popcount(codes[i, k] ^ qcodes[r, k])
+                    acc[items[i]] += table[h] * w
+
+    @numba.njit(nogil=True, cache=True)
+    def _finish_top(acc, gamma, q_scale, removed, top):  # noqa: ANN001, ANN202
+        """float32(acc * gamma / q_scale) per image (-inf if removed) and the ``top`` best (score desc, id asc),
+        unsorted: a bounded min-heap whose root is the worst kept (lowest score, then highest id)."""
+        n = len(acc)
+        out = np.empty(n, np.float32)
+        hs = np.empty(max(top, 1), np.float32)
+        hi_ = np.empty(max(top, 1), np.int64)
+        size = 0
+        for i in range(n):
+            v = np.float32(acc[i] * gamma[i] / q_scale)
+            if removed[i]:
+                v = np.float32(-np.inf)
+            out[i] = v
+            if top == 0 or not np.isfinite(v):
+                continue
+            if size < top:  # sift up
+                c = size
+                size += 1
+                while c > 0:
+                    p = (c - 1) // 2
+                    if hs[p] < v or (hs[p] == v and hi_[p] > i):
+                        break
+                    hs[c] = hs[p]
+                    hi_[c] = hi_[p]
+                    c = p
+                hs[c] = v
+                hi_[c] = i
+            elif v > hs[0]:  # ids ascend: an equal score never beats a kept one; sift down
+                c = 0
+                while True:
+                    left = 2 * c + 1
+                    if left >= size:
+                        break
+                    m = left
+                    if left + 1 < size and (hs[left + 1] < hs[left] or (hs[left + 1] == hs[left] and hi_[left + 1] > hi_[left])):
+                        m = left + 1
+                    if v < hs[m] or (v == hs[m] and i > hi_[m]):
+                        break
+                    hs[c] = hs[m]
+                    hi_[c] = hi_[m]
+                    c = m
+                hs[c] = v
+                hi_[c] = i
+        return out, hi_[:size].copy(), hs[:size].copy()
+
+
+def usable(codes: npt.NDArray) -> bool:
+    """Whether the compiled scan handles these database codes (packed bits, a multiple of 8 bytes a code)."""
+    return AVAILABLE and codes.dtype == np.uint8 and codes.ndim == 2 and codes.shape[1] % 8 == 0 and codes.shape[1] > 0
+
+
+def _words64(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    c = np.ascontiguousarray(codes)
+    return c.view(np.uint64) if len(c) else np.zeros((0, c.shape[1] // 8), np.uint64)
+
+
+def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcodes: npt.NDArray[np.uint8],
+               n_items: int, table: npt.NDArray[np.float64], weight: npt.NDArray[np.float64] | None,
+               threads: int) -> npt.NDArray[np.float64]:
+    """sum_c w_c sigma(similarity) per item over the posting lists of the query words (no normalisation).
+
+    The item range [0, ``n_items``) is cut into ``threads`` parts, each scanned by one thread over every
+    segment (each item's additions keep their order: query words ascending).
+    """
+    acc = np.zeros(n_items, np.float64)
+    q64 = _words64(qcodes)
+    jobs = []
+    for s in segments:
+        if len(s.words) == 0:
+            continue
+        pos = np.minimum(np.searchsorted(s.words, qwords), len(s.words) - 1)
+        hit = np.flatnonzero(s.words[pos] == qwords)
+        if len(hit) == 0:
+            continue
+        w = pos[hit]
+        starts = np.asarray(s.bounds[w], np.int64)
+        lens = np.asarray(s.bounds[w + 1], np.int64) - starts
+        wq = weight[qwords[hit]] if weight is not None else np.ones(len(hit), np.float64)
+        jobs.append((s, _words64(s.codes), starts, lens, hit.astype(np.int64), np.ascontiguousarray(wq, np.float64)))
+    cuts = np.linspace(0, n_items, max(1, threads) + 1).astype(np.int64)
+
+    def run(t: int) -> None:
+        lo, hi = int(cuts[t]), int(cuts[t + 1])
+        for s, codes, starts, lens, qrows, wq in jobs:
+            if hi <= s.item_start or lo >= s.item_start + s.n_items:
+                continue
+            _scan(codes, s.items, starts, lens, q64, qrows, table, wq, np.uint32(lo), np.uint32(hi), acc)
+
+    if threads > 1 and n_items > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, range(threads)))
+    else:
+        run(0)
+    return acc
+
+
+def finish_top(acc: npt.NDArray[np.float64], gamma: npt.NDArray[np.float64], q_norm: float,
+               removed: npt.NDArray[np.bool_], top: int
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(scores float32(acc * gamma / sqrt(q_norm)) with removed images at -inf, top ids, their scores): the
+    ``top`` best finite scores, best first, ties by id, in one pass."""
+    if q_norm <= 0:
+        acc = acc * 0.0
+        q_norm = 1.0
+    out, ids, vals = _finish_top(acc, gamma, float(np.sqrt(q_norm)), removed, max(0, int(top)))
+    order = np.lexsort((ids, -vals))
+    return out, ids[order], vals[order]
