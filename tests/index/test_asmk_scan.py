@@ -55,8 +55,10 @@ def assert_same(idx: InvertedFile, queries: list[AggregatedImage], top: int = 25
 
 @needs_numba
 @pytest.mark.parametrize("dim", [64, 128, 256])
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_compiled_scan_equals_numpy_path(tmp_path, dim, threads):
+@pytest.mark.parametrize(("threads", "block"), [(1, None), (2, None), (3, None), (1, 7), (2, 16)])
+def test_compiled_scan_equals_numpy_path(tmp_path, monkeypatch, dim, threads, block):
+    if block:  # item blocks smaller than the index: the blocked loop, with lists cut at block bounds
+        monkeypatch.setattr(scan, "BLOCK", block)
     batches = [images(70, 1, dim), images(1, 2, dim), images(55, 3, dim)]  # a one-image segment too
     with build(tmp_path, dim, batches) as idx:
         idx.threads = threads
@@ -122,3 +124,10 @@ def test_kernel_choice_is_checked(tmp_path, monkeypatch):
             idx.search(images(1, 15, 128)[0], 3, kernel="compiled")
         ids, _ = idx.search(images(1, 15, 128)[0], 3)  # auto falls back to numpy
         assert len(ids) == 3
+
+
+def test_thread_cuts_snap_to_segment_starts():
+    np.testing.assert_array_equal(scan.thread_cuts(1000, [0, 450, 900], 2), [0, 450, 1000])
+    np.testing.assert_array_equal(scan.thread_cuts(1000, [0, 300, 900], 2), [0, 500, 1000])  # too far: halves
+    np.testing.assert_array_equal(scan.thread_cuts(1000, [0], 1), [0, 1000])
+    np.testing.assert_array_equal(scan.thread_cuts(900, [0, 290, 610], 3), [0, 290, 610, 900])
