@@ -48,11 +48,6 @@ def _kernels():  # noqa: ANN202
     return scan_kernels
 
 
-def usable(codes: npt.NDArray) -> bool:
-    """Whether the compiled scan handles these database codes (packed bits, a multiple of 8 bytes a code)."""
-    return AVAILABLE and codes.dtype == np.uint8 and codes.ndim == 2 and codes.shape[1] % 8 == 0 and codes.shape[1] > 0
-
-
 def _words64(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
     c = np.ascontiguousarray(codes)
     return c.view(np.uint64) if len(c) else np.zeros((0, c.shape[1] // 8), np.uint64)
