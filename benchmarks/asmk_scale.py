@@ -13,6 +13,7 @@ fast two-level quantizer calibrated on held-out descriptors.
 
     python benchmarks/asmk_scale.py                        # 10k, 100k, 1M (about 8 minutes, 8 GB of disk)
     python benchmarks/asmk_scale.py --sizes 10000 --queries 10   # quick run
+    python benchmarks/asmk_scale.py --sizes 1000000 --queries 30 # the before/after table: numpy vs compiled
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from glocal.index.asmk import aggregate, assign_many
 from glocal.index.codebook import Codebook
-from glocal.index.inverted_file import IndexSettings, InvertedFile
+from glocal.index.inverted_file import KERNELS, IndexSettings, InvertedFile
 from glocal.index.quantizer import agreement, fast_quantizer
 from glocal.index.stats import index_stats
 
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quantizer-only", action="store_true", help="stop after the quantisation table")
+    ap.add_argument("--kernels", nargs="+", default=["numpy", "compiled"], choices=KERNELS[1:][::-1],
+                    help="ASMK* scoring paths timed side by side (the first is the reference for 'same')")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     work = Path(args.dir or tempfile.mkdtemp(prefix="asmk_scale_"))
@@ -181,28 +184,48 @@ def main() -> None:
             build_s += t
             done += m
         st = index_stats(idx)
-        lat, hits = [], 0
-        for j, agg in enumerate(queries):
-            idx.search(agg, 100) if j == 0 else None
-            (ids, _), t = timed(idx.search, agg, 100)
-            lat.append(t * 1e3)
-            hits += int(ids[0] == planted[j])
+        # first compiled query: loads the numba cache (or compiles, the first time on a machine)
+        first = timed(idx.search, queries[0], 100, kernel=args.kernels[-1])[1] * 1e3
+        for agg in queries:  # warm-up: page cache and page tables of every list the queries read
+            idx.search(agg, 100, kernel=args.kernels[-1])
+        lat = {k: [] for k in args.kernels}
+        cpu = {k: [] for k in args.kernels}
+        hits, same, load = {k: 0 for k in args.kernels}, 0, os.getloadavg()
+        for j, agg in enumerate(queries):  # the kernels alternate query by query: same load for both
+            out = {}
+            for k in args.kernels:
+                c0 = time.process_time()
+                out[k], t = timed(idx.search, agg, 100, kernel=k)
+                cpu[k].append((time.process_time() - c0) * 1e3)
+                lat[k].append(t * 1e3)
+                hits[k] += int(out[k][0][0] == planted[j])
+            ref_ids, ref_vals = out[args.kernels[0]]
+            same += all(np.array_equal(v, ref_vals) and np.array_equal(i[ref_vals > ref_vals[-1]],
+                                                                        ref_ids[ref_vals > ref_vals[-1]])
+                        for i, v in out.values())
         idx.close()
-        row = (n, build_s, synth_s, st.words_per_image, st.bytes_per_image, st.index_bytes / 2**30, st.segments,
-               float(np.median(lat)), float(np.percentile(lat, 95)), hits, len(queries))
-        table.append(row)
-        print(f"  {n:,} images: build {build_s:.1f} s (+{synth_s:.1f} s synthesis), "
-              f"{st.bytes_per_image:.0f} B/image, query median {row[7]:.1f} ms", flush=True)
+        for k in args.kernels:
+            row = (n, k, build_s, st.words_per_image, st.bytes_per_image, st.index_bytes / 2**30, st.segments,
+                   float(np.median(lat[k])), float(np.percentile(lat[k], 95)), float(np.median(cpu[k])), hits[k],
+                   len(queries), same, load, first)
+            table.append(row)
+            print(f"  {n:,} images, {k}: build {build_s:.1f} s (+{synth_s:.1f} s synthesis), "
+                  f"{st.bytes_per_image:.0f} B/image, query median {row[7]:.1f} ms (CPU {row[9]:.1f} ms)", flush=True)
         if n >= 1_000_000 and args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
 
-    print("\n| images | build (s) | words/image | bytes/image | index size (GiB) | segments | query median (ms) "
-          "| query p95 (ms) | planted duplicate first |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, b, _s, wpi, bpi, gib, segs, med, p95, hits, nq in table:
-        print(f"| {n:,} | {b:.1f} | {wpi:.0f} | {bpi:.0f} | {gib:.2f} | {segs} | {med:.1f} | {p95:.1f} | {hits}/{nq} |")
+    print(f"\n| images | kernel | build (s) | words/image | bytes/image | index size (GiB) | segments | query p50 (ms) "
+          f"| query p95 (ms) | CPU p50 (ms) | planted duplicate first | top-100 same as {args.kernels[0]} "
+          "| load average (1/5/15 min) | first query (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, k, b, wpi, bpi, gib, segs, med, p95, c, hit, nq, same, load, first in table:
+        print(f"| {n:,} | {k} | {b:.1f} | {wpi:.0f} | {bpi:.0f} | {gib:.2f} | {segs} | {med:.1f} | {p95:.1f} | {c:.1f} "
+              f"| {hit}/{nq} | {same}/{nq} | {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} | {first:.0f} |")
     print("\nbuild = add_arrays (sort by word, write, fsync, commit) of pre-aggregated images, synthesis excluded;"
-          " query = search of an aggregated query (top 100) on a warm page cache, quantisation excluded.")
+          " query = search of an aggregated query (top 100) on a warm page cache (one untimed pass over the queries"
+          " first), quantisation excluded; kernels alternate query by query. CPU = process CPU time (all threads)."
+          " 'same': identical top-100 scores, and identical ids above the 100th score (ties at the boundary may"
+          " pick different ids). first query = first compiled search in the process (numba cache load / JIT).")
     if args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 

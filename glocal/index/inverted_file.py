@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from glocal.errors import MissingDependencyError
 from glocal.index import manifest as mf
+from glocal.index import scan
 from glocal.index.asmk import AggregatedImage, aggregate
 from glocal.index.codebook import Codebook
 from glocal.index.kernel import selectivity_table
@@ -40,14 +42,22 @@ from glocal.index.segment_file import ArrayFile, SegmentFileError, file_crc32, w
 from glocal.records import ImageFeatures
 
 VERIFY = ("full", "lazy", "size")
+#: ASMK* scoring: numba (:mod:`glocal.index.scan`), the vectorised numpy reference, or the first where usable
+KERNELS = ("auto", "compiled", "numpy")
 
 
 class InvertedFile:
     """Persistent ASMK inverted file. Use :meth:`create` or :meth:`open`, not the constructor."""
 
-    def __init__(self, root: Path, writable: bool = False, verify: str = "full", threads: int = 2) -> None:
+    def __init__(self, root: Path, writable: bool = False, verify: str = "full", threads: int = 2,
+                 kernel: str = "auto") -> None:
         if verify not in VERIFY:
             raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "compiled" and not scan.AVAILABLE:
+            raise MissingDependencyError("the compiled ASMK* kernel needs numba: pip install numba")
+        self.kernel = kernel
         self.root = Path(root)
         self.writable = writable
         self.threads = threads
@@ -98,11 +108,12 @@ class InvertedFile:
         return cls(root, writable=True)
 
     @classmethod
-    def open(cls, root: str | Path, writable: bool = False, verify: str = "full", threads: int = 2) -> InvertedFile:
+    def open(cls, root: str | Path, writable: bool = False, verify: str = "full", threads: int = 2,
+             kernel: str = "auto") -> InvertedFile:
         """Open an existing index. ``verify``: ``full`` checks every file's CRC32 now, ``lazy`` checks every
         segment before the first query, ``size`` only checks sizes and headers (fast open of huge indexes).
-        ``threads`` score segments in parallel."""
-        return cls(Path(root), writable=writable, verify=verify, threads=threads)
+        ``threads`` score in parallel; ``kernel``: one of :data:`KERNELS`."""
+        return cls(Path(root), writable=writable, verify=verify, threads=threads, kernel=kernel)
 
     def _load_codebook(self) -> None:
         e = self._manifest["codebook"]
@@ -148,6 +159,7 @@ class InvertedFile:
             finally:
                 f.close()
         self._idf_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._gamma_cache: np.ndarray | None = None
         self._table = selectivity_table(self.codebook.dim, self.settings.alpha, self.settings.tau)
 
     # -- writing -----------------------------------------------------------------------------------
@@ -289,32 +301,67 @@ class InvertedFile:
             raise ValueError(f"{self.root}: query codes {query.codes.shape} {query.codes.dtype} do not match the "
                              f"index (binary={self.settings.binary}, {width} per word)")
 
-    def item_scores(self, query: AggregatedImage) -> npt.NDArray[np.float64]:
-        """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1)."""
+    def _compiled(self, kernel: str | None) -> bool:
+        """Whether ``kernel`` (default: this index's) scores with :mod:`glocal.index.scan`."""
+        kernel = kernel or self.kernel  # "auto": compiled if numba is installed and codes are 64-bit multiples
+        if kernel == "numpy":
+            return False
+        ok = self.settings.binary and scan.AVAILABLE and (self.codebook.dim // 8) % 8 == 0
+        if kernel == "compiled" and not ok:
+            raise MissingDependencyError("the compiled ASMK* kernel needs numba and binary codes of a multiple of "
+                                         "64 bits")
+        return ok
+
+    def _prepare(self, query: AggregatedImage) -> tuple[np.ndarray | None, np.ndarray]:
+        """(IDF weights or None, per-item normalisation), after checking the query and lazy verification."""
         self._check_query(query)
-        if len(query) == 0 or self.n_items == 0:
-            return np.zeros(self.n_items, np.float64)
-        weight, item_norm = self._idf() if self.settings.idf else (None, self._item_size)
         if self._verify == "lazy":
             for s in self._segments:
                 if not s.verified:
                     s.verify()
+        return self._idf() if self.settings.idf else (None, self._item_size)
+
+    def _accumulate(self, query: AggregatedImage) -> tuple[np.ndarray, np.ndarray, float]:
+        """Compiled scan: (unnormalised sums per item, gamma per item, query norm) (see :func:`item_scores`)."""
+        weight, item_norm = self._prepare(query)
+        qwords = np.asarray(query.words, np.int64)
+        acc = scan.accumulate(self._segments, qwords, query.codes, self.n_items, self._table, weight, self.threads)
+        if self._gamma_cache is None:
+            self._gamma_cache = np.divide(1.0, np.sqrt(item_norm), out=np.zeros_like(item_norm), where=item_norm > 0)
+        q_norm = float(weight[qwords].sum()) if weight is not None else float(len(query))
+        return acc, self._gamma_cache, q_norm
+
+    def item_scores(self, query: AggregatedImage, kernel: str | None = None) -> npt.NDArray[np.float64]:
+        """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1)."""
+        if len(query) == 0 or self.n_items == 0:
+            self._check_query(query)
+            return np.zeros(self.n_items, np.float64)
+        if self._compiled(kernel):
+            acc, gamma, q_norm = self._accumulate(query)
+            return acc * gamma / np.sqrt(q_norm) if q_norm > 0 else acc * 0.0
+        weight, item_norm = self._prepare(query)
         return item_scores(self._segments, query, self.n_items, self.codebook.dim, self.settings, self._table,
                            weight, item_norm, self.threads)
 
-    def scores(self, query: AggregatedImage, pooling: str | None = None) -> npt.NDArray[np.float32]:
+    def scores(self, query: AggregatedImage, pooling: str | None = None, kernel: str | None = None
+               ) -> npt.NDArray[np.float32]:
         """Similarity of the query to every image id (removed images: -inf); regions pooled by ``pooling``."""
-        s = self.item_scores(query)
+        s = self.item_scores(query, kernel)
         if self.n_items != self.n_images:
             s = pool(s, self._first_item, pooling or self.settings.pooling)
         out = s.astype(np.float32)
         out[self._removed] = -np.inf
         return out
 
-    def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None
+    def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None, kernel: str | None = None
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """(image ids, scores) of the ``top`` best images, best first, ties by id (argpartition, no full sort)."""
-        return top_images(self.scores(query, pooling), top, len(self))
+        """(image ids, scores) of the ``top`` best images, best first, ties by id (compiled, one item per image:
+        one fused pass, :func:`glocal.index.scan.finish_top`; else full scores and ``argpartition``)."""
+        if len(query) and self.n_items and self.n_items == self.n_images and self._compiled(kernel):
+            acc, gamma, q_norm = self._accumulate(query)
+            _, ids, vals = scan.finish_top(acc, gamma, q_norm, self._removed, min(int(top), len(self)))
+            return ids, vals
+        return top_images(self.scores(query, pooling, kernel), top, len(self))
 
     # -- aggregation with this index's codebook and settings ---------------------------------------
     def aggregate_query(self, descriptors: npt.NDArray, exact: bool = False) -> AggregatedImage:

@@ -1,0 +1,121 @@
+"""Compiled ASMK* scoring: one pass over the query words' posting lists, popcount on packed 64-bit words.
+
+The same sums as :func:`glocal.index.postings.item_scores` (Tolias et al., IJCV 2016; D2R eq. 1-2): for every
+query word c and every database item Y in c's posting list,
+
+    acc[Y] += w_c * sigma(1 - 2 h / d),   h = popcount(b(X_c) xor b(Y_c)),   sigma(u) = u^alpha if u > tau else 0
+
+with ``sigma`` read from the (d + 1)-entry table of :func:`glocal.index.kernel.selectivity_table` and
+``w_c`` = 1 (or the IDF weight). Items are added to in the same order as the vectorised path (query words
+ascending, list order inside a word, float64), so on an index whose lists fit one gather chunk the scores
+are bit-identical, and otherwise equal to float64 rounding.
+
+Where the time goes in the vectorised path (``benchmarks/asmk_scale.py --profile``): copying every entry's
+code and item id out of the lists, repeating the query code per entry, XOR, popcount per byte, a table
+look-up, and one ``bincount`` into a dense float64 array per chunk, then four more passes over all N images
+(normalisation, float32, removed, ``argpartition``). Here each entry is read once and added in place, the
+item range is split between threads (posting lists hold items in ascending order, so a thread finds its
+part of each list by binary search and threads never write the same cell), and normalisation, removal and
+the top-k are one fused pass.
+
+numba compiles the loops of :mod:`glocal.index.scan_kernels`, imported on first use (``cache=True``:
+compiled once per machine, then loaded from ``__pycache__``).
+Without numba, :data:`AVAILABLE` is False and callers use the vectorised path.
+"""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from glocal.index.layout import Segment
+
+AVAILABLE = importlib.util.find_spec("numba") is not None  # numba is optional: the numpy path gives the same scores
+#: items whose float64 sums are updated together (the lists are revisited once per block). Measured on a
+#: 1M index (43 M entries a query), CPU ms: whole range 150, 262,144 items 181, 65,536 items 205: revisiting
+#: 4,300 lists per block costs more than the accumulators' cache misses save, so the default is one block.
+BLOCK = 1 << 62
+
+
+@lru_cache(maxsize=1)
+def _kernels():  # noqa: ANN202
+    from glocal.index import scan_kernels  # lazy: numba is imported on the first compiled query
+
+    return scan_kernels
+
+
+def _words64(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    c = np.ascontiguousarray(codes)
+    return c.view(np.uint64) if len(c) else np.zeros((0, c.shape[1] // 8), np.uint64)
+
+
+def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcodes: npt.NDArray[np.uint8],
+               n_items: int, table: npt.NDArray[np.float64], weight: npt.NDArray[np.float64] | None,
+               threads: int, block: int | None = None) -> npt.NDArray[np.float64]:
+    """sum_c w_c sigma(similarity) per item over the posting lists of the query words (no normalisation).
+
+    The item range [0, ``n_items``) is cut into ``threads`` parts, each scanned by one thread over every
+    segment (each item's additions keep their order: query words ascending).
+    """
+    acc = np.zeros(n_items, np.float64)
+    block = BLOCK if block is None else max(1, int(block))
+    q64 = _words64(qcodes)
+    jobs = []
+    for s in segments:
+        if len(s.words) == 0:
+            continue
+        pos = np.minimum(np.searchsorted(s.words, qwords), len(s.words) - 1)
+        hit = np.flatnonzero(s.words[pos] == qwords)
+        if len(hit) == 0:
+            continue
+        w = pos[hit]
+        starts = np.asarray(s.bounds[w], np.int64)
+        lens = np.asarray(s.bounds[w + 1], np.int64) - starts
+        wq = weight[qwords[hit]] if weight is not None else np.ones(len(hit), np.float64)
+        jobs.append((s, _words64(s.codes), starts, lens, hit.astype(np.int64), np.ascontiguousarray(wq, np.float64)))
+    cuts = thread_cuts(n_items, [s.item_start for s in segments], threads)
+
+    def run(t: int) -> None:
+        lo, hi = int(cuts[t]), int(cuts[t + 1])
+        for s, codes, starts, lens, qrows, wq in jobs:
+            if hi <= s.item_start or lo >= s.item_start + s.n_items:
+                continue
+            _kernels().scan_lists(codes, s.items, starts, lens, q64, qrows, table, wq, lo, hi, block, acc)
+
+    if threads > 1 and n_items > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, range(threads)))
+    else:
+        run(0)
+    return acc
+
+
+def thread_cuts(n_items: int, segment_starts: Sequence[int], threads: int, slack: float = 0.1
+                ) -> npt.NDArray[np.int64]:
+    """Item range bounds of ``threads`` scans: even parts, each inner bound moved to the nearest segment start
+    when one lies within ``slack`` x ``n_items`` (a thread then reads whole posting lists, not halves)."""
+    cuts = np.linspace(0, n_items, max(1, threads) + 1).astype(np.int64)
+    starts = np.asarray([b for b in segment_starts if 0 < b < n_items], np.int64)
+    for t in range(1, len(cuts) - 1):
+        if len(starts):
+            near = int(starts[np.argmin(np.abs(starts - cuts[t]))])
+            if abs(near - cuts[t]) <= slack * n_items and cuts[t - 1] < near < cuts[t + 1]:
+                cuts[t] = near
+    return cuts
+
+
+def finish_top(acc: npt.NDArray[np.float64], gamma: npt.NDArray[np.float64], q_norm: float,
+               removed: npt.NDArray[np.bool_], top: int
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(scores float32(acc * gamma / sqrt(q_norm)) with removed images at -inf, top ids, their scores): the
+    ``top`` best finite scores, best first, ties by id, in one pass."""
+    if q_norm <= 0:
+        acc = acc * 0.0
+        q_norm = 1.0
+    out, ids, vals = _kernels().finish_top_k(acc, gamma, float(np.sqrt(q_norm)), removed, max(0, int(top)))
+    order = np.lexsort((ids, -vals))
+    return out, ids[order], vals[order]

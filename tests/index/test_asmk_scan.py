@@ -1,0 +1,133 @@
+"""The compiled ASMK* scan (glocal.index.scan) against the vectorised numpy path it replaces: same scores,
+same rankings (ties by id), with several segments, IDF, empty words, removed images, regions, threads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glocal.errors import MissingDependencyError
+from glocal.index import scan
+from glocal.index.asmk import AggregatedImage
+from glocal.index.codebook import Codebook
+from glocal.index.inverted_file import IndexSettings, InvertedFile
+
+needs_numba = pytest.mark.skipif(not scan.AVAILABLE, reason="numba is not installed")
+K = 64
+
+
+def images(n: int, seed: int, dim: int, words: int = 20, k: int = K, few_codes: bool = False) -> list[AggregatedImage]:
+    """Random aggregated images; ``few_codes``: codes drawn from 3 patterns, so many scores tie exactly."""
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 256, (3, dim // 8), dtype=np.uint8)
+    out = []
+    for _ in range(n):
+        w = np.sort(rng.choice(k, int(rng.integers(1, words)), replace=False)).astype(np.int32)
+        codes = pool[rng.integers(0, 3, len(w))] if few_codes else rng.integers(0, 256, (len(w), dim // 8), dtype=np.uint8)
+        out.append(AggregatedImage(w, codes))
+    return out
+
+
+def full_ranking(scores: np.ndarray, top: int) -> np.ndarray:
+    finite = np.flatnonzero(np.isfinite(scores))
+    return finite[np.lexsort((finite, -scores[finite]))][:top]
+
+
+def build(tmp_path, dim: int, batches: list[list[AggregatedImage]], **settings) -> InvertedFile:
+    cb = Codebook(np.random.default_rng(0).standard_normal((K, dim)).astype(np.float32))
+    idx = InvertedFile.create(tmp_path / "ivf", cb, IndexSettings(binary=True, **settings))
+    for b in batches:
+        idx.add(b)
+    return idx
+
+
+def assert_same(idx: InvertedFile, queries: list[AggregatedImage], top: int = 25) -> None:
+    for q in queries:
+        ref = idx.scores(q, kernel="numpy")
+        new = idx.scores(q, kernel="compiled")
+        np.testing.assert_array_equal(new, ref)  # same summation order: bit-identical here
+        np.testing.assert_array_equal(idx.item_scores(q, kernel="compiled"), idx.item_scores(q, kernel="numpy"))
+        ids, vals = idx.search(q, top, kernel="compiled")
+        np.testing.assert_array_equal(ids, full_ranking(ref, top))
+        np.testing.assert_array_equal(vals, ref[ids])
+        ids_ref, vals_ref = idx.search(q, top, kernel="numpy")
+        np.testing.assert_array_equal(vals, vals_ref)  # reference picks among boundary ties arbitrarily
+
+
+@needs_numba
+@pytest.mark.parametrize("dim", [64, 128, 256])
+@pytest.mark.parametrize(("threads", "block"), [(1, None), (2, None), (3, None), (1, 7), (2, 16)])
+def test_compiled_scan_equals_numpy_path(tmp_path, monkeypatch, dim, threads, block):
+    if block:  # item blocks smaller than the index: the blocked loop, with lists cut at block bounds
+        monkeypatch.setattr(scan, "BLOCK", block)
+    batches = [images(70, 1, dim), images(1, 2, dim), images(55, 3, dim)]  # a one-image segment too
+    with build(tmp_path, dim, batches) as idx:
+        idx.threads = threads
+        assert len(idx.segments) == 3
+        assert_same(idx, images(6, 9, dim, words=50))
+
+
+@needs_numba
+def test_ties_removed_images_and_compaction(tmp_path):
+    batches = [images(120, 4, 128, few_codes=True), images(80, 5, 128, few_codes=True)]
+    with build(tmp_path, 128, batches) as idx:
+        queries = images(5, 6, 128, words=40, few_codes=True)
+        s = idx.scores(queries[0], kernel="numpy")
+        assert len(s) - len(np.unique(s)) > 50  # many exact ties: the ranking relies on ids
+        assert_same(idx, queries)
+        idx.remove([0, 3, 77, 150, 199])
+        assert_same(idx, queries)
+        ids, _ = idx.search(queries[1], 500, kernel="compiled")
+        assert len(ids) == 195 and not set(ids.tolist()) & {0, 3, 77, 150, 199}
+        idx.compact()
+        assert len(idx.segments) == 1
+        assert_same(idx, queries)
+
+
+@needs_numba
+def test_empty_query_words_absent_from_index_and_idf(tmp_path):
+    with build(tmp_path, 128, [images(60, 7, 128, k=32)], idf=True) as idx:  # words 32..63 have no list
+        rng = np.random.default_rng(8)
+        absent = AggregatedImage(np.arange(40, 50, dtype=np.int32), rng.integers(0, 256, (10, 16), dtype=np.uint8))
+        mixed = AggregatedImage(np.arange(20, 45, dtype=np.int32), rng.integers(0, 256, (25, 16), dtype=np.uint8))
+        empty = AggregatedImage(np.zeros(0, np.int32), np.zeros((0, 16), np.uint8))
+        assert_same(idx, [absent, mixed, *images(3, 10, 128, words=30, k=32)])
+        assert not idx.scores(absent, kernel="compiled").any()
+        for kernel in ("compiled", "numpy"):
+            ids, vals = idx.search(empty, 5, kernel=kernel)
+            assert len(ids) == 5 and not vals.any()
+
+
+@needs_numba
+def test_regions_use_the_compiled_item_scores(tmp_path):
+    regions = [[*images(1, 20 + i, 128), *images(2, 40 + i, 128, words=8)] for i in range(30)]
+    with build(tmp_path, 128, [regions], aggregation="regions") as idx:
+        assert idx.n_items == 90 and idx.n_images == 30
+        assert_same(idx, images(4, 11, 128, words=40))
+
+
+@needs_numba
+def test_planted_duplicate_comes_first(tmp_path):
+    db = images(300, 12, 128, words=30)
+    q = db[123]
+    flip = np.packbits(np.random.default_rng(13).random((len(q), 128)) < 0.1, axis=1)
+    with build(tmp_path, 128, [db]) as idx:
+        ids, vals = idx.search(AggregatedImage(q.words, q.codes ^ flip), 3, kernel="compiled")
+    assert ids[0] == 123 and vals[0] > vals[1]
+
+
+def test_kernel_choice_is_checked(tmp_path, monkeypatch):
+    with build(tmp_path, 128, [images(5, 14, 128)]) as idx:
+        with pytest.raises(ValueError, match="kernel must be one of"):
+            InvertedFile.open(idx.root, kernel="fast")
+        monkeypatch.setattr(scan, "AVAILABLE", False)
+        with pytest.raises(MissingDependencyError, match="numba"):
+            idx.search(images(1, 15, 128)[0], 3, kernel="compiled")
+        ids, _ = idx.search(images(1, 15, 128)[0], 3)  # auto falls back to numpy
+        assert len(ids) == 3
+
+
+def test_thread_cuts_snap_to_segment_starts():
+    np.testing.assert_array_equal(scan.thread_cuts(1000, [0, 450, 900], 2), [0, 450, 1000])
+    np.testing.assert_array_equal(scan.thread_cuts(1000, [0, 300, 900], 2), [0, 500, 1000])  # too far: halves
+    np.testing.assert_array_equal(scan.thread_cuts(1000, [0], 1), [0, 1000])
+    np.testing.assert_array_equal(scan.thread_cuts(900, [0, 290, 610], 3), [0, 290, 610, 900])
