@@ -112,12 +112,12 @@ def read_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """(name -> tensor, metadata) from ``.npz`` or a torch file, never unpickling code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoints.py: checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(np.array(z[k])) for k in z.files}, {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError, EOFError) as exc:  # a torch file named .npz: TypeError
             raise CheckpointError(f"{path}: not a readable .npz of arrays ({exc})") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

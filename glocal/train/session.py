@@ -19,6 +19,7 @@ from typing import Any
 
 from glocal.errors import BadInputError, BadOptionError
 from glocal.io.atomic import write_json_atomic
+from glocal.models.configs import resolved_preprocessing
 from glocal.progress import Progress, no_progress
 
 #: training regimes this version implements
@@ -108,7 +109,7 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
     if not resume:
         run_settings.train = dataclasses.asdict(config)
         run_settings.save(run)
-    result = train_tuples(network, options.extractor.preprocessing, train, held_out, config, run, resume=resume,
+    result = train_tuples(network, resolved_preprocessing(options.extractor), train, held_out, config, run, resume=resume,
                           progress=progress, on_log=on_log)
     card = model_card(spec, options, run_settings, config, data, train, held_out, result)
     return export_model(result.network, run, card), result.problems

@@ -52,7 +52,8 @@ PLACEHOLDERS = {
     "my2.glx": "index built by the README", "r.glx": "index built by the README",
     "delg.glx": "index built by the README", "big.glx": "index the README tries to build",
     "fire.glx": "index the README tries to build", "feats/": "features folder made by 'glocal extract'",
-    "matches/": "pictures made by 'glocal search --draw'", "attention.png": "picture made by 'glocal visualize'",
+    "matches/": "pictures made by 'glocal search --draw'", "run1/": "training run made by 'glocal train'",
+    "run1/model.pt": "weights exported by 'glocal train'", "tuned.glx": "index built by the README", "attention.png": "picture made by 'glocal visualize'",
 }
 #: a folder of two photos: deep-model commands that only need to show they run take it for ``photos/``
 FEW_PHOTOS = {"photos/": "few_photos/"}
@@ -85,20 +86,20 @@ class Expect:
 
 
 EXPECT: dict[str, Expect] = {
-    "glocal index build photos/ --out my.glx": Expect(stdout=("indexed 15 images",), creates=("my.glx/manifest.json",)),
-    "glocal index add my.glx more_photos/": Expect(stdout=("added 2 images", "now holds 17")),
+    "glocal index build photos/ --out my.glx": Expect(stdout=("indexed 23 images",), creates=("my.glx/manifest.json",)),
+    "glocal index add my.glx more_photos/": Expect(stdout=("added 2 images", "now holds 25")),
     "glocal search my.glx query.jpg --bbox 10,20,400,300 --top 20 [--json] [--draw matches/]":
         Expect(stdout=("astronaut_",)),
     "glocal search my.glx query.jpg --set ratio=0.8": Expect(stdout=("astronaut_",)),
-    "glocal index remove my.glx photos/old.jpg": Expect(stdout=("removed 1 images", "now holds 16")),
-    "glocal index compact my.glx": Expect(stdout=("dropped 1 removed images, kept 16",)),
+    "glocal index remove my.glx photos/old.jpg": Expect(stdout=("removed 1 images", "now holds 24")),
+    "glocal index compact my.glx": Expect(stdout=("dropped 1 removed images, kept 24",)),
     "glocal index build more/ --out b.glx --codebook-from my.glx": Expect(stdout=("indexed 2 images",)),
     "glocal index info my.glx": Expect(stdout=("images",)),
     "glocal index verify my.glx [--repair]": Expect(stdout=("no damage",)),
-    "glocal extract photos/ --out feats/": Expect(stdout=("extracted 15 images",)),
-    "glocal index build --features feats/ --out my2.glx": Expect(stdout=("indexed 15 images",)),
+    "glocal extract photos/ --out feats/": Expect(stdout=("extracted 23 images",)),
+    "glocal index build --features feats/ --out my2.glx": Expect(stdout=("indexed 23 images",)),
     "glocal methods": Expect(stdout=("sift",)),
-    "glocal index build photos/ --out r.glx --set ratio=0.8 --set max_keypoints=1000": Expect(stdout=("indexed 15 images",)),
+    "glocal index build photos/ --out r.glx --set ratio=0.8 --set max_keypoints=1000": Expect(stdout=("indexed 23 images",)),
     "glocal eval roxford5k --data path/to/roxford5k": Expect(stdout=("mAP", "easy", "medium", "hard"),
                                                              stderr=("2 queries",)),
     "glocal eval custom --data my_photos/": Expect(stdout=("mAP",), stderr=("6 queries, 7 database images",)),
@@ -115,6 +116,11 @@ EXPECT: dict[str, Expect] = {
     "glocal visualize attention photo.jpg --method fire --out attention.png":
         Expect(stdout=("wrote attention.png",), creates=("attention.png",), extra="deep"),
     "glocal serve my.glx --port 8080": Expect(serve=True, extra="serve"),
+    "glocal train gem --data my_photos/ --out run1 --steps 4 --image-size 128 --eval-every 2 --checkpoint-every 2":
+        Expect(stdout=("run1/model.pt",), creates=("run1/model.pt", "run1/MODEL_CARD.md"), extra="deep"),
+    "glocal train gem --resume run1 --steps 6": Expect(stdout=("run1/model.pt",), extra="deep"),
+    "glocal index build photos/ --method gem --set checkpoint=run1/model.pt --out tuned.glx":
+        Expect(stdout=("indexed",), creates=("tuned.glx/manifest.json",), extra="deep", remap=FEW_PHOTOS),
     "glocal demo": Expect(stdout=("mAP", "page:"), creates=("demo_output/index.html",)),
     "glocal doctor": Expect(stdout=("extras:", "threads:", "GPU:", "methods:")),
 }

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from glocal.errors import BadCheckpointError
 from glocal.models.checkpoints import (
     CheckpointError,
     CheckpointMismatchError,
@@ -239,7 +240,7 @@ def test_glocal_round_trip_and_family_check(tmp_path: Path, quiet) -> None:
     save_checkpoint(quiet(Dolg, DolgModelConfig()), tmp_path / "dolg.pt")
     with pytest.raises(CheckpointError, match=r"dolg\.pt.*glocal/dolg/1.*delg"):
         load_checkpoint(b, tmp_path / "dolg.pt")
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(BadCheckpointError, match="nope.pt"):
         load_checkpoint(b, tmp_path / "nope.pt")
 
 
