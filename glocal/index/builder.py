@@ -24,6 +24,7 @@ from glocal.extract.stage import create_extractors, extract_into
 from glocal.index.asmk_stage import AsmkStage, codebook_donor, codebook_note, descriptor_sample, train_asmk_stage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import manifest_options, new_manifest, read_manifest, write_manifest
+from glocal.index.global_stage import check_ivfpq_size
 from glocal.io.atomic import fsync_dir, storage_errors
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
@@ -86,6 +87,8 @@ def build_index(
     settings = dict(settings or {})
     opts = spec.configure(settings, base=options)
     _check_new(out)
+    if getattr(opts.index, "index", None) == "ivfpq":  # say so before extracting a single image
+        check_ivfpq_size(len(paths))
     donor = _donor(codebook_from, codebook_paths, settings, spec.name)
     query_extractor, db_extractor = create_extractors(spec, opts)
 

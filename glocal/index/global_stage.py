@@ -31,6 +31,20 @@ def global_vector(f: ImageFeatures) -> npt.NDArray[np.float32]:
     return np.asarray(f.global_descriptor[0], np.float32)
 
 
+def check_ivfpq_size(images: int, expected_size: int | None = None) -> None:
+    """Refuse an IVF-PQ index over fewer images than its product quantizer needs to train (256 codes per
+    sub-quantizer, and ``nlist`` cells; neither depends on the vector's dimension).
+
+    :raises BadOptionError: one line saying to use the exact index.
+    """
+    params = IvfPqParams.for_size(max(expected_size or images, 1), 4)
+    needed = max(params.nlist, 2 ** params.nbits)
+    if images < needed:
+        raise BadOptionError(f"index=ivfpq needs at least {needed} images to train its product quantizer; this "
+                             f"collection has {images}: use index=exact (the default), which is exact and fast "
+                             "at this size")
+
+
 class GlobalStage:
     """The global-descriptor first stage of one index (see module docstring)."""
 
@@ -62,11 +76,7 @@ class GlobalStage:
         if self.index is not None or self.options.index != "ivfpq":
             return
         params = IvfPqParams.for_size(max(expected_size, 1), sample.shape[1])
-        needed = max(params.nlist, 2 ** params.nbits)
-        if len(sample) < needed:
-            raise BadOptionError(f"index=ivfpq needs at least {needed} images to train its product quantizer; this "
-                                 f"collection has {len(sample)}: use index=exact (the default), which is exact and "
-                                 "fast at this size")
+        check_ivfpq_size(len(sample), max(expected_size, 1))
         if self.options.ivfpq_nprobe is not None:
             params = dataclasses.replace(params, nprobe=self.options.ivfpq_nprobe)
         index = GlobalIndex(sample.shape[1], "ivfpq", params=params)

@@ -57,3 +57,19 @@ def test_ivfpq_on_a_small_collection_is_refused_in_one_line(tmp_path: Path) -> N
                                        str(tmp_path / "x.glx")], env={"GLOCAL_PROGRESS": "0"})
     assert res.exit_code == 2 and "use index=exact" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x.glx").exists()
+
+
+def test_ivfpq_refusal_comes_before_any_extraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too few images for IVF-PQ is said at once: no extractor is built, no image read."""
+    from glocal.errors import BadOptionError
+    from glocal.index import builder
+
+    def no_extraction(*_args, **_kwargs):
+        raise AssertionError("extractors built before the size check")
+
+    monkeypatch.setattr(builder, "create_extractors", no_extraction)
+    paths = _images(tmp_path / "few", 3)
+    with pytest.raises(BadOptionError, match="at least 256 images"):
+        builder.build_index(paths, [p.name for p in paths], tmp_path / "x.glx", method="dolg",
+                            settings={"index": "ivfpq"}, progress=False)
+    assert not (tmp_path / "x.glx").exists()
