@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from glocal.methods.spec import MethodSpec, PublishedWeights, lazy_extractor
 from glocal.methods.stages import AsmkIndexOptions, RerankOptions
-from glocal.models.configs import AlikedConfig
+from glocal.models.aliked_config import AlikedConfig
 
 _build = lazy_extractor("glocal.models.aliked", "AlikedExtractor")
 

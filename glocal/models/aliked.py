@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from glocal.errors import BadCheckpointError
 from glocal.io.images import LoadedImage
+from glocal.models.aliked_config import AlikedConfig
 from glocal.models.aliked_detect import detect_keypoints
 from glocal.models.checkpoints import CheckpointMismatchError, load_checkpoint, read_tensors
-from glocal.models.configs import AlikedConfig
 from glocal.models.extractor_base import seeded_init
 from glocal.models.layers.deformable import DeformableConv2d
 from glocal.records import ImageFeatures

@@ -15,8 +15,8 @@ F = torch.nn.functional
 from glocal.errors import BadCheckpointError  # noqa: E402
 from glocal.io.images import load_image  # noqa: E402
 from glocal.models.aliked import ARCHS, FEATURE_SIDE, Aliked, AlikedExtractor, dense_lookup, guess_variant  # noqa: E402
+from glocal.models.aliked_config import AlikedConfig  # noqa: E402
 from glocal.models.aliked_detect import detect_keypoints, simple_nms  # noqa: E402
-from glocal.models.configs import AlikedConfig  # noqa: E402
 from glocal.models.layers.deformable import deform_conv2d  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
