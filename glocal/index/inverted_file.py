@@ -15,8 +15,9 @@ bytes per (image, non-empty word) for 128-D ASMK*, the word id being implied by 
 items' owning image and size |C(item)|. Items are images, or regions in regional search (D2R eq. 3-4).
 Search maps segments read-only: only the posting lists of the query's words are touched.
 
-This module keeps the files, commits, locking and the public API; the array work on posting lists (building
-a segment's arrays, IDF weights, scoring, top-k) is :mod:`glocal.index.postings`.
+This module keeps the files, commits and locking; scoring a query against the stored items is the mixin in
+:mod:`glocal.index.posting_search`, and the array work on posting lists (building a segment's arrays, IDF
+weights, scoring, top-k) is :mod:`glocal.index.postings`.
 """
 from __future__ import annotations
 
@@ -30,23 +31,23 @@ import numpy.typing as npt
 from glocal.errors import MissingDependencyError
 from glocal.index import manifest as mf
 from glocal.index import scan
-from glocal.index.asmk import AggregatedImage, aggregate
+from glocal.index.asmk import AggregatedImage
 from glocal.index.codebook import Codebook
 from glocal.index.kernel import selectivity_table
 from glocal.index.layout import IndexSettings, Segment
 from glocal.index.merge import merge_segments
-from glocal.index.postings import idf_weights, item_scores, posting_arrays, top_images
+from glocal.index.posting_search import PostingSearch
+from glocal.index.postings import posting_arrays
 from glocal.index.quantizer import CoarseQuantizer
-from glocal.index.regional import aggregate_rasmk, aggregate_regions, feature_boxes, pool, split_items
+from glocal.index.regional import split_items
 from glocal.index.segment_file import ArrayFile, SegmentFileError, file_crc32, write_arrays
-from glocal.records import ImageFeatures
 
 VERIFY = ("full", "lazy", "size")
 #: ASMK* scoring: numba (:mod:`glocal.index.scan`), the vectorised numpy reference, or the first where usable
 KERNELS = ("auto", "compiled", "numpy")
 
 
-class InvertedFile:
+class InvertedFile(PostingSearch):
     """Persistent ASMK inverted file. Use :meth:`create` or :meth:`open`, not the constructor."""
 
     def __init__(self, root: Path, writable: bool = False, verify: str = "full", threads: int = 2,
@@ -288,97 +289,6 @@ class InvertedFile:
     @property
     def removed(self) -> npt.NDArray[np.bool_]:
         return self._removed.copy()
-
-    def _idf(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """(word weight log(N / n_c)^2, per-item sum of its words' weights), computed once per state."""
-        if self._idf_cache is None:
-            self._idf_cache = idf_weights(self._segments, self.codebook.size, self.n_items)
-        return self._idf_cache
-
-    def _check_query(self, query: AggregatedImage) -> None:
-        width = self.codebook.dim // 8 if self.settings.binary else self.codebook.dim
-        if query.binary != self.settings.binary or (len(query) and query.codes.shape[1] != width):
-            raise ValueError(f"{self.root}: query codes {query.codes.shape} {query.codes.dtype} do not match the "
-                             f"index (binary={self.settings.binary}, {width} per word)")
-
-    def _compiled(self, kernel: str | None) -> bool:
-        """Whether ``kernel`` (default: this index's) scores with :mod:`glocal.index.scan`."""
-        kernel = kernel or self.kernel  # "auto": compiled if numba is installed and codes are 64-bit multiples
-        if kernel == "numpy":
-            return False
-        ok = self.settings.binary and scan.AVAILABLE and (self.codebook.dim // 8) % 8 == 0
-        if kernel == "compiled" and not ok:
-            raise MissingDependencyError("the compiled ASMK* kernel needs numba and binary codes of a multiple of "
-                                         "64 bits")
-        return ok
-
-    def _prepare(self, query: AggregatedImage) -> tuple[np.ndarray | None, np.ndarray]:
-        """(IDF weights or None, per-item normalisation), after checking the query and lazy verification."""
-        self._check_query(query)
-        if self._verify == "lazy":
-            for s in self._segments:
-                if not s.verified:
-                    s.verify()
-        return self._idf() if self.settings.idf else (None, self._item_size)
-
-    def _accumulate(self, query: AggregatedImage) -> tuple[np.ndarray, np.ndarray, float]:
-        """Compiled scan: (unnormalised sums per item, gamma per item, query norm) (see :func:`item_scores`)."""
-        weight, item_norm = self._prepare(query)
-        qwords = np.asarray(query.words, np.int64)
-        acc = scan.accumulate(self._segments, qwords, query.codes, self.n_items, self._table, weight, self.threads)
-        if self._gamma_cache is None:
-            self._gamma_cache = np.divide(1.0, np.sqrt(item_norm), out=np.zeros_like(item_norm), where=item_norm > 0)
-        q_norm = float(weight[qwords].sum()) if weight is not None else float(len(query))
-        return acc, self._gamma_cache, q_norm
-
-    def item_scores(self, query: AggregatedImage, kernel: str | None = None) -> npt.NDArray[np.float64]:
-        """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1)."""
-        if len(query) == 0 or self.n_items == 0:
-            self._check_query(query)
-            return np.zeros(self.n_items, np.float64)
-        if self._compiled(kernel):
-            acc, gamma, q_norm = self._accumulate(query)
-            return acc * gamma / np.sqrt(q_norm) if q_norm > 0 else acc * 0.0
-        weight, item_norm = self._prepare(query)
-        return item_scores(self._segments, query, self.n_items, self.codebook.dim, self.settings, self._table,
-                           weight, item_norm, self.threads)
-
-    def scores(self, query: AggregatedImage, pooling: str | None = None, kernel: str | None = None
-               ) -> npt.NDArray[np.float32]:
-        """Similarity of the query to every image id (removed images: -inf); regions pooled by ``pooling``."""
-        s = self.item_scores(query, kernel)
-        if self.n_items != self.n_images:
-            s = pool(s, self._first_item, pooling or self.settings.pooling)
-        out = s.astype(np.float32)
-        out[self._removed] = -np.inf
-        return out
-
-    def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None, kernel: str | None = None
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """(image ids, scores) of the ``top`` best images, best first, ties by id (compiled, one item per image:
-        one fused pass, :func:`glocal.index.scan.finish_top`; else full scores and ``argpartition``)."""
-        if len(query) and self.n_items and self.n_items == self.n_images and self._compiled(kernel):
-            acc, gamma, q_norm = self._accumulate(query)
-            _, ids, vals = scan.finish_top(acc, gamma, q_norm, self._removed, min(int(top), len(self)))
-            return ids, vals
-        return top_images(self.scores(query, pooling, kernel), top, len(self))
-
-    # -- aggregation with this index's codebook and settings ---------------------------------------
-    def aggregate_query(self, descriptors: npt.NDArray, exact: bool = False) -> AggregatedImage:
-        """ASMK(*) of query descriptors with ``query_assignments`` words each (fast quantizer unless ``exact``)."""
-        return aggregate(descriptors, self.codebook, self.settings.query_assignments, self.settings.binary,
-                         None if exact else self.quantizer)
-
-    def aggregate_database(self, features: ImageFeatures, exact: bool = False, nearest: npt.NDArray | None = None
-                           ) -> AggregatedImage | list[AggregatedImage]:
-        """Database representation of one image as this index's ``aggregation`` builds it (``nearest``: its
-        descriptors' ``db_assignments`` words, if assigned already, e.g. by :func:`assign_many`)."""
-        s, q = self.settings, (None if exact else self.quantizer)
-        if s.aggregation == "asmk":
-            return aggregate(features.descriptors, self.codebook, s.db_assignments, s.binary, q, nearest=nearest)
-        fn = aggregate_rasmk if s.aggregation == "r-asmk" else aggregate_regions
-        return fn(features.descriptors, features.keypoints, feature_boxes(features), self.codebook,
-                  s.db_assignments, s.binary, q, nearest=nearest)
 
     def verify(self) -> None:
         """Check every segment's CRC32 against the manifest (raises :class:`SegmentFileError`)."""
