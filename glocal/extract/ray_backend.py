@@ -73,6 +73,8 @@ class RayBackend:
 
     def run(self, tasks: Sequence[ShardTask], on_image: Callable[[int], None]) -> Iterator[ShardResult]:
         ray = import_ray()
+        if not tasks:  # every shard finished earlier: no Ray to start
+            return
         started = self._connect(ray)
         try:
             yield from self._run(ray, list(tasks), on_image)

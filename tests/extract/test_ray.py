@@ -110,8 +110,16 @@ def test_a_rerun_redoes_only_the_missing_or_damaged_shards(ray_session, images, 
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.glf")}
     assert {n for n in after if after[n] == before[n]} == {"shard-00000.glf", "shard-00003.glf"}
     assert len(FeatureShards.open(out)) == 7
-    again = _extract(images, out, RayBackend("local", workers=2))  # nothing left to do
-    assert (again.kept_shards, again.written_shards) == (4, 0)
+    joined = []
+
+    class Watched(RayBackend):
+        def _connect(self, ray_module):
+            joined.append(True)
+            return super()._connect(ray_module)
+
+    again = _extract(images, out, Watched("local", workers=2))  # nothing left to do: Ray is not even joined
+    assert (again.kept_shards, again.written_shards, joined) == (4, 0, [])
+    assert _extract(images, tmp_path / "g", Watched("local", workers=2)).written_shards == 4 and joined == [True]
 
 
 def test_a_failed_shard_is_retried_and_succeeds(ray_session, images, single, tmp_path: Path) -> None:
@@ -165,3 +173,21 @@ def test_cli_extract_with_ray_then_index_from_the_shards(ray_session, images, tm
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["search", str(tmp_path / "x.glx"), str(images[0][5]), "--json"], env=env)
     assert res.exit_code == 0 and json.loads(res.stdout)["results"][0]["name"] == "img5.jpg"
+
+
+def test_a_cuda_extractor_asks_for_a_gpu_and_is_refused_by_a_cluster_without_one(ray_session, images, tmp_path) -> None:
+    from glocal.errors import BadOptionError
+    from glocal.extract.backends import ShardTask
+    from glocal.extract.ray_backend import needs_gpu
+    from glocal.extract.shards import ShardJob
+
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this Ray has a GPU")
+    spec = next(s for s in methods.all_specs() if hasattr(s.extractor, "device"))
+    on_gpu, on_cpu = (spec.configure({"device": d}) for d in ("cuda", "cpu"))
+    job = ShardJob(0, (), ())
+    assert needs_gpu(ShardTask(job, tmp_path, spec.name, on_gpu.to_dict()))
+    assert not needs_gpu(ShardTask(job, tmp_path, spec.name, on_cpu.to_dict()))
+    with pytest.raises(BadOptionError, match="runs on CUDA but the Ray cluster has no GPU"):
+        extract_to_shards(images[0], images[1], tmp_path / "f", spec, on_gpu, backend=RayBackend("local", workers=2))
+    assert not list((tmp_path / "f").glob("shard-*"))
