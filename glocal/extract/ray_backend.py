@@ -1,9 +1,9 @@
 """Distributed extraction on Ray: ``glocal extract --ray ADDRESS`` (the ``distributed`` extra).
 
 :class:`RayBackend` is an :class:`~glocal.extract.backends.ExtractionBackend`: each unfinished shard becomes
-one Ray task that runs :func:`~glocal.extract.backends.run_shard` on a worker (one CPU each, and one GPU
-when the extractor's ``device`` names CUDA), which writes the shard file into the features folder itself
-(atomically); only the shard's count, bad files and sources travel back. At most ``workers`` shards run
+one Ray task that runs :func:`~glocal.extract.backends.run_shard` on a worker (one CPU each; one GPU, or a
+share of one, when the extractor's ``device`` names CUDA: :func:`gpus_per_worker`), which writes the shard
+file into the features folder itself (atomically); only the shard's count, bad files and sources travel back. At most ``workers`` shards run
 at once. A shard whose task fails (an exception, a worker process that died) is submitted again, at most
 ``retries`` times; a :class:`~glocal.errors.GlocalError` raised by the extraction (a missing extra, a bad
 checkpoint) is the user's to fix and is raised at once. Shards finished before a failure stay recorded, so
@@ -54,6 +54,14 @@ def needs_gpu(task: ShardTask) -> bool:
     return str(task.options.get("extractor", {}).get("device", "cpu")).startswith("cuda")
 
 
+def gpus_per_worker(cluster_gpus: float, workers: int) -> float:
+    """The GPUs a CUDA worker asks Ray for: one, or an equal share of one when there are fewer GPUs than
+    workers (then several workers run on one GPU at once); 0 without GPUs."""
+    if cluster_gpus < 1:
+        return 0
+    return 1.0 if cluster_gpus >= workers else round(int(cluster_gpus) / workers, 4)
+
+
 @dataclass
 class RayBackend:
     """Runs shard tasks on Ray (module docstring). ``run_task`` is what a worker runs on a task."""
@@ -98,8 +106,8 @@ class RayBackend:
         return True
 
     def _run(self, ray: Any, pending: list[ShardTask], on_image: Callable[[int], None]) -> Iterator[ShardResult]:
-        gpus = 1 if pending and needs_gpu(pending[0]) else 0
-        if gpus and ray.cluster_resources().get("GPU", 0) < 1:
+        gpus = gpus_per_worker(ray.cluster_resources().get("GPU", 0), self.workers) if needs_gpu(pending[0]) else 0
+        if needs_gpu(pending[0]) and not gpus:
             raise BadOptionError(f"--ray {self.address}: the extractor runs on CUDA but the Ray cluster has no GPU")
         remote = ray.remote(_ray_shard).options(num_cpus=1, num_gpus=gpus, max_retries=0)
         run_task = ray.put(self.run_task)

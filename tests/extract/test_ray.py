@@ -178,7 +178,7 @@ def test_cli_extract_with_ray_then_index_from_the_shards(ray_session, images, tm
 def test_a_cuda_extractor_asks_for_a_gpu_and_is_refused_by_a_cluster_without_one(ray_session, images, tmp_path) -> None:
     from glocal.errors import BadOptionError
     from glocal.extract.backends import ShardTask
-    from glocal.extract.ray_backend import needs_gpu
+    from glocal.extract.ray_backend import gpus_per_worker, needs_gpu
     from glocal.extract.shards import ShardJob
 
     if ray.cluster_resources().get("GPU", 0):
@@ -188,6 +188,7 @@ def test_a_cuda_extractor_asks_for_a_gpu_and_is_refused_by_a_cluster_without_one
     job = ShardJob(0, (), ())
     assert needs_gpu(ShardTask(job, tmp_path, spec.name, on_gpu.to_dict()))
     assert not needs_gpu(ShardTask(job, tmp_path, spec.name, on_cpu.to_dict()))
+    assert [gpus_per_worker(g, 4) for g in (0, 1, 2, 4, 8)] == [0, 0.25, 0.5, 1.0, 1.0]
     with pytest.raises(BadOptionError, match="runs on CUDA but the Ray cluster has no GPU"):
         extract_to_shards(images[0], images[1], tmp_path / "f", spec, on_gpu, backend=RayBackend("local", workers=2))
     assert not list((tmp_path / "f").glob("shard-*"))
