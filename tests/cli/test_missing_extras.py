@@ -83,6 +83,7 @@ def _cases(files: dict[str, Path]) -> list[tuple[str, list[str]]]:
         ("onnx", ["index", "build", photos, "--method", onnx, "--set", 'runtime="onnx"', "--out", f"{out}/o.glx"]),
         ("onnx", ["extract", photos, "--method", onnx, "--set", 'runtime="onnx"', "--out", f"{out}/of"]),
         ("serve", ["serve", f"{out}/none.glx"]),
+        ("distributed", ["extract", photos, "--ray", "local", "--out", f"{out}/rf"]),
     ]
 
 
@@ -96,6 +97,15 @@ def test_each_command_that_needs_an_extra_names_it_in_one_line(shim: Path, files
         if not ok:
             failures.append(f"glocal {' '.join(args)} without [{extra}]: exit {res.returncode}, stderr {res.stderr!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_extraction_without_ray_needs_no_ray(shim: Path, files: dict[str, Path]) -> None:
+    """Ray is imported only for --ray: the single-process extraction runs without it."""
+    res = glocal_without(shim, "distributed", "extract", str(files["photos"]), "--out", str(files["root"] / "noray"))
+    assert res.returncode == 0 and "extracted 1 images into 1 shards" in res.stdout, res.stderr
+    refused = glocal_without(shim, "distributed", "extract", str(files["photos"]), "--ray", "local", "--out",
+                             str(files["root"] / "rf2"))
+    assert refused.returncode == 4 and not (files["root"] / "rf2").exists()  # refused before writing anything
 
 
 def test_the_shim_really_hides_the_module(shim: Path) -> None:
