@@ -64,7 +64,7 @@ RAW_BOX_LIMIT = 100
 class DetectorConfig:
     """Configuration of :class:`LandmarkDetector`.
 
-    :param backbone: trunk name (``efficientnet-lite0``, ``-lite1``, ``-lite2``); a label only when a backbone
+    :param backbone: trunk name (any backbone of :mod:`glocal.models.backbones`); a label only when a backbone
         module is given to :class:`LandmarkDetector`.
     :param checkpoint: weights file; ``None`` keeps the random head (and warns loudly).
     :param score_threshold: keep boxes scoring above this (D2R uses 0.1, about 4 boxes per image).

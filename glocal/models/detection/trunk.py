@@ -13,61 +13,58 @@ with ``features(x)``, ``out_channels`` and ``stride`` (the interface of
 :mod:`glocal.models.backbones` follow) becomes a one-map trunk, normalised with its own ``normalize`` when it
 has one, else with the ImageNet statistics (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225, RGB).
 
-:class:`EfficientNetLiteTrunk` taps EfficientNet-Lite (Tan & Le, ICML 2019) twice: after the last block at
-stride 16 and after its head convolution (stride 32, 1280 channels); its input is ``(255 x - 127) / 128``
-as in the TensorFlow reference. Its ImageNet classifier is dropped, so detector checkpoints do not carry it.
+:class:`RegistryTrunk` builds any backbone of :mod:`glocal.models.backbones` by name (ResNet-50/101,
+EfficientNet-Lite0/1/2, MobileNetV2) and taps its stride-16 (``res4``) and stride-32 (``res5``) maps, with the
+pixel preprocessing preset its catalog entry names (e.g. ``(255 x - 127) / 128`` for EfficientNet-Lite, as in
+the TensorFlow reference). Parameter names are the backbone's under ``net.``; for EfficientNet-Lite they are the
+package state dict's, so detector files saved by the former EfficientNet-only trunk load unchanged.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glocal.models.backbones.efficientnet_lite import EfficientNetLite, load_pretrained
+from glocal.errors import MissingDependencyError
+from glocal.models.backbones import BACKBONE_NAMES, RANDOM, STRIDE16, STRIDE32, build, info
+from glocal.models.geometry.pyramid import preprocessing_by_name
 
-#: backbone names :func:`build_trunk` knows
-TRUNKS: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+#: backbone names :func:`build_trunk` knows: every backbone of the registry
+TRUNKS: tuple[str, ...] = tuple(BACKBONE_NAMES)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class EfficientNetLiteTrunk(nn.Module):
-    """EfficientNet-Lite giving its stride-16 and stride-32 maps (see the module docstring).
+class RegistryTrunk(nn.Module):
+    """A registry backbone giving its stride-16 and stride-32 maps (see the module docstring).
 
-    :param name: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
-    :param pretrained: load the ImageNet weights of the ``pretrained`` extra (raises
-        :class:`~glocal.errors.MissingDependencyError` when it is not installed).
+    :param name: a name of :data:`TRUNKS`.
+    :param pretrained: load the ImageNet weights its package ships (raises
+        :class:`~glocal.errors.MissingDependencyError` naming the install when the package is absent; a ResNet,
+        which ships no package weights, stays random with a warning).
     """
 
     def __init__(self, name: str = "efficientnet-lite0", pretrained: bool = False) -> None:
         super().__init__()
-        self.net = EfficientNetLite(name)
-        if pretrained:
-            load_pretrained(self.net)
-        self.net._fc = nn.Identity()  # the ImageNet classifier is not used
-        stride, self.tap = 2, -1
-        for i, block in enumerate(self.net._blocks):
-            stride *= block._depthwise_conv.stride[0]
-            if stride == 16:
-                self.tap = i
+        if pretrained and info(name).weights is None:
+            raise MissingDependencyError(f"backbone {name!r} ships no ImageNet weights in a package")
+        self.net = build(name, weights=None if pretrained else RANDOM)
         self.strides = (16, 32)
-        self.channels = (self.net._blocks[self.tap]._project_conv.out_channels, self.net.out_channels)
+        self.channels = (int(self.net.channels[STRIDE16]), int(self.net.channels[STRIDE32]))
+        prep = preprocessing_by_name(info(name).preprocessing)
+        self._bgr = prep.bgr
+        scale = 255.0 / prep.divisor  # [0, 1] pixels -> the preset's units
+        self.register_buffer("mean", torch.tensor(prep.mean).view(1, 3, 1, 1) / scale, persistent=False)
+        self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1) / scale, persistent=False)
 
-    @staticmethod
-    def normalize(x: Tensor) -> Tensor:
-        """[0, 1] RGB -> ``(255 x - 127) / 128``."""
-        return (x * 255.0 - 127.0) / 128.0
+    def normalize(self, x: Tensor) -> Tensor:
+        """[0, 1] RGB -> the backbone's input: ``(x * 255 / divisor - mean) / std`` of its preset."""
+        if self._bgr:
+            x = x.flip(1)
+        return (x - self.mean) / self.std
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        net = self.net
-        x = F.relu6(net._bn0(net._conv_stem(x)))
-        taps = []
-        for i, block in enumerate(net._blocks):
-            x = block(x)
-            if i == self.tap:
-                taps.append(x)
-        taps.append(F.relu6(net._bn1(net._conv_head(x))))
-        return taps
+        maps = self.net(x, (STRIDE16, STRIDE32))
+        return [maps[STRIDE16], maps[STRIDE32]]
 
 
 class FeatureTrunk(nn.Module):
@@ -108,4 +105,4 @@ def build_trunk(name: str, pretrained: bool) -> nn.Module:
     if name not in TRUNKS:
         raise ValueError(f"trunk.py: unknown detector backbone {name!r}; available: {', '.join(TRUNKS)} "
                          "(or pass a backbone module to LandmarkDetector)")
-    return EfficientNetLiteTrunk(name, pretrained)
+    return RegistryTrunk(name, pretrained)
