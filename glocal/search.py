@@ -27,6 +27,7 @@ from glocal.index.collection import Collection
 from glocal.methods.stages import RerankOptions, SearchOptions
 from glocal.progress import Progress
 from glocal.records import ImageFeatures, SearchHit
+from glocal.rerank.hybrid import add_descriptor_checks, descriptor_positions
 from glocal.rerank.matching import MatcherOptions
 from glocal.rerank.shortlist import rerank
 from glocal.rerank.verification import VerifierOptions
@@ -164,8 +165,9 @@ class Searcher:
         t0 = time.perf_counter()
         stage = self.collection.stage
         words = n_verify > 0 and query.num_features > 0 and self._use_words()
-        nearest = stage.query_words(query) if words else None
-        kwargs = {"nearest": nearest} if nearest is not None else {}
+        nearest = stage.query_words(query, k=max(stage.query_assignments, opts.rerank.word_assignments)) \
+            if words else None
+        kwargs = {"nearest": nearest[:, :stage.query_assignments]} if nearest is not None else {}
         idx, scores = stage.search(query, top=max(top, n_verify), options=search_options, **kwargs)
         names = self.collection.features.names
         hits = [SearchHit(int(i), names[i], float(s), float(s)) for i, s in zip(idx, scores)]
@@ -181,6 +183,12 @@ class Searcher:
                 cands = [word_features(stage.word_features(h.index)) for h in head]
                 verified = rerank_words(qw, cands, shortlist, word_verifier_options(ro),
                                         min_inliers=order_min_inliers(ro), verify_min_inliers=ro.verify_min_inliers)
+                if ro.descriptor_top > 0:  # hybrid: descriptor matching for a few images (glocal.rerank.hybrid)
+                    verified = add_descriptor_checks(
+                        verified, query, lambda ps: self.collection.features.view([head[p].index for p in ps]),
+                        descriptor_positions(verified, ro.descriptor_top, ro.descriptor_pick, ro.verify_min_inliers),
+                        matcher=matcher_options(ro), verifier=verifier_options(ro), workers=self.workers,
+                        min_inliers=order_min_inliers(ro), verify_min_inliers=ro.verify_min_inliers)
             else:
                 verified = rerank(
                     query, self.collection.features.view([h.index for h in head]), shortlist,

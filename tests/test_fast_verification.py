@@ -190,3 +190,37 @@ def test_query_max_side_extracts_the_query_smaller_in_original_pixels(small_inde
     # keypoints stay in original pixels: both spread over the same image extent
     assert (b.keypoints.max(axis=0) > 0.6 * a.keypoints.max(axis=0)).all()
     assert hits and hits[0].inliers > 0
+
+
+def test_hybrid_and_extra_query_words_reach_the_verifiers(small_index: Path, demo_benchmark,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+    real_words, real_checks = search_module.rerank_words, search_module.add_descriptor_checks
+
+    def spy_words(qw, cands, scores, options, **kw):
+        seen["width"] = qw.words.shape[1]
+        return real_words(qw, cands, scores, options, **kw)
+
+    def spy_checks(results, query, candidate, positions, **kw):
+        seen["positions"], seen["kw"] = list(positions), kw
+        return real_checks(results, query, candidate, positions, **kw)
+
+    monkeypatch.setattr(search_module, "rerank_words", spy_words)
+    monkeypatch.setattr(search_module, "add_descriptor_checks", spy_checks)
+    q = demo_benchmark.query_paths[0]
+    with Searcher.open(small_index, settings={"word_assignments": 8}) as s:
+        assert s.collection.stage.query_assignments == 5
+        plain = s.search(q, top=6, rerank_top=6)
+    assert seen["width"] == 8 and "positions" not in seen  # 8 words for verification; no descriptor check
+    with Searcher.open(small_index, settings={"descriptor_top": 3, "ratio": 0.75, "threshold_px": 12.0}) as s:
+        hybrid = s.search(q, top=6, rerank_top=6)
+    assert seen["positions"] == [0, 1, 2]  # the best 3 by first-stage score
+    assert seen["kw"]["matcher"].ratio == 0.75 and seen["kw"]["verifier"].threshold_px == 12.0
+    assert {h.index for h in hybrid} == {h.index for h in plain}
+    with Searcher.open(small_index, settings={"descriptor_top": 2, "descriptor_pick": "unverified",
+                                              "verify_min_inliers": 10 ** 6}) as s:
+        s.search(q, top=6, rerank_top=6)
+    assert seen["positions"] == [0, 1]
+    res = runner.invoke(app, ["search", str(small_index), str(q), "--set", "descriptor_pick=unverified",
+                              "--set", "descriptor_top=2", "--set", "verify_min_inliers=0"])
+    assert res.exit_code != 0 and "verify_min_inliers" in res.output

@@ -121,11 +121,17 @@ class AsmkStage:
                         nearest=nearest)
         return ivf.search(agg, top=top)
 
-    def query_words(self, query: ImageFeatures) -> npt.NDArray[np.int64]:
-        """(N, query_assignments) nearest words of the query's descriptors, nearest first."""
+    @property
+    def query_assignments(self) -> int:
+        """Visual words per query descriptor in the first stage."""
+        return int(self.index.settings.query_assignments)
+
+    def query_words(self, query: ImageFeatures, k: int | None = None) -> npt.NDArray[np.int64]:
+        """(N, k) nearest words of the query's descriptors, nearest first (``k``: default query_assignments;
+        more words serve verification, the first stage uses the first query_assignments)."""
         ivf = self.index
         x = np.asarray(query.descriptors, np.float32)
-        k = ivf.settings.query_assignments
+        k = min(k or ivf.settings.query_assignments, ivf.codebook.size)
         if len(x) == 0:
             return np.zeros((0, k), np.int64)
         return (ivf.quantizer or ivf.codebook).assign(x, k=k)

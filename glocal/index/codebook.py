@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 #: up to this many nearest words, k passes of argmax beat argpartition + sort (4096 words, k = 5:
-#: 8.7 vs 33.5 ms for 2,000 descriptors here)
-REPEATED_ARGMAX_K = 8
+#: 8.7 vs 33.5 ms for 2,000 descriptors here; k = 10 / 16: 55 / 82 vs 459 / 414 ms, loaded machine, same words)
+REPEATED_ARGMAX_K = 16
 
 
 def top_k_by_repeated_argmax(scores: npt.NDArray[np.float32], k: int

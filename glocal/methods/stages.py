@@ -16,6 +16,7 @@ GLOBAL_INDEX_KINDS = ("exact", "ivfpq")
 VERIFIER_MODELS = ("affine", "homography")
 MATCHERS = ("descriptors", "words")
 RERANK_ORDERS = ("inliers", "verified")
+DESCRIPTOR_PICKS = ("shortlist", "unverified")
 ESTIMATORS = ("ransac", "usac_default", "usac_fast", "usac_accurate", "usac_magsac", "usac_prosac")
 
 
@@ -94,7 +95,10 @@ class RerankOptions:
     ``matcher=words`` (ASMK indexes): fast spatial matching (Philbin et al., CVPR 2007): same-word pairs
     filtered by residual codes (``word_assignments``, ``max_hamming``), single-correspondence similarity
     hypotheses (``hypotheses``) and least-squares affine local optimisation (``lo_iterations``), no descriptor
-    read. Both count inliers within ``threshold_px``; ``verify_min_inliers`` makes the yes/no decision."""
+    read. Both count inliers within ``threshold_px``; ``verify_min_inliers`` makes the yes/no decision.
+    Hybrid (``matcher=words`` with ``descriptor_top`` > 0): after the words verifier, ``descriptor_top`` images
+    (picked by ``descriptor_pick``) are verified again with descriptor matching and keep the larger inlier
+    count: descriptor nearest neighbours are not limited to the query's few nearest words."""
 
     rerank_top: int = option(0, "shortlisted images verified (0: no re-ranking)")
     matcher: str = option("descriptors", "descriptors (nearest neighbours + OpenCV estimator) or words (shared "
@@ -104,9 +108,15 @@ class RerankOptions:
     order: str = option("inliers", "inliers: every verified image by (inliers, shortlist score) (DELG); verified: "
                         "images reaching verify_min_inliers first by inliers, the others in shortlist order",
                         choices=RERANK_ORDERS)
-    word_assignments: int = option(1, "words: query words per feature used for pairs (<= query_assignments)")
+    word_assignments: int = option(1, "words: query words per feature used for pairs (more than the index's "
+                                   "query_assignments: the extra words serve verification only)")
     max_hamming: int | None = option(None, "words: keep a same-word pair when its residual sign codes differ in "
                                      "at most this many bits (None: all pairs)")
+    descriptor_top: int = option(0, "words: also verify this many shortlisted images with descriptor matching "
+                                 "(ratio, mutual, estimator, ...) and keep the larger inlier count (0: words only)")
+    descriptor_pick: str = option("shortlist", "words + descriptor_top: which images: shortlist (the best by "
+                                  "first-stage score) or unverified (the best by first-stage score among those "
+                                  "the words left below verify_min_inliers)", choices=DESCRIPTOR_PICKS)
     hypotheses: int = option(32, "words: similarity hypotheses per image (its best same-word pairs)")
     lo_iterations: int = option(3, "words: least-squares affine refits of the best hypothesis (local optimisation)")
     lo_hypotheses: int = option(1, "words: best hypotheses per image refined by local optimisation (best kept)")
@@ -128,7 +138,7 @@ class RerankOptions:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        for name in ("verify_min_inliers", "lo_iterations"):
+        for name in ("verify_min_inliers", "lo_iterations", "descriptor_top"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("word_assignments", "hypotheses", "lo_hypotheses"):
@@ -136,3 +146,5 @@ class RerankOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.order == "verified" and self.verify_min_inliers < 1:
             raise ValueError("order=verified needs verify_min_inliers >= 1")
+        if self.descriptor_pick == "unverified" and self.descriptor_top > 0 and self.verify_min_inliers < 1:
+            raise ValueError("descriptor_pick=unverified needs verify_min_inliers >= 1")

@@ -100,6 +100,19 @@ def _hamming(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> npt.NDArray[
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=1, dtype=np.int64)
 
 
+def _hamming_pairs(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], rows_a: npt.NDArray[np.int64],
+                   rows_b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Hamming distances of the pairs (``a[rows_a[i]]``, ``b[rows_b[i]]``) of packed codes: 64-bit columns are
+    gathered one at a time (1-D gathers; gathering whole 16-byte rows was 6-7x slower for ~1M pairs)."""
+    if a.shape[1] % 8:
+        return _hamming(a[rows_a], b[rows_b])
+    a64, b64 = np.ascontiguousarray(a).view(np.uint64), np.ascontiguousarray(b).view(np.uint64)
+    out = np.zeros(len(rows_a), np.int64)
+    for j in range(a64.shape[1]):
+        out += np.bitwise_count(np.bitwise_xor(a64[:, j][rows_a], b64[:, j][rows_b]))
+    return out
+
+
 def tentative_correspondences(query: QueryWords, candidates: Sequence[WordFeatures], assignments: int = 1,
                               max_hamming: int | None = None) -> Correspondences:
     """Same-word pairs between the query (its first ``assignments`` words per feature) and every candidate,
@@ -135,7 +148,7 @@ def tentative_correspondences(query: QueryWords, candidates: Sequence[WordFeatur
     distance = np.zeros(len(rep), np.int64)
     if use_codes and len(rep):
         db_codes = np.concatenate([c.signs if c.signs is not None else _no_codes(c, q_codes) for c in candidates])
-        distance = _hamming(q_codes[qpos], db_codes[rep])
+        distance = _hamming_pairs(q_codes, db_codes, qpos, rep)
         keep = distance <= max_hamming
         rep, qpos, distance = rep[keep], qpos[keep], distance[keep]
     first_row = np.cumsum(sizes) - sizes

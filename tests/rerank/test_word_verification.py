@@ -119,3 +119,14 @@ def test_refining_more_hypotheses_never_finds_fewer_inliers() -> None:
     assert (three.inliers >= one.inliers).all() and one.inliers[2] > 100
     for res in (one, three):  # the mask holds exactly the counted one-to-one inliers
         assert [int(res.inlier_mask[corr.bounds[c]:corr.bounds[c + 1]].sum()) for c in range(4)] == res.inliers.tolist()
+
+
+@pytest.mark.parametrize("width", [16, 5])
+def test_pair_hamming_distances_are_the_bit_counts(width: int) -> None:
+    from glocal.rerank.word_matching import _hamming_pairs
+
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(0, 256, (40, width), dtype=np.uint8), rng.integers(0, 256, (70, width), dtype=np.uint8)
+    ia, ib = rng.integers(0, 40, 500), rng.integers(0, 70, 500)
+    want = [int(np.unpackbits(a[i] ^ b[j]).sum()) for i, j in zip(ia, ib)]
+    assert _hamming_pairs(a, b, ia, ib).tolist() == want
