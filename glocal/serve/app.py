@@ -45,12 +45,17 @@ then counts the reopened index's images.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import json
 import math
+import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -72,6 +77,20 @@ DEFAULT_MAX_QUEUE = 8
 DEFAULT_LOCK_TIMEOUT = 30.0
 _FORM_OVERHEAD = 1 << 20  # request bytes allowed beyond the upload limit: multipart headers, form fields
 _RETRY_AFTER = "1"  # seconds, in 503 answers
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """(in each index worker thread) Lower this thread's CPU priority by :data:`WORKER_NICENESS` (Linux: the
+    niceness belongs to the thread and is inherited by the threads it starts: OpenCV's, the scan's), so the event
+    loop, which answers ``/health`` and refuses the excess, gets a core first when search work fills them."""
+    if sys.platform != "linux" or WORKER_NICENESS <= 0:
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS))
+    except OSError:  # not allowed here: the thread keeps its priority
+        pass
 
 
 class _Service:
@@ -91,6 +110,8 @@ class _Service:
         self.lock = threading.Lock()
         self.waiting = 0  # requests waiting for ``lock``; guarded by ``_waiting_lock``
         self._waiting_lock = threading.Lock()
+        self.admitted = 0  # index requests between admission and their answer (event loop only)
+        self.pool: ThreadPoolExecutor | None = None  # the index workers, while the app runs
         self.searcher: Any = None
         self.settings: dict = {}
         self.images = 0
@@ -105,6 +126,10 @@ class _Service:
         return Searcher(Collection.open(self.index_path, writable=self.writable))
 
     def open(self) -> None:
+        # index work runs here, never on the event loop nor in the shared thread pool: at most one request at the
+        # index plus ``max_queue`` waiting are ever admitted, so a thread is always free for an admitted one
+        self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index",
+                                       initializer=_lower_priority)
         searcher = self._open_searcher()
         self.settings = _json_safe(searcher.settings())  # once: it may hash a model checkpoint
         self.images = len(searcher)
@@ -131,6 +156,21 @@ class _Service:
             if self.searcher is not None:
                 self.searcher.close()
                 self.searcher = None
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def admission_refusal(self) -> HTTPException | None:
+        """(event loop, before the body is read) 503 when ``max_queue`` + 1 index requests are already admitted
+        (one at the index, ``max_queue`` waiting for it): the excess costs neither its upload nor a thread."""
+        if self.admitted > self.max_queue:
+            return HTTPException(503, f"busy: {self.admitted - 1} requests are already waiting for the index "
+                                      f"(the limit is {self.max_queue}); retry later",
+                                 headers={"Retry-After": _RETRY_AFTER})
+        return None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the index worker pool, awaited from the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
 
     @contextmanager
     def searcher_locked(self) -> Iterator[Any]:
@@ -299,13 +339,16 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
             "version": __version__}}
 
     @app.post("/search")
-    def search(
+    async def search(
         image: Annotated[UploadFile, File(description="The query image.")],
         in_query: Annotated[_SearchOptions, Depends(_query_options)],
         in_form: Annotated[_SearchOptions, Depends(_form_options)],
     ) -> dict:
         opts = in_form.over(in_query)
         box = parse_bbox(opts.bbox)
+        return await svc.run(_saved_search, image, box, opts)
+
+    def _saved_search(image: UploadFile, box: Any, opts: _SearchOptions) -> dict:
         with saved_upload(image, svc.max_upload_bytes) as path:
             check_pixels(path, image, svc.max_pixels)
             with svc.searcher_locked() as searcher:
@@ -324,12 +367,15 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         return {"results": [h.to_dict(with_matches=bool(opts.matches)) for h in hits], "ms": round(ms, 2)}
 
     @app.post("/images", status_code=201, dependencies=[Depends(require_writable)])
-    def add_image(
+    async def add_image(
         image: Annotated[UploadFile, File(description="The image to index.")],
         name: Annotated[str, Form(min_length=1, max_length=1000, description="Its name in search results.")],
     ) -> dict:
         if not name.strip() or not name.isprintable():
             raise HTTPException(422, f"name: expected a non-blank name without control characters, got {name!r}")
+        return await svc.run(_saved_add, image, name)
+
+    def _saved_add(image: UploadFile, name: str) -> dict:
         with saved_upload(image, svc.max_upload_bytes) as path:
             check_pixels(path, image, svc.max_pixels)
             with svc.searcher_locked() as searcher:
@@ -351,7 +397,10 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         return len(collection.names) - 1
 
     @app.delete("/images/{name:path}", dependencies=[Depends(require_writable)])
-    def remove_image(name: str) -> dict:
+    async def remove_image(name: str) -> dict:
+        return await svc.run(_remove, name)
+
+    def _remove(name: str) -> dict:
         with svc.searcher_locked() as searcher:
             missing = searcher.collection.remove([name])
         if missing:

@@ -65,8 +65,9 @@ def check_pixels(path: Path, upload: UploadFile, max_pixels: int) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: refuses oversized bodies while they arrive (413), and unauthorised writes before
-    their body is read."""
+    """ASGI middleware: refuses oversized bodies while they arrive (413), unauthorised writes before their body
+    is read (401 / 403), and requests for the index past the queue limit before their body is read (503: see
+    ``_Service.admission_refusal`` in :mod:`glocal.serve.app`); counts the admitted ones until their answer."""
 
     def __init__(self, app: Any, svc: Any) -> None:
         self.app = app
@@ -84,13 +85,27 @@ class BodyLimit:
                                                        f"limit of {svc.max_upload_mb:g} MiB"))
             return
         method, path = scope.get("method", ""), scope.get("path", "")
-        if (method == "POST" and path.rstrip("/") == "/images") or (method == "DELETE" and path.startswith("/images/")):
+        write = (method == "POST" and path.rstrip("/") == "/images") or (method == "DELETE" and path.startswith("/images/"))
+        if write:
             refusal = svc.write_refusal(headers.get(b"authorization", b"").decode("latin-1"))
             if refusal is not None:
                 await send_error(send, refusal)
                 return
+        admitted = write or (method == "POST" and path.rstrip("/") == "/search")  # requests that need the index
+        if admitted:
+            refusal = svc.admission_refusal()
+            if refusal is not None:
+                await send_error(send, refusal)
+                return
+            svc.admitted += 1
         received = 0
         started = False
+
+        def leave() -> None:
+            nonlocal admitted
+            if admitted:
+                admitted = False
+                svc.admitted -= 1
 
         async def limited_receive() -> dict:
             nonlocal received
@@ -105,6 +120,8 @@ class BodyLimit:
         async def watched_send(message: dict) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                leave()  # before the client can see the answer and send its next request
             await send(message)
 
         try:
@@ -113,6 +130,8 @@ class BodyLimit:
             if started:
                 raise
             await send_error(send, exc)
+        finally:
+            leave()
 
 
 async def send_error(send: Any, exc: HTTPException) -> None:
