@@ -40,9 +40,13 @@ class Tally:
     errors: dict[str, list[str]] = field(default_factory=lambda: {"search": [], "write": []})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    waited_out: dict[str, int] = field(default_factory=lambda: {"search": 0, "write": 0})
+
     def record(self, kind: str, seconds: float, status: int | None, what: str = "") -> None:
         with self.lock:
-            if status == 503:
+            if status == 503 and "not free within" in what:  # the wait limit (--lock-timeout), not the queue
+                self.waited_out[kind] += 1
+            elif status == 503:
                 self.busy[kind] += 1
             elif status is not None and status < 300:
                 self.latencies[kind].append(seconds)
@@ -219,7 +223,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; "
           f"clients pause {args.busy_pause:g} s after a 503\n")
     head = (f"| {'phase':<36} | {'kind':<6} | {'ok':>5} | {'req/s':>6} | {'p50 ms':>6} | {'p95 ms':>6} | "
-            f"{'p99 ms':>6} | {'503':>5} | {'errors':>6} | {'/health p99 / max ms':>20} |")
+            f"{'p99 ms':>6} | {'503':>5} | {'waited out':>10} | {'errors':>6} | {'/health p99 / max ms':>20} |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     all_errors = []
@@ -231,10 +235,12 @@ def main() -> None:
             all_errors += tally.errors[kind]
             print(f"| {label if kind == 'search' else '':<36} | {kind:<6} | {len(lat):>5} | "
                   f"{len(lat) / elapsed:>6.1f} | {_ms(lat, 50):>6} | {_ms(lat, 95):>6} | {_ms(lat, 99):>6} | "
-                  f"{tally.busy[kind]:>5} | {len(tally.errors[kind]):>6} | {hcol if kind == 'search' else '':>20} |")
+                  f"{tally.busy[kind]:>5} | {tally.waited_out[kind]:>10} | {len(tally.errors[kind]):>6} | {hcol if kind == 'search' else '':>20} |")
     seconds = [sec for _, sec, _ in polls]
     failures = [f for _, _, f in polls if f]
-    within = [tally.busy[k] for label, tally, *_ in rows if "overload" not in label for k in tally.busy]
+    within = [tally.busy[k] + tally.waited_out[k] for label, tally, *_ in rows if "overload" not in label
+              for k in tally.busy]
+    print("(503: refused, the queue was full; waited out: 503 after --lock-timeout s without the index)")
     print(f"\n/health: {len(seconds)} polls, p99 {_ms(seconds, 99)} ms, max {max(seconds) * 1000:.0f} ms, "
           f"{len(failures)} failed; 503 within the queue limit: {sum(within)}; service alive at the end: {alive}")
     for error in sorted(set(all_errors))[:10]:
