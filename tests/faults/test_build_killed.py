@@ -56,13 +56,13 @@ CHILD = textwrap.dedent("""
     elif point == "before-rename":
         before(b, "fsync_dir")  # the first fsync: of the finished work folder, just before the rename
     elif point == "after-rename":
-        after(b.os, "rename", when=lambda src, dst, *a, **k: "%s" in str(src))
+        after(b.os, "rename", when=lambda src, dst, *a, **k: b.BUILDING_SUFFIX in str(src))
     else:
         raise SystemExit("unknown point " + point)
     from glocal.cli.main import run
     sys.argv = ["glocal"] + sys.argv[2:]
     run()
-""" % BUILDING_SUFFIX)
+""")
 
 POINTS = ["first-batch-appended", "features-extracted", "first-stage-written", "manifest-written", "before-rename",
           "after-rename"]

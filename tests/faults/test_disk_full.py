@@ -1,0 +1,142 @@
+"""The disk fills up at each write step of ``index remove`` and ``index compact`` (a patched writer: every
+file opened for writing, ``os.replace`` / ``os.rename`` / ``os.link`` and ``os.fsync`` under the index's folder
+is a step, and step k raises ``OSError(ENOSPC)``; a file opened for writing is created empty first, as a full
+disk leaves it). Each gives one named error line (exit 3), and afterwards the index opens with every image it
+held and passes ``index verify``."""
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from glocal.cli.main import app
+from glocal.index.collection import Collection
+
+pytestmark = pytest.mark.faults
+
+ENV = {"GLOCAL_PROGRESS": "0"}
+IMAGES = 6
+
+
+def _cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+
+
+class DiskFull:
+    """Counts the write steps under ``root``; raises ENOSPC at step ``fail_at`` (0-based; None: never)."""
+
+    def __init__(self, root: Path, fail_at: int | None = None) -> None:
+        self.root = str(root)
+        self.fail_at = fail_at
+        self.steps: list[str] = []
+
+    def _step(self, what: str, filename: object = None) -> None:
+        self.steps.append(what)
+        if len(self.steps) - 1 == self.fail_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    def _ours(self, path: object) -> bool:
+        return isinstance(path, (str, os.PathLike)) and os.path.abspath(os.fspath(path)).startswith(self.root)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_open, real_fsync = builtins.open, os.fsync
+
+        def open_(file, mode="r", *args, **kwargs):
+            if self._ours(file) and any(c in mode for c in "wax+"):
+                if len(self.steps) == self.fail_at and any(c in mode for c in "wx"):
+                    real_open(file, mode, *args, **kwargs).close()  # created, nothing written
+                self._step(f"open({Path(file).name!r}, {mode!r})", file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def fsync(fd):
+            self._step("fsync")
+            return real_fsync(fd)
+
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(os, "fsync", fsync)
+        for name in ("replace", "rename", "link"):
+            real = getattr(os, name)
+
+            def move(src, dst, *args, _real=real, _name=name, **kwargs):
+                if self._ours(src) or self._ours(dst):
+                    self._step(f"{_name}({Path(src).name!r}, {Path(dst).name!r})", dst)
+                return _real(src, dst, *args, **kwargs)
+
+            monkeypatch.setattr(os, name, move)
+
+
+@pytest.fixture(scope="module")
+def with_removals(demo_benchmark, tmp_path_factory) -> Path:
+    """An index of 6 images of which 2 are removed (so compaction has work), built once."""
+    from glocal.index.builder import build_index
+
+    out = tmp_path_factory.mktemp("disk-full") / "base.glx"
+    paths = demo_benchmark.db_paths[:IMAGES]
+    collection = build_index(paths, [p.name for p in paths], out, settings={"codebook_size": 16},
+                             progress=False, workers=1).collection
+    try:
+        collection.remove([paths[0].name, paths[1].name])
+    finally:
+        collection.close()
+    return out
+
+
+def _live(index: Path) -> list[str]:
+    with Collection.open(index) as c:
+        return sorted(c.live_names().values())
+
+
+def _steps(command: str, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
+    index = tmp_path / "count" / "x.glx"
+    shutil.copytree(base, index)
+    probe = DiskFull(index.parent)
+    with monkeypatch.context() as m:
+        probe.install(m)
+        result = _cli("index", command, index, *args)
+    assert result.exit_code == 0, result.output
+    assert probe.steps, "no write step seen: the injection does not reach the command"
+    return probe.steps
+
+
+@pytest.mark.parametrize("command", ["remove", "compact"])
+def test_disk_full_at_each_write_step(command, with_removals, tmp_path, monkeypatch):
+    before = _live(with_removals)
+    target = before[0] if command == "remove" else None
+    after = [n for n in before if n != target]
+    args = (target,) if command == "remove" else ()
+    committed: list[bool] = []
+    steps = _steps(command, with_removals, tmp_path, monkeypatch, *args)
+    for k, step in enumerate(steps):
+        index = tmp_path / f"step{k}" / "x.glx"
+        shutil.copytree(with_removals, index)
+        full = DiskFull(index.parent, fail_at=k)
+        with monkeypatch.context() as m:
+            full.install(m)
+            result = _cli("index", command, index, *args)
+        where = f"disk full at step {k} ({step}) of {len(steps)}"
+        rest = full.steps[k + 1:]  # nothing written after the refusal; at most a rename puts a folder back
+        assert all(step.startswith("rename(") for step in rest), f"{where}: the command went on writing: {rest}"
+        assert result.exit_code == 3, f"{where}: {result.output}"
+        assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "disk is full" in errors[0] and str(index) in errors[0], f"{where}: {errors}"
+        # the index still opens and verifies; it holds what it held, or (the disk refused only the folder's fsync
+        # after the commit) the change is made, and the line says which
+        made = "the change is made" in errors[0] or "the index is compacted" in errors[0]
+        assert _live(index) == (after if made and target else before), f"{where}: {errors[0]}"
+        assert made or "nothing" in errors[0], f"{where}: {errors[0]}"
+        verify = _cli("index", "verify", index)
+        assert verify.exit_code == 0, f"{where}: {verify.output}"
+        committed.append(made)
+        # and once there is room again the command succeeds (a removal already made is then a name not found)
+        again = _cli("index", command, index, *args)
+        assert again.exit_code == (1 if made and target else 0), f"{where}, then with room: {again.output}"
+        assert _live(index) == after, where
+        assert not [p.name for p in index.parent.iterdir() if p.name.startswith("x.glx.")], where
+        shutil.rmtree(index.parent)
+    assert not all(committed) and committed[-1]  # steps before the commit and after it were both met
