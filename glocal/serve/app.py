@@ -25,12 +25,15 @@ Limits against hostile or unlucky clients (each answers at once, with the reason
   loader's reason.
 * pixels: the image header is read (Pillow opens lazily) before anything is decoded; more than
   ``max_pixels`` pixels answers 413 (a decompression bomb costs a few KiB to send and GiBs to decode).
-* queue: at most ``max_queue`` requests wait for the index; one more answers 503 with ``Retry-After``.
+* queue: at most ``max_queue`` requests wait for the index; one more answers 503 with ``Retry-After``, before
+  its body is read (the middleware admits at most ``max_queue`` + 1 index requests at a time).
 * time: a request that has not obtained the index within ``lock_timeout`` seconds answers 503.
 
 Concurrency: the searcher is opened at startup and closed at shutdown (the app's lifespan), and one
 ``threading.Lock`` serialises every call into it: requests are handled in parallel up to that point
-(upload, validation, the pixel check) and one at a time inside the searcher. Simple and correct: searches
+(upload, validation, the pixel check) and one at a time inside the searcher. Index work runs in the service's
+own pool of ``max_queue`` + 1 threads at a lower CPU priority (Linux niceness +10, inherited by the threads they
+start), never on the event loop nor in the thread pool shared with other routes. Simple and correct: searches
 and edits never interleave; the price is that a slow request makes the others wait, within the queue and
 time bounds above. ``/health`` and ``/info`` never take the lock: they answer from values kept outside it
 (and run on the event loop, not in the thread pool), so they stay quick during a long search. Run one
@@ -50,8 +53,6 @@ import functools
 import hmac
 import json
 import math
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,7 +69,7 @@ from glocal.errors import GlocalError
 from glocal.index.builder import add_images
 from glocal.io.images import ImageReadError, parse_box
 from glocal.serve.freshness import index_fingerprint, keep_upload, refuse_damaged
-from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
+from glocal.serve.limits import BodyLimit, check_pixels, lower_priority, saved_upload, upload_label
 from glocal.serve.page import add_page_routes
 
 MAX_TOP = 10_000
@@ -77,22 +78,6 @@ DEFAULT_MAX_QUEUE = 8
 DEFAULT_LOCK_TIMEOUT = 30.0
 _FORM_OVERHEAD = 1 << 20  # request bytes allowed beyond the upload limit: multipart headers, form fields
 _RETRY_AFTER = "1"  # seconds, in 503 answers
-WORKER_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    """(in each index worker thread) Lower this thread's CPU priority by :data:`WORKER_NICENESS` (Linux: the
-    niceness belongs to the thread and is inherited by the threads it starts: OpenCV's, the scan's), so the event
-    loop, which answers ``/health`` and refuses the excess, gets a core first when search work fills them."""
-    if sys.platform != "linux" or WORKER_NICENESS <= 0:
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS))
-    except OSError:  # not allowed here: the thread keeps its priority
-        pass
-
-
 class _Service:
     """The state behind one app: the searcher, its lock, and values readable without the lock."""
 
@@ -129,7 +114,7 @@ class _Service:
         # index work runs here, never on the event loop nor in the shared thread pool: at most one request at the
         # index plus ``max_queue`` waiting are ever admitted, so a thread is always free for an admitted one
         self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index",
-                                       initializer=_lower_priority)
+                                       initializer=lower_priority)
         searcher = self._open_searcher()
         self.settings = _json_safe(searcher.settings())  # once: it may hash a model checkpoint
         self.images = len(searcher)

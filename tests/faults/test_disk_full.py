@@ -140,3 +140,85 @@ def test_disk_full_at_each_write_step(command, with_removals, tmp_path, monkeypa
         assert not [p.name for p in index.parent.iterdir() if p.name.startswith("x.glx.")], where
         shutil.rmtree(index.parent)
     assert not all(committed) and committed[-1]  # steps before the commit and after it were both met
+
+
+# -- kill -9 at the commit points of the same commands ------------------------------------------------------
+# the child counts the same write steps as DiskFull and SIGKILLs itself just before step k, then runs the CLI
+KILLER = """
+import builtins, os, signal, sys
+root, kill_at = os.path.abspath(sys.argv[1]), int(sys.argv[2])
+count = 0
+def ours(path):
+    return isinstance(path, (str, os.PathLike)) and os.path.abspath(os.fspath(path)).startswith(root)
+def step():
+    global count
+    if count == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    count += 1
+real_open, real_fsync = builtins.open, os.fsync
+def open_(file, mode="r", *args, **kwargs):
+    if ours(file) and any(c in mode for c in "wax+"):
+        step()
+    return real_open(file, mode, *args, **kwargs)
+def fsync(fd):
+    step()
+    return real_fsync(fd)
+builtins.open, os.fsync = open_, fsync
+for name in ("replace", "rename", "link"):
+    def move(src, dst, *args, _real=getattr(os, name), **kwargs):
+        if ours(src) or ours(dst):
+            step()
+        return _real(src, dst, *args, **kwargs)
+    setattr(os, name, move)
+from glocal.cli.main import run
+sys.argv = ["glocal"] + sys.argv[3:]
+run()
+"""
+
+
+@pytest.mark.parametrize("command", ["remove", "compact"])
+def test_kill_9_at_each_commit_point(command, with_removals, tmp_path, monkeypatch):
+    """Killed just before each rename / replace (the commit points) and the fsync after it: the index opens at
+    the state before or after the command (or, between a compaction's two renames, says which folder to rename
+    back), verifies, and the command then succeeds."""
+    import signal
+    import subprocess
+    import sys
+
+    from glocal.errors import DamagedIndexError
+
+    before = _live(with_removals)
+    target = before[0] if command == "remove" else None
+    after = [n for n in before if n != target]
+    args = (target,) if command == "remove" else ()
+    steps = _steps(command, with_removals, tmp_path, monkeypatch, *args)
+    commits = [k for k, s in enumerate(steps) if s.startswith(("replace(", "rename("))]
+    points = sorted({k for c in commits for k in (c, c + 1) if k < len(steps)} | {len(steps) - 1})
+    env = os.environ | ENV | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    states, between = [], 0
+    for k in points:
+        index = tmp_path / f"kill{k}" / "x.glx"
+        shutil.copytree(with_removals, index)
+        proc = subprocess.run([sys.executable, "-c", KILLER, str(index.parent), str(k), "index", command, str(index),
+                               *args], env=env, capture_output=True, text=True, timeout=300)
+        where = f"killed before step {k} ({steps[k]}) of {len(steps)}"
+        assert proc.returncode == -signal.SIGKILL, f"{where}: {proc.stderr[-1000:]}"
+        try:
+            live = _live(index)
+        except DamagedIndexError as exc:  # between the two renames of a compaction: told what to do
+            assert command == "compact" and "rename that to" in str(exc), f"{where}: {exc}"
+            os.rename(index.with_name("x.glx.compacting"), index)
+            between += 1
+            live = _live(index)
+        assert live in (before, after), where
+        states.append(live == after)
+        assert _cli("index", "verify", index).exit_code == 0, where
+        again = _cli("index", command, index, *args)
+        assert again.exit_code == (1 if target and live == after else 0), f"{where}: {again.output}"
+        assert _live(index) == after, where
+        assert not [p.name for p in index.parent.iterdir() if p.name.startswith("x.glx.")], where
+        shutil.rmtree(index.parent)
+    if target:  # killed before the removal's commit and after it
+        assert any(states) and not all(states), states
+    else:  # and a compaction between its two renames
+        assert between, points
