@@ -143,6 +143,7 @@ class _Service:
                 self.searcher = None
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
     def admission_refusal(self) -> HTTPException | None:
         """(event loop, before the body is read) 503 when ``max_queue`` + 1 index requests are already admitted
@@ -155,6 +156,8 @@ class _Service:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the index worker pool, awaited from the event loop."""
+        if self.pool is None:
+            raise HTTPException(503, "the index is not open (the service is starting or stopping)")
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
 
     @contextmanager
