@@ -85,6 +85,25 @@ def test_a_byte_flipped_in_each_file_of_an_asmk_index(demo_benchmark, tmp_path):
     assert {"manifest.json", "features.glf", "words.glf", "ivf/MANIFEST.json"} <= set(files)
     assert sum(f.startswith("ivf/seg-") for f in files) == 2 and any(f.startswith("ivf/tomb-") for f in files)
     statuses = _check_every_file(base, paths[0], tmp_path)
-    print(statuses)
     assert statuses["manifest.json"] == (3, 3)
     assert statuses["features.glf"][1] == 3  # the source of every copy: a damaged record is never copied
+
+
+def test_a_byte_flipped_in_each_file_of_a_global_index(demo_benchmark, tmp_path, torch_one_thread):
+    pytest.importorskip("torch")
+    from glocal.index.builder import build_index
+
+    base = tmp_path / "base.glx"
+    paths, names = demo_benchmark.db_paths, demo_benchmark.db_names
+    collection = build_index(paths[:5], names[:5], base, method="dolg", settings={"max_side": 96, "scales": [1.0]},
+                             progress=False, workers=1).collection
+    try:
+        collection.remove([names[1]])  # tombstones, and work for the compaction
+    finally:
+        collection.close()
+    files = _files(base)
+    assert {"manifest.json", "features.glf", "global/MANIFEST.json"} <= set(files) and len(files) >= 5, files
+    statuses = _check_every_file(base, paths[0], tmp_path)
+    assert statuses["manifest.json"] == (3, 3)
+    assert statuses["features.glf"][1] == 3
+    assert all(status == (3, 3) for name, status in statuses.items() if name.startswith("global/")), statuses
