@@ -5,13 +5,16 @@ Builds a small sift index from the embedded benchmark (scikit-image photos, no d
 ``--seconds`` each: ``--searchers`` search threads + one writer (adding then removing an image, with the
 token) -- within the queue limit, so every request must succeed -- and an overload phase with
 ``--overload-searchers`` search threads, more than ``--max-queue`` + 1, where the surplus must get 503
-(never a crash or a hang). A separate thread polls ``GET /health`` every 50 ms throughout.
+(never a crash or a hang). A separate process (so the client threads' GIL cannot delay it) polls
+``GET /health`` every 50 ms throughout; an idle first phase gives its latency on the machine as it is. The
+exit status is 1 on any error, any 503 within the queue limit, or a service that died.
 
     python benchmarks/serve_load.py --seconds 15
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import random
 import socket
@@ -22,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -36,9 +40,13 @@ class Tally:
     errors: dict[str, list[str]] = field(default_factory=lambda: {"search": [], "write": []})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    waited_out: dict[str, int] = field(default_factory=lambda: {"search": 0, "write": 0})
+
     def record(self, kind: str, seconds: float, status: int | None, what: str = "") -> None:
         with self.lock:
-            if status == 503:
+            if status == 503 and "not free within" in what:  # the wait limit (--lock-timeout), not the queue
+                self.waited_out[kind] += 1
+            elif status == 503:
                 self.busy[kind] += 1
             elif status is not None and status < 300:
                 self.latencies[kind].append(seconds)
@@ -52,7 +60,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _searcher(base: str, queries: list[Path], stop: threading.Event, tally: Tally, seed: int) -> None:
+def _searcher(base: str, queries: list[Path], stop: threading.Event, tally: Tally, seed: int,
+              busy_pause: float) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=base, timeout=120) as client:
         while not stop.is_set():
@@ -64,9 +73,12 @@ def _searcher(base: str, queries: list[Path], stop: threading.Event, tally: Tall
                 tally.record("search", time.perf_counter() - t0, res.status_code, f"{res.status_code} {res.text[:80]}")
             except httpx.HTTPError as exc:
                 tally.record("search", time.perf_counter() - t0, None, repr(exc))
+                continue
+            if res.status_code == 503:
+                time.sleep(busy_pause)
 
 
-def _writer(base: str, images: list[Path], stop: threading.Event, tally: Tally) -> None:
+def _writer(base: str, images: list[Path], stop: threading.Event, tally: Tally, busy_pause: float) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     k = 0
     with httpx.Client(base_url=base, timeout=120, headers=auth) as client:
@@ -87,28 +99,36 @@ def _writer(base: str, images: list[Path], stop: threading.Event, tally: Tally) 
                 tally.record("write", time.perf_counter() - t0, res.status_code,
                              f"{method} {res.status_code} {res.text[:80]}")
                 if res.status_code >= 300:
+                    if res.status_code == 503:
+                        time.sleep(busy_pause)
                     break  # not added: nothing to remove
 
 
-def _health_poller(base: str, stop: threading.Event, out: list[float], failures: list[str]) -> None:
+def _health_poller(base: str, stop: Any, out: Any) -> None:
+    """(own process: the client threads' GIL does not delay it) GET /health every 50 ms until ``stop`` is set;
+    sends back ``(start time, seconds, failure or "")`` per poll."""
+    polls = []
     with httpx.Client(base_url=base, timeout=30) as client:
         while not stop.is_set():
-            t0 = time.perf_counter()
+            t0, failure = time.perf_counter(), ""
             try:
                 res = client.get("/health")
                 if res.status_code != 200:
-                    failures.append(str(res.status_code))
+                    failure = str(res.status_code)
             except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-            out.append(time.perf_counter() - t0)
+                failure = repr(exc)
+            polls.append((t0, time.perf_counter() - t0, failure))
             time.sleep(0.05)
+    out.send(polls)
 
 
 def run_phase(base: str, searchers: int, writers: int, seconds: float, queries: list[Path],
-              images: list[Path]) -> tuple[Tally, float]:
+              images: list[Path], busy_pause: float) -> tuple[Tally, float, float]:
     tally, stop = Tally(), threading.Event()
-    threads = [threading.Thread(target=_searcher, args=(base, queries, stop, tally, i)) for i in range(searchers)]
-    threads += [threading.Thread(target=_writer, args=(base, images, stop, tally)) for _ in range(writers)]
+    threads = [threading.Thread(target=_searcher, args=(base, queries, stop, tally, i, busy_pause))
+               for i in range(searchers)]
+    threads += [threading.Thread(target=_writer, args=(base, images, stop, tally, busy_pause))
+                for _ in range(writers)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -118,7 +138,7 @@ def run_phase(base: str, searchers: int, writers: int, seconds: float, queries: 
         t.join(180)
         if t.is_alive():
             raise SystemExit("a client thread hung for 3 minutes after the end of the phase")
-    return tally, time.perf_counter() - t0
+    return tally, t0, time.perf_counter() - t0
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -134,6 +154,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=30, help="Images in the index.")
     ap.add_argument("--max-queue", type=int, default=8)
     ap.add_argument("--lock-timeout", type=float, default=30.0)
+    ap.add_argument("--idle-seconds", type=float, default=5.0, help="A first phase without clients: /health's "
+                    "latency on this machine as it is (0 skips it).")
+    ap.add_argument("--busy-pause", type=float, default=0.05, help="Seconds a search client waits after a 503 "
+                    "before its next request (0: hammer the service).")
     args = ap.parse_args()
 
     from glocal.demo.synthetic import make_benchmark
@@ -168,21 +192,23 @@ def main() -> None:
                     raise SystemExit("the service did not answer /health within 120 s")
                 time.sleep(0.2)
             queries, images = bench.query_paths, bench.db_paths[args.images:] or bench.db_paths
-            health: list[float] = []
-            health_failures: list[str] = []
-            stop_health = threading.Event()
-            poller = threading.Thread(target=_health_poller, args=(base, stop_health, health, health_failures))
+            ctx = mp.get_context("spawn")
+            stop_health = ctx.Event()
+            receive, send = ctx.Pipe(duplex=False)
+            poller = ctx.Process(target=_health_poller, args=(base, stop_health, send))
             poller.start()
-            phases = [(f"{args.searchers} searchers + 1 writer", args.searchers, 1)]
+            time.sleep(1.0)  # the poller's start-up
+            phases = [("idle service (the machine's floor)", 0, 0)] if args.idle_seconds else []
+            phases.append((f"{args.searchers} searchers + 1 writer", args.searchers, 1))
             if args.overload_searchers:
                 phases.append((f"overload: {args.overload_searchers} searchers + 1 writer",
                                args.overload_searchers, 1))
             rows = []
             for label, searchers, writers in phases:
-                mark = len(health)
-                tally, elapsed = run_phase(base, searchers, writers, args.seconds, queries, images)
-                rows.append((label, tally, elapsed, health[mark:]))
+                seconds = args.idle_seconds if not searchers else args.seconds
+                rows.append((label, *run_phase(base, searchers, writers, seconds, queries, images, args.busy_pause)))
             stop_health.set()
+            polls = receive.recv()
             poller.join(60)
             alive = server.poll() is None
         finally:
@@ -194,25 +220,32 @@ def main() -> None:
             log.close()
 
     print(f"service: --max-queue {args.max_queue} --lock-timeout {args.lock_timeout:g}, {args.seconds:g} s per phase, "
-          f"{os.cpu_count()} CPUs\n")
+          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; "
+          f"clients pause {args.busy_pause:g} s after a 503\n")
     head = (f"| {'phase':<36} | {'kind':<6} | {'ok':>5} | {'req/s':>6} | {'p50 ms':>6} | {'p95 ms':>6} | "
-            f"{'p99 ms':>6} | {'503':>4} | {'errors':>6} | {'max /health ms':>14} |")
+            f"{'p99 ms':>6} | {'503':>5} | {'waited out':>10} | {'errors':>6} | {'/health p99 / max ms':>20} |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     all_errors = []
-    for label, tally, elapsed, hl in rows:
-        for kind in ("search", "write"):
+    for label, tally, start, elapsed in rows:
+        hl = [sec for t0, sec, _ in polls if start <= t0 < start + elapsed]
+        hcol = f"{_ms(hl, 99)} / {max(hl) * 1000:.0f}" if hl else "-"
+        for kind in ("search", "write") if "idle" not in label else ("search",):
             lat = tally.latencies[kind]
             all_errors += tally.errors[kind]
-            hmax = f"{max(hl) * 1000:.0f}" if hl and kind == "search" else ""
             print(f"| {label if kind == 'search' else '':<36} | {kind:<6} | {len(lat):>5} | "
                   f"{len(lat) / elapsed:>6.1f} | {_ms(lat, 50):>6} | {_ms(lat, 95):>6} | {_ms(lat, 99):>6} | "
-                  f"{tally.busy[kind]:>4} | {len(tally.errors[kind]):>6} | {hmax:>14} |")
-    print(f"\n/health: {len(health)} polls, max {max(health) * 1000:.0f} ms, p99 {_ms(health, 99)} ms, "
-          f"{len(health_failures)} failed; service alive at the end: {alive}")
+                  f"{tally.busy[kind]:>5} | {tally.waited_out[kind]:>10} | {len(tally.errors[kind]):>6} | {hcol if kind == 'search' else '':>20} |")
+    seconds = [sec for _, sec, _ in polls]
+    failures = [f for _, _, f in polls if f]
+    within = [tally.busy[k] + tally.waited_out[k] for label, tally, *_ in rows if "overload" not in label
+              for k in tally.busy]
+    print("(503: refused, the queue was full; waited out: 503 after --lock-timeout s without the index)")
+    print(f"\n/health: {len(seconds)} polls, p99 {_ms(seconds, 99)} ms, max {max(seconds) * 1000:.0f} ms, "
+          f"{len(failures)} failed; 503 within the queue limit: {sum(within)}; service alive at the end: {alive}")
     for error in sorted(set(all_errors))[:10]:
         print("error:", error)
-    if all_errors or health_failures or not alive:
+    if all_errors or failures or sum(within) or not alive:
         raise SystemExit(1)
 
 

@@ -25,7 +25,7 @@ from glocal.index.asmk_stage import AsmkStage, codebook_donor, codebook_note, de
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import manifest_options, new_manifest, read_manifest, write_manifest
 from glocal.index.global_stage import check_ivfpq_size
-from glocal.io.atomic import fsync_dir, storage_errors
+from glocal.io.atomic import fsync_after_commit, fsync_dir, storage_errors
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.methods.spec import MethodOptions
@@ -243,7 +243,7 @@ def _build_in(work: Path, out: Path, spec: Any, opts: MethodOptions,
         fsync_dir(work)  # the entries of everything made in it (features, sources, ivf/ or global/)
         _check_new(out)  # nobody made it meanwhile
         os.rename(work, out)  # replaces an empty folder the user made
-        fsync_dir(out.parent)
+        fsync_after_commit(out.parent, out, "the index is built and complete")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

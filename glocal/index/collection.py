@@ -174,8 +174,8 @@ class Collection:
         """
         self._require_writable()
         with storage_errors(self.root, "adding images", _KEPT):
-            self.features.append(list(batch), shadow=shadow)
-            self.sources.append(sources)
+            self.sources.append(sources)  # first: a source line for an image never committed is harmless
+            self.features.append(list(batch), shadow=shadow)  # the commit point
 
     def index_pending(self, progress: Progress | None = None) -> int:
         """Give the first stage the images whose features are committed but not indexed; returns how many.

@@ -25,7 +25,7 @@ from glocal.index.asmk_stage import AsmkStage
 from glocal.index.collection import Collection
 from glocal.index.collection_manifest import COMPACTING_SUFFIX, write_manifest
 from glocal.index.writer_lock import IndexWriterLock
-from glocal.io.atomic import fsync_dir, storage_errors
+from glocal.io.atomic import fsync_after_commit, fsync_dir, storage_errors
 from glocal.io.feature_file import FeatureFile
 from glocal.io.sources import SourceLog
 from glocal.progress import Progress, as_progress
@@ -72,6 +72,9 @@ def _compact(path: Path, progress: bool | Progress) -> CompactionReport:
         try:
             live = sorted(collection.live_names())
             dropped = len(collection.names) - len(live)
+            old = path.with_name(path.name + OLD_SUFFIX)
+            if old.exists():  # the previous compaction's old copy (its swap is done: the index opened at <name>)
+                shutil.rmtree(old)
             if dropped == 0:
                 return CompactionReport(len(live), 0, before, before)
             fresh = path.with_name(path.name + COMPACTING_SUFFIX)
@@ -83,13 +86,16 @@ def _compact(path: Path, progress: bool | Progress) -> CompactionReport:
             Collection.open(fresh, progress=prog, writable=True, lock=fresh_lock).close()  # indexes the copy
         finally:
             collection.close()
-        old = path.with_name(path.name + OLD_SUFFIX)
-        if old.exists():
-            shutil.rmtree(old)
         fsync_dir(fresh)  # the entries of everything made in it
         os.rename(path, old)
-        os.rename(fresh, path)
-        fsync_dir(path.parent)  # both renames are durable before the old copy goes
+        try:
+            os.rename(fresh, path)
+        except OSError:  # e.g. the disk refused it: put the index back, as it was
+            os.rename(old, path)
+            raise
+        # both renames are durable before the old copy goes (if not, it is kept: removed by the next compaction)
+        fsync_after_commit(path.parent, path, f"the index is compacted and in use ({old.name} is kept until the "
+                           "next compaction)")
         shutil.rmtree(old)
     finally:
         if fresh_lock is not None:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from glocal.errors import BusyIndexError, DamagedIndexError
+from glocal.errors import BusyIndexError, DamagedIndexError, GlocalError, StorageError
 from glocal.index.collection_manifest import COMPACTING_SUFFIX, read_manifest
-from glocal.io.atomic import FileLock
+from glocal.io.atomic import STORAGE_ERRNOS, FileLock
 
 LOCK_FILE = "WRITER.LOCK"
 #: how often a writer retries when a compaction swapped the folder while it was taking the lock
@@ -35,6 +35,15 @@ def _busy(path: Path) -> BusyIndexError:
                           "read-only or try again later")
 
 
+def _cannot_lock(path: Path, exc: OSError) -> GlocalError:
+    """A full, over-quota or read-only disk is a :class:`StorageError`; anything else a damaged folder."""
+    if isinstance(exc, GlocalError):
+        return exc
+    if exc.errno in STORAGE_ERRNOS:
+        return StorageError(f"{path}: {STORAGE_ERRNOS[exc.errno]} while taking the writer lock; nothing was changed")
+    return DamagedIndexError(f"{path}: cannot take the writer lock ({exc.strerror or exc})")
+
+
 def _lock(path: Path) -> FileLock:
     """The lock of the folder ``path`` (which must exist)."""
     try:
@@ -42,7 +51,7 @@ def _lock(path: Path) -> FileLock:
     except BlockingIOError:
         raise _busy(path) from None
     except OSError as exc:
-        raise DamagedIndexError(f"{path}: cannot take the writer lock ({exc.strerror or exc})") from None
+        raise _cannot_lock(path, exc) from None
 
 
 class IndexWriterLock:
@@ -80,7 +89,7 @@ class IndexWriterLock:
             except FileNotFoundError:
                 continue  # the folder was renamed away meanwhile
             except OSError as exc:
-                raise DamagedIndexError(f"{path}: cannot take the writer lock ({exc.strerror or exc})") from None
+                raise _cannot_lock(path, exc) from None
             mine = os.fstat(held.fileno())
             try:
                 now = os.stat(path / LOCK_FILE)

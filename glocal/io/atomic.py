@@ -58,6 +58,19 @@ def fsync_dir(root: Path) -> None:
         os.close(fd)
 
 
+def fsync_after_commit(root: Path, where: str | Path, made: str) -> None:
+    """:func:`fsync_dir` of ``root`` just after a commit point's rename: a full (read-only, ...) disk refusing
+    it is a :class:`StorageError` that says the change is made (``made``) but may not survive a power loss,
+    never that nothing changed."""
+    try:
+        fsync_dir(root)
+    except OSError as exc:
+        if isinstance(exc, GlocalError) or exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"{where}: {STORAGE_ERRNOS[exc.errno]} while making the change durable; {made}, "
+                           "but it may not survive a power loss") from exc
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Atomically replace ``path`` by ``obj`` as JSON (indent 1): write ``<path>.tmp``, fsync it,
     ``os.replace`` it over ``path``, fsync the folder. A crash leaves the old or the new file, and
@@ -68,7 +81,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_after_commit(path.parent, path, "the change is made and in use")
 
 
 #: key of a manifest's own checksum: CRC-32 of the canonical JSON of every other field
@@ -124,10 +137,12 @@ class FileLock:
     :meth:`release` or the end of a ``with`` block.
 
     :raises BlockingIOError: another process holds the lock (the file is closed again).
+    :raises StorageError: the lock file cannot be created on a full (or read-only, ...) disk.
     """
 
     def __init__(self, path: Path) -> None:
-        self._fh = open(path, "a+")
+        with storage_errors(Path(path).parent, f"creating the lock file {Path(path).name}", "nothing was changed"):
+            self._fh = open(path, "a+")
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

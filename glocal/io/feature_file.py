@@ -244,13 +244,18 @@ class RecordFile:
             if (name in self._by_name and not shadow) or any(name == n for n, _ in blobs):
                 raise FeatureFileError(f"{self.path}: a record named {name!r} already exists")
             blobs.append((name, encode_record(name, arrays, attrs)))
-        with open(self.path, "r+b") as f:
+        with open(self.path, "r+b", buffering=0) as f:  # unbuffered: nothing is left to write after a failure
             f.truncate(self._valid_end)  # drop a torn tail left by an earlier crash
             f.seek(self._valid_end)
-            for _, blob in blobs:
-                f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                for _, blob in blobs:
+                    view = memoryview(blob)
+                    while view:
+                        view = view[f.write(view):]
+                os.fsync(f.fileno())
+            except OSError:  # e.g. the disk is full: take the records back, so nothing was added
+                os.ftruncate(f.fileno(), self._valid_end)
+                raise
         out = []
         pos = self._valid_end
         for name, blob in blobs:

@@ -25,12 +25,15 @@ Limits against hostile or unlucky clients (each answers at once, with the reason
   loader's reason.
 * pixels: the image header is read (Pillow opens lazily) before anything is decoded; more than
   ``max_pixels`` pixels answers 413 (a decompression bomb costs a few KiB to send and GiBs to decode).
-* queue: at most ``max_queue`` requests wait for the index; one more answers 503 with ``Retry-After``.
+* queue: at most ``max_queue`` requests wait for the index; one more answers 503 with ``Retry-After``, before
+  its body is read (the middleware admits at most ``max_queue`` + 1 index requests at a time).
 * time: a request that has not obtained the index within ``lock_timeout`` seconds answers 503.
 
 Concurrency: the searcher is opened at startup and closed at shutdown (the app's lifespan), and one
 ``threading.Lock`` serialises every call into it: requests are handled in parallel up to that point
-(upload, validation, the pixel check) and one at a time inside the searcher. Simple and correct: searches
+(upload, validation, the pixel check) and one at a time inside the searcher. Index work runs in the service's
+own pool of ``max_queue`` + 1 threads at a lower CPU priority (Linux niceness +10, inherited by the threads they
+start), never on the event loop nor in the thread pool shared with other routes. Simple and correct: searches
 and edits never interleave; the price is that a slow request makes the others wait, within the queue and
 time bounds above. ``/health`` and ``/info`` never take the lock: they answer from values kept outside it
 (and run on the event loop, not in the thread pool), so they stay quick during a long search. Run one
@@ -45,12 +48,15 @@ then counts the reopened index's images.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -63,7 +69,7 @@ from glocal.errors import GlocalError
 from glocal.index.builder import add_images
 from glocal.io.images import ImageReadError, parse_box
 from glocal.serve.freshness import index_fingerprint, keep_upload, refuse_damaged
-from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
+from glocal.serve.limits import BodyLimit, check_pixels, lower_priority, saved_upload, upload_label
 from glocal.serve.page import add_page_routes
 
 MAX_TOP = 10_000
@@ -72,8 +78,6 @@ DEFAULT_MAX_QUEUE = 8
 DEFAULT_LOCK_TIMEOUT = 30.0
 _FORM_OVERHEAD = 1 << 20  # request bytes allowed beyond the upload limit: multipart headers, form fields
 _RETRY_AFTER = "1"  # seconds, in 503 answers
-
-
 class _Service:
     """The state behind one app: the searcher, its lock, and values readable without the lock."""
 
@@ -91,6 +95,8 @@ class _Service:
         self.lock = threading.Lock()
         self.waiting = 0  # requests waiting for ``lock``; guarded by ``_waiting_lock``
         self._waiting_lock = threading.Lock()
+        self.admitted = 0  # index requests between admission and their answer (event loop only)
+        self.pool: ThreadPoolExecutor | None = None  # the index workers, while the app runs
         self.searcher: Any = None
         self.settings: dict = {}
         self.images = 0
@@ -105,6 +111,10 @@ class _Service:
         return Searcher(Collection.open(self.index_path, writable=self.writable))
 
     def open(self) -> None:
+        # index work runs here, never on the event loop nor in the shared thread pool: at most one request at the
+        # index plus ``max_queue`` waiting are ever admitted, so a thread is always free for an admitted one
+        self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index",
+                                       initializer=lower_priority)
         searcher = self._open_searcher()
         self.settings = _json_safe(searcher.settings())  # once: it may hash a model checkpoint
         self.images = len(searcher)
@@ -131,6 +141,24 @@ class _Service:
             if self.searcher is not None:
                 self.searcher.close()
                 self.searcher = None
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def admission_refusal(self) -> HTTPException | None:
+        """(event loop, before the body is read) 503 when ``max_queue`` + 1 index requests are already admitted
+        (one at the index, ``max_queue`` waiting for it): the excess costs neither its upload nor a thread."""
+        if self.admitted > self.max_queue:
+            return HTTPException(503, f"busy: {self.admitted - 1} requests are already waiting for the index "
+                                      f"(the limit is {self.max_queue}); retry later",
+                                 headers={"Retry-After": _RETRY_AFTER})
+        return None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the index worker pool, awaited from the event loop."""
+        if self.pool is None:
+            raise HTTPException(503, "the index is not open (the service is starting or stopping)")
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
 
     @contextmanager
     def searcher_locked(self) -> Iterator[Any]:
@@ -299,13 +327,16 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
             "version": __version__}}
 
     @app.post("/search")
-    def search(
+    async def search(
         image: Annotated[UploadFile, File(description="The query image.")],
         in_query: Annotated[_SearchOptions, Depends(_query_options)],
         in_form: Annotated[_SearchOptions, Depends(_form_options)],
     ) -> dict:
         opts = in_form.over(in_query)
         box = parse_bbox(opts.bbox)
+        return await svc.run(_saved_search, image, box, opts)
+
+    def _saved_search(image: UploadFile, box: Any, opts: _SearchOptions) -> dict:
         with saved_upload(image, svc.max_upload_bytes) as path:
             check_pixels(path, image, svc.max_pixels)
             with svc.searcher_locked() as searcher:
@@ -324,12 +355,15 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         return {"results": [h.to_dict(with_matches=bool(opts.matches)) for h in hits], "ms": round(ms, 2)}
 
     @app.post("/images", status_code=201, dependencies=[Depends(require_writable)])
-    def add_image(
+    async def add_image(
         image: Annotated[UploadFile, File(description="The image to index.")],
         name: Annotated[str, Form(min_length=1, max_length=1000, description="Its name in search results.")],
     ) -> dict:
         if not name.strip() or not name.isprintable():
             raise HTTPException(422, f"name: expected a non-blank name without control characters, got {name!r}")
+        return await svc.run(_saved_add, image, name)
+
+    def _saved_add(image: UploadFile, name: str) -> dict:
         with saved_upload(image, svc.max_upload_bytes) as path:
             check_pixels(path, image, svc.max_pixels)
             with svc.searcher_locked() as searcher:
@@ -351,7 +385,10 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         return len(collection.names) - 1
 
     @app.delete("/images/{name:path}", dependencies=[Depends(require_writable)])
-    def remove_image(name: str) -> dict:
+    async def remove_image(name: str) -> dict:
+        return await svc.run(_remove, name)
+
+    def _remove(name: str) -> dict:
         with svc.searcher_locked() as searcher:
             missing = searcher.collection.remove([name])
         if missing:

@@ -1,12 +1,15 @@
 """Limits of the HTTP service against hostile or unlucky clients: the request body counted while it arrives
-(413), unauthorised writes refused before their body is read (401 / 403), uploads copied to a temporary file
+(413), unauthorised writes and requests past the queue refused before their body is read (401 / 403 / 503),
+the index workers' lower CPU priority, uploads copied to a temporary file
 within the byte limit, and the pixel count read from the image header before anything is decoded (413).
 See :mod:`glocal.serve.app` for the endpoints and the queue / time limits."""
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -16,6 +19,20 @@ from typing import Any
 from fastapi import HTTPException, UploadFile
 
 _CHUNK = 1 << 20
+WORKER_NICENESS = 10  # added to the niceness of the service's index worker threads
+
+
+def lower_priority() -> None:
+    """(in each index worker thread) Lower this thread's CPU priority by :data:`WORKER_NICENESS` (Linux: the
+    niceness belongs to the thread and is inherited by the threads it starts: OpenCV's, the scan's), so the event
+    loop, which answers ``/health`` and refuses the excess, gets a core first when search work fills them."""
+    if sys.platform != "linux" or WORKER_NICENESS <= 0:
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS))
+    except OSError:  # not allowed here: the thread keeps its priority
+        pass
 
 
 def upload_label(upload: UploadFile) -> str:
@@ -65,8 +82,9 @@ def check_pixels(path: Path, upload: UploadFile, max_pixels: int) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: refuses oversized bodies while they arrive (413), and unauthorised writes before
-    their body is read."""
+    """ASGI middleware: refuses oversized bodies while they arrive (413), unauthorised writes before their body
+    is read (401 / 403), and requests for the index past the queue limit before their body is read (503: see
+    ``_Service.admission_refusal`` in :mod:`glocal.serve.app`); counts the admitted ones until their answer."""
 
     def __init__(self, app: Any, svc: Any) -> None:
         self.app = app
@@ -84,13 +102,27 @@ class BodyLimit:
                                                        f"limit of {svc.max_upload_mb:g} MiB"))
             return
         method, path = scope.get("method", ""), scope.get("path", "")
-        if (method == "POST" and path.rstrip("/") == "/images") or (method == "DELETE" and path.startswith("/images/")):
+        write = (method == "POST" and path.rstrip("/") == "/images") or (method == "DELETE" and path.startswith("/images/"))
+        if write:
             refusal = svc.write_refusal(headers.get(b"authorization", b"").decode("latin-1"))
             if refusal is not None:
                 await send_error(send, refusal)
                 return
+        admitted = write or (method == "POST" and path.rstrip("/") == "/search")  # requests that need the index
+        if admitted:
+            refusal = svc.admission_refusal()
+            if refusal is not None:
+                await send_error(send, refusal)
+                return
+            svc.admitted += 1
         received = 0
         started = False
+
+        def leave() -> None:
+            nonlocal admitted
+            if admitted:
+                admitted = False
+                svc.admitted -= 1
 
         async def limited_receive() -> dict:
             nonlocal received
@@ -105,6 +137,8 @@ class BodyLimit:
         async def watched_send(message: dict) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                leave()  # before the client can see the answer and send its next request
             await send(message)
 
         try:
@@ -113,6 +147,8 @@ class BodyLimit:
             if started:
                 raise
             await send_error(send, exc)
+        finally:
+            leave()
 
 
 async def send_error(send: Any, exc: HTTPException) -> None:

@@ -279,3 +279,56 @@ def test_writable_without_a_token_must_be_asked_for(index_path: Path, demo_bench
 def test_bad_limits_are_refused(index_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         _app(index_path, **kwargs)
+
+
+def test_past_the_queue_limit_the_body_is_not_even_read(index_path: Path, demo_benchmark, monkeypatch) -> None:
+    """Admission happens before the upload arrives: the excess costs neither its body nor a worker thread."""
+    from glocal.serve.app import create_app
+
+    app = create_app(index_path, max_queue=1)
+    counted = _Rechunk(app)
+    with _client(counted) as c:
+        svc = app.state.service
+        slow = _SlowSearch(svc)
+        monkeypatch.setattr(svc.searcher, "search", slow)
+        out: list = []
+        threads = [_background_search(c, demo_benchmark.db_paths[0], out)]
+        try:
+            assert slow.entered.wait(10)
+            threads.append(_background_search(c, demo_benchmark.db_paths[1], out))
+            _wait_for(lambda: svc.waiting == 1)
+            pulled = counted.pulled
+            res = c.post("/search", files=_upload(demo_benchmark.db_paths[2]))
+            assert res.status_code == 503 and res.headers["Retry-After"] == "1" and "waiting" in res.json()["detail"]
+            assert counted.pulled == pulled  # refused before a byte of its body was read
+            assert svc.admitted == 2
+        finally:
+            slow.release.set()
+            for t in threads:
+                t.join(10)
+        assert [r.status_code for r in out] == [200, 200]
+        assert svc.admitted == 0  # every admitted request left when answered
+
+
+def test_index_work_runs_in_its_own_lower_priority_threads(index_path: Path, demo_benchmark, monkeypatch) -> None:
+    import os
+    import sys
+
+    app = _app(index_path)
+    seen: list = []
+    with _client(app) as c:
+        svc = app.state.service
+        real = svc.searcher.search
+
+        def spy(*args, **kwargs):
+            tid = threading.get_native_id()
+            seen.append((threading.current_thread().name,
+                         os.getpriority(os.PRIO_PROCESS, tid) if sys.platform == "linux" else None))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(svc.searcher, "search", spy)
+        assert c.post("/search", files=_upload(demo_benchmark.db_paths[0])).status_code == 200
+    (name, nice), = seen
+    assert name.startswith("glocal-index")  # the service's bounded pool, not the event loop nor the shared pool
+    if nice is not None:
+        assert nice > os.getpriority(os.PRIO_PROCESS, 0) or nice == 19
