@@ -1,7 +1,7 @@
 """ALIKED and XFeat against RootSIFT, side by side in one run: (a) local matching on image pairs with a ground-truth
 homography, (b) retrieval on the mini revisited sets through the full pipeline (ASMK* -> verification).
 
-    python benchmarks/local_features.py [--part matching|retrieval|both] [--variant n16] [--max-side 1024]
+    python benchmarks/local_features.py [--part matching|retrieval|both|extraction] [--variant n16] [--max-side 1024]
         [--max-keypoints 2000] [--xfeat-max-side 1024] [--xfeat-max-keypoints 4096]
         [--sets roxford5k rparis6k] [--methods sift aliked xfeat] [--json out.json]
 
@@ -20,6 +20,10 @@ city's images, queries cropped to their box, whole database ranked): mAP Easy / 
 seconds to build the index (extraction of database + codebook images, codebook, index) and milliseconds per
 query (extraction + ASMK* shortlist + verification of the top 100). Data and weights are read by path from
 ``../shared`` (never copied).
+
+(c) ``--part extraction`` (not part of ``both``): CPU seconds (process time) per image of each method's
+extractor with one torch thread, over the first ``--cpu-images`` database images of ``--sets``' first set
+(one image first to warm up).
 """
 from __future__ import annotations
 
@@ -120,6 +124,28 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def extraction_cpu(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    from glocal.io.images import load_image
+
+    torch.set_num_threads(1)
+    ex = extractors(args)
+    paths = sorted((args.revisitop / args.sets[0] / "jpg").glob("*.jpg"))[:args.cpu_images]
+    rows = []
+    for m in args.methods:
+        ex[m].extract(load_image(paths[0], max_side=ex[m].max_side), "warm-up")
+        t0, n = time.process_time(), 0
+        for p in paths:
+            n += len(ex[m].extract(load_image(p, max_side=ex[m].max_side), p.name).keypoints)
+        row = {"method": m, "cpu_s_per_image": round((time.process_time() - t0) / len(paths), 3),
+               "features_per_image": round(n / len(paths)), "images": len(paths), "load_after": os.getloadavg()}
+        rows.append(row)
+        print(f"{m:7s} {row['cpu_s_per_image']:.3f} CPU-s per image (one thread), {row['features_per_image']} features "
+              f"per image, {len(paths)} {args.sets[0]} images   load {row['load_after'][0]:.2f}", flush=True)
+    return rows
+
+
 class TimedIndex:
     """The evaluation's index, its ``search`` calls timed (extraction + shortlist + verification)."""
 
@@ -174,7 +200,8 @@ def retrieval(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["matching", "retrieval", "both"], default="both")
+    ap.add_argument("--part", choices=["matching", "retrieval", "both", "extraction"], default="both")
+    ap.add_argument("--cpu-images", type=int, default=10, help="images timed by --part extraction")
     ap.add_argument("--variant", default="n16", choices=["t16", "n16", "n16rot", "n32"])
     ap.add_argument("--max-side", type=int, default=1024, help="ALIKED (the affine images are 800 px)")
     ap.add_argument("--max-keypoints", type=int, default=2000, help="ALIKED")
@@ -194,6 +221,8 @@ def main() -> None:
     if args.part in ("retrieval", "both"):
         print("\n(b) retrieval (ASMK* 4,096 words from the other city -> verification of the top 100)")
         out["retrieval"] = retrieval(args)
+    if args.part == "extraction":
+        out["extraction"] = extraction_cpu(args)
     out["load_end"] = os.getloadavg()
     print(f"load average at end: {out['load_end']}")
     if args.json:
