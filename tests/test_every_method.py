@@ -27,6 +27,7 @@ TINY = {
     "vitgal": {"max_side": 128, "scales": [1.0], "max_keypoints": 100, "embed_dim": 48, "depth": 2, "num_heads": 4},
     "gem": {"max_side": 96, "scales": [1.0], "backbone": "efficientnet-lite0"},
     "aliked": {"max_side": 128, "random_weights": True, "score_threshold": 0.0, "max_keypoints": 200},
+    "xfeat": {"max_side": 128, "random_weights": True, "detection_threshold": 0.0, "max_keypoints": 200},
 }
 
 

@@ -27,8 +27,9 @@ def list_command() -> None:
     out.print(table)
     from glocal.weights.backbones import backbone_packages
 
-    packages = Table(title="backbone ImageNet weights from packages (--set backbone=NAME; sha256 checked on load)")
-    for col in ("backbone", "package", "licence", "size", "installed", "sha256"):
+    packages = Table(title="weights from packages: backbones' ImageNet weights (--set backbone=NAME) and models' "
+                           "(sha256 checked on load)")
+    for col in ("backbone / model", "package", "licence", "size", "installed", "sha256"):
         packages.add_column(col)
     for p in backbone_packages():
         packages.add_row(p.backbone, f"{p.distribution}=={p.version}", p.licence, f"{p.size / 1e6:.1f} MB",

@@ -34,7 +34,8 @@ TRAINING_REGIMES = {
     "tuples": "tuples of a query, a positive and hard negatives with a contrastive loss (cirtorch, HOW)",
     "tuples-superfeatures": "tuples with FIRe's Super-feature contrastive and attention-decorrelation losses",
     "detector": "box regression and classification on landmark boxes (Detect-to-Retrieve)",
-    "external": "not trained by glocal: the authors' published weights only (ALIKED: MegaDepth)",
+    "external": "not trained by glocal: the authors' published weights only (ALIKED: MegaDepth; XFeat: MegaDepth "
+                "and synthetic warps of COCO)",
 }
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 
-from glocal.models.backbones.catalog import BACKBONES
+from glocal.models.backbones.catalog import BACKBONES, MODEL_PACKAGES, PackageWeights
 
 
 @dataclass(frozen=True)
 class BackbonePackage:
-    """One backbone's package weights and whether the package is installed here."""
+    """One backbone's (or model's: :data:`~glocal.models.backbones.catalog.MODEL_PACKAGES`) package weights
+    and whether the package is installed here."""
 
     backbone: str
     distribution: str
@@ -24,12 +25,10 @@ class BackbonePackage:
 
 
 def backbone_packages() -> list[BackbonePackage]:
-    """Every backbone that has package weights, in the catalog's order."""
+    """Every backbone that has package weights, in the catalog's order, then the models' package weights."""
+    entries: list[tuple[str, PackageWeights]] = [(n, e.weights) for n, e in BACKBONES.items() if e.weights is not None]
     rows = []
-    for name, entry in BACKBONES.items():
-        w = entry.weights
-        if w is None:
-            continue
+    for name, w in entries + list(MODEL_PACKAGES.items()):
         try:
             installed = importlib.metadata.version(w.distribution) == w.version
         except importlib.metadata.PackageNotFoundError:

