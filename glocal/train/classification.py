@@ -12,7 +12,7 @@ Losses per step (:class:`ClassificationTask`):
   the global head out (the local heads alone train; the backbone gets no gradient at all).
 
 ``freeze_backbone``: the backbone's parameters do not train and it runs in eval mode (the heads train on its
-features). Every batch norm keeps its running statistics (eval mode; small batches), as in the tuples regime.
+features; a CNN backbone's maps are computed once per image and kept, as images are not augmented). Every batch norm keeps its running statistics (eval mode; small batches), as in the tuples regime.
 
 Images: loaded once with the longest side ``image_size``, resized to ``image_size`` x ``image_size``
 (DOLG trains at 512 x 512), batched; no augmentation. Only images with a class train (distractors do not);
@@ -139,20 +139,32 @@ class ClassificationTask(nn.Module):
                 self.model.backbone.eval()
         return self
 
-    def losses(self, x: Tensor, labels: Tensor) -> dict[str, Tensor | float]:
-        """``total`` and its parts of a batch (B, 3, S, S) with class labels (B,)."""
+    @property
+    def caches_maps(self) -> bool:
+        """A frozen CNN backbone's maps can be computed once per image (DELG, DOLG; not ViTGaL's trunk)."""
+        return self.config.freeze_backbone and not isinstance(self.model, Vitgal)
+
+    def maps(self, x: Tensor) -> dict[str, Tensor]:
+        """The backbone's maps the losses need (DELG, DOLG): res4, and res5 unless ``global_weight`` is 0."""
+        stages = (STRIDE16, STRIDE32) if self.config.global_weight > 0 else (STRIDE16,)
+        return self.model.backbone(x, stages)
+
+    def losses(self, x: Tensor | None, labels: Tensor, maps: dict[str, Tensor] | None = None
+               ) -> dict[str, Tensor | float]:
+        """``total`` and its parts of a batch (B, 3, S, S) with class labels (B,); ``maps``: the backbone's
+        (:meth:`maps`) when already computed (``x`` is then not used)."""
         m, cfg = self.model, self.config
-        zero = x.new_zeros(())
-        out: dict[str, Tensor | float] = {"global": zero, "attention": zero, "reconstruction": zero,
-                                          "accuracy": math.nan}
+        out: dict[str, Tensor | float] = {"accuracy": math.nan}
+        emb = None
         if isinstance(m, Vitgal):
             emb = m.features(x).cls
         else:
-            maps = m.backbone(x, (STRIDE16, STRIDE32) if cfg.global_weight > 0 else (STRIDE16,))
-            emb = None
+            maps = self.maps(x) if maps is None else maps
             if cfg.global_weight > 0:
                 emb = m.global_prelogits(maps[STRIDE32]) if isinstance(m, Delg) else \
                     m.fusion_parts_from_features(maps)["embedding"]
+        zero = (emb if emb is not None else maps[STRIDE16]).new_zeros(())
+        out.update({"global": zero, "attention": zero, "reconstruction": zero})
         total = zero
         if cfg.global_weight > 0 and emb is not None:
             emb = emb.float()
@@ -181,6 +193,19 @@ class _Batches:
     def __init__(self, cache: ImageCache, preprocessing: str, size: int, device: torch.device) -> None:
         self.cache, self.size, self.device = cache, size, device
         self.prep = preprocessing_by_name(preprocessing)
+        self._maps: dict[int, dict[str, Tensor]] = {}
+
+    def maps(self, indices: list[int], task: ClassificationTask) -> dict[str, Tensor]:
+        """The frozen backbone's maps of the images, each computed once (eval mode, no gradient)."""
+        todo = [i for i in indices if i not in self._maps]
+        if todo:
+            was = task.training
+            task.model.backbone.eval()
+            with torch.no_grad():
+                for i in todo:
+                    self._maps[i] = {k: v.float() for k, v in task.maps(self.tensor([i])).items()}
+            task.train(was)
+        return {k: torch.cat([self._maps[i][k] for i in indices]) for k in self._maps[indices[0]]}
 
     def tensor(self, indices: list[int]) -> Tensor:
         xs = [F.interpolate(image_to_tensor(self.cache.pixels(i), self.prep, self.device), size=(self.size, self.size),
@@ -233,8 +258,8 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
     labelled = np.flatnonzero(train.labels >= 0)
     classes = np.unique(train.labels[labelled])
     if len(classes) < 2:
-        raise BadInputError(f"{train.source}: a classifier needs two classes with readable images, "
-                            f"found {len(classes)}")
+        raise BadInputError(f"{train.source}: a classifier needs two training classes with readable images, "
+                            f"found {len(classes)} (--eval-fraction holds whole classes out; try --eval-fraction 0)")
     number = {int(c): k for k, c in enumerate(classes)}
 
     torch.manual_seed(config.seed)
@@ -318,9 +343,10 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
         for _ in range(config.accumulate):
             ids = next_batch()
             labels = torch.tensor([number[int(train.labels[i])] for i in ids], device=device)
-            x = batches.tensor(ids)
+            maps = batches.maps(ids, task) if task.caches_maps else None
+            x = batches.tensor(ids) if maps is None else None
             with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-                parts = task.losses(x, labels)
+                parts = task.losses(x, labels, maps)
             scaler.scale(parts["total"] / config.accumulate).backward()
             for k in sums:
                 sums[k] += float(torch.as_tensor(parts[k]).detach()) / config.accumulate

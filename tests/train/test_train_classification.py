@@ -113,9 +113,11 @@ def test_frozen_backbone(shapes: Path, tmp_path: Path) -> None:
     assert not torch.equal(before["fusion_fc.weight"], after["fusion_fc.weight"])
 
 
-def test_resume_is_bit_identical(shapes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("settings", [{"loss": "cosface", "learn_scale": True}, {"freeze_backbone": True}])
+def test_resume_is_bit_identical(settings: dict, shapes: Path, tmp_path: Path) -> None:
+    """Also with a frozen backbone, whose maps are cached: the resumed run computes them afresh."""
     data = read_training_set(shapes)
-    cfg = _config(steps=5, batch=6, checkpoint_every=2, loss="cosface", learn_scale=True)
+    cfg = _config(steps=5, batch=6, checkpoint_every=2, **settings)
     whole = train_classification(_network("delg"), "imagenet", data, None, cfg, tmp_path / "whole").network
 
     def crash(row: dict) -> None:
