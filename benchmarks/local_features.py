@@ -106,7 +106,8 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
     ex = extractors(args)
     rows = []
     print(f"\n(a) matching, {args.max_keypoints} features, mutual NN, correct <= {args.px:g} px under the ground-truth H")
-    print(f"{'pair':26s}" + "".join(f"{m + ' tent.':>13s}{m + ' corr.':>13s}{'ratio':>7s}" for m in args.methods))
+    w = max(13, *(len(m) + 7 for m in args.methods))
+    print(f"{'pair':26s}" + "".join(f"{m + ' tent.':>{w}s}{m + ' corr.':>{w}s}{'ratio':>7s}" for m in args.methods))
     for name, p1, p2, h in affine_pairs(args.affine):
         row: dict[str, Any] = {"pair": name}
         for m in args.methods:
@@ -117,7 +118,7 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
             row[m] = {"features": [len(f1.keypoints), len(f2.keypoints)], "tentative": len(pairs), "correct": good}
         rows.append(row)
         print(f"{name:26s}" + "".join(
-            f"{row[m]['tentative']:13d}{row[m]['correct']:13d}{row[m]['correct'] / max(row[m]['tentative'], 1):7.2f}"
+            f"{row[m]['tentative']:{w}d}{row[m]['correct']:{w}d}{row[m]['correct'] / max(row[m]['tentative'], 1):7.2f}"
             for m in args.methods))
     return rows
 

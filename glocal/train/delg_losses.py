@@ -9,10 +9,11 @@ descriptors) and its reconstruction ``S' = T'(L)`` (1x1 convolution + ReLU), the
   ``a = 1 / (H W) sum_h A(S_h) S'_h / |S'_h|`` is classified by a linear layer (w_k, b_k), and
   ``L_a = -log( exp(w_t^T a + b_t) / sum_k exp(w_k^T a + b_k) )`` (cross-entropy, t the label);
   the pooling follows the TF release (``targets`` = the decoder output, normalised, averaged);
-* the total (DELG sec. 3.3): ``L = L_g + lambda L_r + beta L_a`` with lambda = 10 and beta = 1 (the values
-  of the TF release, ``reconstruction_loss_weight`` / ``attention_loss_weight``, and of
-  :class:`glocal.models.delg.DelgModelConfig`); L_g is the ArcFace loss of the global head
-  (:mod:`glocal.train.margins`).
+* the total (DELG sec. 3.3): ``L = L_g + lambda L_r + beta L_a`` with lambda = 10 and beta = 1; L_g is the
+  ArcFace loss of the global head (:mod:`glocal.train.margins`). Source of the weights: the project's method
+  notes (reconstruction weight 10) and the TF release's ``reconstruction_loss_weight`` /
+  ``attention_loss_weight`` defaults, as in :class:`glocal.models.delg.DelgModelConfig` (the paper's main text
+  is not among the project's papers, only its appendix; the equation numbers follow :mod:`glocal.models.delg`).
 
 Only L_g reaches the backbone; the two local losses train the attention, the autoencoder and the attention
 classifier (appendix B: "5 extra trainable layers ... their gradients are not backpropagated to the network
