@@ -171,8 +171,12 @@ def test_cli_trains_delg_exports_and_resumes(shapes: Path, tmp_path: Path) -> No
     assert not math.isnan(float(rows[-1].split(",")[-1]))  # held-out mAP at the end
 
 
-def test_cli_refuses_a_tuples_setting(shapes: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["train", "dolg", "--data", str(shapes), "--out", str(tmp_path / "r"),
-                                   "--negatives", "3"])
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--negatives", "3"], "--negatives: not a setting of the classification regime"),
+    (["--loss", "softmax"], "--loss must be one of arcface, cosface, got 'softmax'"),
+])
+def test_cli_refuses_bad_settings_in_one_line(flags: list[str], message: str, shapes: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "dolg", "--data", str(shapes), "--out", str(tmp_path / "r"), *flags])
     assert res.exit_code == 2
-    assert res.stderr.strip() == "error: --negatives: not a setting of the classification regime"
+    assert res.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "r").exists()
