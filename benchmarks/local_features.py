@@ -13,7 +13,9 @@ with its method defaults (RootSIFT, 2,000 features, max side 1024).
 at their native size (800 x 640): 2,000 features per image for SIFT and ALIKED, ``--xfeat-max-keypoints`` for
 XFeat; tentative matches are mutual nearest
 neighbours of the descriptors (L2); a match is correct when the first keypoint mapped by the ground-truth
-homography lands within 3 px of the second. Printed: tentative, correct and their ratio per pair.
+homography lands within 3 px (``--px``) of the second. Printed: tentative, correct and their ratio per pair.
+``--methods ... delg-init delg-trained --delg RUN/model.pt`` adds DELG local features on a small backbone
+(``--delg-backbone``): heads as initialised, and as trained by ``benchmarks/train_delg_local.py``.
 
 (b) ``glocal eval`` of each set with ``--method sift``, ``aliked`` and ``xfeat`` (codebook trained on the other
 city's images, queries cropped to their box, whole database ranked): mAP Easy / Medium / Hard in %, wall
@@ -40,6 +42,9 @@ import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 METHODS = ("sift", "aliked", "xfeat")
+#: DELG local features on a small backbone: its heads as initialised (``delg-init``) and trained by
+#: ``glocal train delg`` (``delg-trained``, the file given by ``--delg``; benchmarks/train_delg_local.py)
+DELG_ENTRIES = ("delg-init", "delg-trained")
 
 
 def read_homography(path: Path) -> np.ndarray:
@@ -84,7 +89,15 @@ def correct_matches(k1: np.ndarray, k2: np.ndarray, pairs: np.ndarray, h: np.nda
 def extractors(args: argparse.Namespace) -> dict[str, Any]:
     from glocal.methods import create_extractor
 
-    return {m: create_extractor(m, **method_settings(m, args)) for m in args.methods}
+    made: dict[str, Any] = {}
+    for m in args.methods:
+        if m in METHODS:
+            made[m] = create_extractor(m, **method_settings(m, args))
+        else:  # DELG: every scale of its pyramid, the strongest attention first, no threshold
+            trained = {"checkpoint": str(args.delg)} if m == "delg-trained" else {}
+            made[m] = create_extractor("delg", backbone=args.delg_backbone, max_keypoints=args.max_keypoints,
+                                       attention_threshold=0.0, **trained)
+    return made
 
 
 def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -106,20 +119,21 @@ def matching(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     ex = extractors(args)
     rows = []
-    print(f"\n(a) matching, {args.max_keypoints} features (xfeat {args.xfeat_max_keypoints}), mutual NN, correct <= 3 px "
-          "under the ground-truth H")
-    print(f"{'pair':26s}" + "".join(f"{m + ' tent.':>13s}{m + ' corr.':>13s}{'ratio':>7s}" for m in args.methods))
+    print(f"\n(a) matching, {args.max_keypoints} features (xfeat {args.xfeat_max_keypoints}), mutual NN, correct <= "
+          f"{args.px:g} px under the ground-truth H")
+    w = max(13, *(len(m) + 7 for m in args.methods))
+    print(f"{'pair':26s}" + "".join(f"{m + ' tent.':>{w}s}{m + ' corr.':>{w}s}{'ratio':>7s}" for m in args.methods))
     for name, p1, p2, h in affine_pairs(args.affine):
         row: dict[str, Any] = {"pair": name}
         for m in args.methods:
             f1 = ex[m].extract(load_image(p1, max_side=ex[m].max_side), p1.name)
             f2 = ex[m].extract(load_image(p2, max_side=ex[m].max_side), p2.name)
             pairs = mutual_nn(f1.descriptors, f2.descriptors)
-            good = correct_matches(f1.keypoints, f2.keypoints, pairs, h)
+            good = correct_matches(f1.keypoints, f2.keypoints, pairs, h, args.px)
             row[m] = {"features": [len(f1.keypoints), len(f2.keypoints)], "tentative": len(pairs), "correct": good}
         rows.append(row)
         print(f"{name:26s}" + "".join(
-            f"{row[m]['tentative']:13d}{row[m]['correct']:13d}{row[m]['correct'] / max(row[m]['tentative'], 1):7.2f}"
+            f"{row[m]['tentative']:{w}d}{row[m]['correct']:{w}d}{row[m]['correct'] / max(row[m]['tentative'], 1):7.2f}"
             for m in args.methods))
     return rows
 
@@ -207,7 +221,11 @@ def main() -> None:
     ap.add_argument("--max-keypoints", type=int, default=2000, help="ALIKED")
     ap.add_argument("--xfeat-max-side", type=int, default=1024, help="XFeat")
     ap.add_argument("--xfeat-max-keypoints", type=int, default=4096, help="XFeat")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + DELG_ENTRIES,
+                    help="delg-init / delg-trained: matching only (delg-trained needs --delg)")
+    ap.add_argument("--delg", type=Path, default=None, help="weights from 'glocal train delg' (RUN/model.pt)")
+    ap.add_argument("--delg-backbone", default="efficientnet-lite0", help="the backbone those weights were trained on")
+    ap.add_argument("--px", type=float, default=3.0, help="(a): a match is correct within this many pixels")
     ap.add_argument("--sets", nargs="+", default=["roxford5k", "rparis6k"], choices=["roxford5k", "rparis6k"])
     ap.add_argument("--affine", type=Path, default=SHARED / "data/oxford-affine")
     ap.add_argument("--revisitop", type=Path, default=SHARED / "data/mini-revisitop")

@@ -2,8 +2,9 @@
 (:mod:`glocal.train.session`); the last line printed is the exported weights file.
 
 Exit status 2 with one line ``training regime X is not implemented yet`` for a method whose regime is not
-implemented (so far only ``tuples``: ``gem``); 1 when images were skipped (missing or unreadable, each named on
-stderr; the model is still trained and exported); 3 for a bad label file (one line naming file and line).
+implemented (so far ``tuples``: ``gem``, and ``classification``: DELG, DOLG, ViTGaL); 1 when images were
+skipped (missing or unreadable, each named on stderr; the model is still trained and exported); 3 for a bad
+label file (one line naming file and line).
 """
 from __future__ import annotations
 
@@ -28,14 +29,28 @@ def train_command(
     init: Annotated[str | None, typer.Option(
         "--init", help="Weights to start from (file or published name; default: the method's own).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps in all (default 100).")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Tuples per micro-batch.")] = 5,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-6,
-    accumulate: Annotated[int, typer.Option("--accumulate", help="Micro-batches per optimizer step.")] = 1,
-    negatives: Annotated[int, typer.Option("--negatives", help="Hard negatives per tuple.")] = 5,
-    margin: Annotated[float, typer.Option("--margin", help="Contrastive margin tau.")] = 0.7,
-    image_size: Annotated[int, typer.Option("--image-size", help="Longest image side in training.")] = 512,
-    frozen_fraction: Annotated[float, typer.Option(
-        "--frozen-fraction", help="Fraction of the parameter tensors, earliest first, kept frozen.")] = 0.0,
+    batch: Annotated[int | None, typer.Option(
+        "--batch", help="Tuples (tuples regime, default 5) or images (classification, 16) per micro-batch.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help="Learning rate (tuples: Adam, 1e-6; classification: Adam, 1e-4).")] = None,
+    accumulate: Annotated[int | None, typer.Option("--accumulate", help="Micro-batches per optimizer step.")] = None,
+    negatives: Annotated[int | None, typer.Option("--negatives", help="Hard negatives per tuple (tuples: 5).")] = None,
+    margin: Annotated[float | None, typer.Option(
+        "--margin", help="Contrastive margin tau (tuples: 0.7), or the ArcFace / CosFace margin (classification: "
+                         "the model's).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Longest image side in training (512); "
+                                                   "classification trains on squares of this side.")] = None,
+    frozen_fraction: Annotated[float | None, typer.Option(
+        "--frozen-fraction", help="Tuples: fraction of the parameter tensors, earliest first, kept frozen.")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Classification: arcface (default) or cosface.")] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="Classification: margin logit scale (the model's).")] = None,
+    learn_scale: Annotated[bool | None, typer.Option(
+        "--learn-scale/--fixed-scale", help="Classification: train the logit scale (default fixed).")] = None,
+    freeze_backbone: Annotated[bool | None, typer.Option(
+        "--freeze-backbone", help="Classification: only the heads train.")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="Classification: adam (default) or sgd (momentum 0.9).")] = None,
+    global_weight: Annotated[float | None, typer.Option(
+        "--global-weight", help="Classification: weight of the global margin loss (1; 0: DELG's local heads only).")] = None,
     eval_fraction: Annotated[float, typer.Option(
         "--eval-fraction", help="Fraction of the classes held out for the evaluation hook.")] = 0.2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (0: none).")] = 0,
@@ -69,10 +84,13 @@ def train_command(
         settings = parse_set(settings_kv or [])
         if init is not None:
             settings["checkpoint"] = checkpoint_file(init, spec.name)
-        train = {"steps": steps if steps is not None else 100, "batch": batch, "accumulate": accumulate, "lr": lr,
-                 "margin": margin, "negatives": negatives, "image_size": image_size,
-                 "frozen_fraction": frozen_fraction, "checkpoint_every": checkpoint_every,
-                 "eval_every": eval_every, "seed": seed, "device": device}
+        given = {"batch": batch, "accumulate": accumulate, "lr": lr, "margin": margin, "negatives": negatives,
+                 "image_size": image_size, "frozen_fraction": frozen_fraction, "loss": loss, "scale": scale,
+                 "learn_scale": learn_scale, "freeze_backbone": freeze_backbone, "optimizer": optimizer,
+                 "global_weight": global_weight}
+        # settings not given take the regime's defaults
+        train = {"steps": steps if steps is not None else 100, **{k: v for k, v in given.items() if v is not None},
+                 "checkpoint_every": checkpoint_every, "eval_every": eval_every, "seed": seed, "device": device}
         run_settings = RunSettings(method=spec.name, data=str(data), settings=settings, train=train,
                                    images=str(images) if images is not None else None, eval_fraction=eval_fraction,
                                    command=_command(spec.name, data, run, images, init, train, eval_fraction,
@@ -122,7 +140,11 @@ def _command(method: str, data: Path, run: Path, images: Path | None, init: str 
     if init is not None:
         words += ["--init", init]
     for key, value in train.items():
-        words += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):  # a flag: --freeze-backbone, --learn-scale / --fixed-scale
+            words += [flag] if value else (["--fixed-scale"] if key == "learn_scale" else [])
+        else:
+            words += [flag, str(value)]
     words += ["--eval-fraction", str(eval_fraction)]
     for item in settings:
         words += ["--set", item]

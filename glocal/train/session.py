@@ -2,7 +2,8 @@
 
 The regime comes from the spec's ``training`` field (:data:`glocal.methods.spec.TRAINING_REGIMES`), never from
 the method's name. Implemented so far: ``tuples`` (:mod:`glocal.train.loop`), for extractors that offer
-``trainable_network()`` (image -> global descriptor). Any other regime, or a ``tuples`` method whose extractor
+``trainable_network()`` (image -> global descriptor), and ``classification`` (:mod:`glocal.train.classification`,
+run by :mod:`glocal.train.classification_run`). Any other regime, or a ``tuples`` method whose extractor
 offers no such network, is refused with :class:`RegimeNotImplementedError` (exit status 2) before anything
 is read or written.
 
@@ -23,7 +24,7 @@ from glocal.models.configs import resolved_preprocessing
 from glocal.progress import Progress, no_progress
 
 #: training regimes this version implements
-IMPLEMENTED_REGIMES = ("tuples",)
+IMPLEMENTED_REGIMES = ("tuples", "classification")
 
 
 class RegimeNotImplementedError(BadOptionError):
@@ -87,6 +88,10 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
     from glocal.train.loop import TrainConfig, train_tuples
 
     check_regime(spec)
+    if spec.training == "classification":
+        from glocal.train.classification_run import run_classification
+
+        return run_classification(spec, run_settings, run, model_card, resume, steps, progress, on_log, on_data)
     run = Path(run)
     train_dict = dict(run_settings.train)
     if steps is not None:

@@ -53,7 +53,7 @@ PLACEHOLDERS = {
     "delg.glx": "index built by the README", "big.glx": "index the README tries to build",
     "fire.glx": "index the README tries to build", "feats/": "features folder made by 'glocal extract'",
     "matches/": "pictures made by 'glocal search --draw'", "run1/": "training run made by 'glocal train'",
-    "run1/model.pt": "weights exported by 'glocal train'", "tuned.glx": "index built by the README", "attention.png": "picture made by 'glocal visualize'",
+    "run1/model.pt": "weights exported by 'glocal train'", "run2/": "classification run made by 'glocal train delg'", "tuned.glx": "index built by the README", "attention.png": "picture made by 'glocal visualize'",
 }
 #: a folder of two photos: deep-model commands that only need to show they run take it for ``photos/``
 FEW_PHOTOS = {"photos/": "few_photos/"}
@@ -121,6 +121,10 @@ EXPECT: dict[str, Expect] = {
     "glocal train gem --resume run1 --steps 6": Expect(stdout=("run1/model.pt",), extra="deep"),
     "glocal index build photos/ --method gem --set checkpoint=run1/model.pt --out tuned.glx":
         Expect(stdout=("indexed",), creates=("tuned.glx/manifest.json",), extra="deep", remap=FEW_PHOTOS),
+    "glocal train delg --data my_photos/ --out run2 --steps 3 --batch 4 --image-size 128 --eval-fraction 0 "
+    "--set backbone=efficientnet-lite0":
+        Expect(stdout=("run2/model.pt",), stderr=("step 3",), creates=("run2/model.pt", "run2/MODEL_CARD.md"),
+               extra="deep"),
     "glocal demo": Expect(stdout=("mAP", "page:"), creates=("demo_output/index.html",)),
     "glocal doctor": Expect(stdout=("extras:", "threads:", "GPU:", "methods:")),
 }
