@@ -167,7 +167,7 @@ def build_by_copying(ds: RetrievalDataset, build: dict[str, Any], out: Path, don
         return []
 
     try:
-        donated = builder._donor(donor, None, build, spec.name)
+        donated = builder._donor(donor, None, build, spec.name) if spec.first_stage == "asmk" else None
         result = builder._build(out, spec, opts, fill, lambda: create_extractors(spec, opts)[0], donated, None,
                                 False, 2)
         result.collection.close()
