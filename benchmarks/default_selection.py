@@ -1,7 +1,12 @@
 """Choose the ``sift`` defaults by leave-one-set-out and report every set with them, against brute force.
 
     nice -n 10 python benchmarks/default_selection.py [--sets ...] [--candidates FILE|JSON] [--cache DIR]
-        [--markdown out.md] [--json out.json]
+        [--method NAME] [--feature-cache] [--markdown out.md] [--json out.json]
+
+``--method`` runs the same selection for another registered method (default: the default method); its
+candidates are ``--set`` mappings of that method. ``--feature-cache`` extracts each database image once per
+extractor setting across indexes, candidates and methods (``benchmarks/feature_cache.py``; queries are always
+extracted and timed for real).
 
 Sets: ``benchmarks/retrieval_sets.py`` (mini-ROxf, mini-RPar, each also with the other city as distractors,
 the Oxford-affine set, the demo set). Candidates: a JSON list of ``--set`` mappings of the default method
@@ -35,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bruteforce_sift as bf  # noqa: E402
+import feature_cache  # noqa: E402
 import selection_report  # noqa: E402
 from retrieval_sets import DATA, GROUPS, OTHER, SETS, codebook_images, load_set  # noqa: E402
 
@@ -47,6 +53,12 @@ from glocal.index.collection import Collection  # noqa: E402
 from glocal.search import Searcher  # noqa: E402
 
 SETUPS = ("easy", "medium", "hard")
+#: the method whose settings are chosen (``--method``)
+METHOD = methods.default_method()
+
+
+def _spec() -> methods.MethodSpec:
+    return methods.get(METHOD)
 
 
 def default_grid() -> list[dict[str, Any]]:
@@ -67,8 +79,7 @@ def candidate_name(settings: dict[str, Any]) -> str:
 
 def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(extractor + index options: fixed by the index, search + rerank options: per run)."""
-    spec = methods.get(methods.default_method())
-    keys = spec.group_keys()
+    keys = _spec().group_keys()
     build = {k: v for k, v in settings.items()
              if k.partition(".")[0] in ("extractor", "index") or k in keys["extractor"] + keys["index"]}
     return build, {k: v for k, v in settings.items() if k not in build}
@@ -86,7 +97,8 @@ class Run:
 
 def index_path(name: str, ds: RetrievalDataset, build: dict[str, Any], cache: Path) -> Path:
     key = json.dumps({"set": name, "db": ds.db_names, "build": build,
-                      "method": methods.get(methods.default_method()).defaults.to_dict()}, sort_keys=True,
+                      "method": _spec().defaults.to_dict()} | ({"name": METHOD} if METHOD != methods.default_method()
+                                                                 else {}), sort_keys=True,
                      default=str)
     return cache / "indexes" / f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
@@ -112,7 +124,7 @@ def index_for(name: str, ds: RetrievalDataset, build: dict[str, Any], cache: Pat
         other = index_for(OTHER[base], load_set(OTHER[base], cache, data), build, cache, data)
         build_by_copying(ds, build, path, donor, [donor, other])
     else:
-        built = build_index(ds.db_paths, ds.db_names, path, settings=build, progress=False,
+        built = build_index(ds.db_paths, ds.db_names, path, method=METHOD, settings=build, progress=False,
                             codebook_paths=codebook_images(name, data))
         built.collection.close()
     print(f"  built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -129,7 +141,7 @@ def build_by_copying(ds: RetrievalDataset, build: dict[str, Any], out: Path, don
     from glocal.index import builder
     from glocal.io.feature_file import FeatureFile
 
-    spec = methods.get(methods.default_method())
+    spec = _spec()
     opts = spec.configure(build)
     cols = [Collection.open(p) for p in sources if (p / "manifest.json").is_file()]
     where: dict[str, tuple[Collection, int]] = {}
@@ -155,7 +167,7 @@ def build_by_copying(ds: RetrievalDataset, build: dict[str, Any], out: Path, don
         return []
 
     try:
-        donated = builder._donor(donor, None, build, spec.name)
+        donated = builder._donor(donor, None, build, spec.name) if spec.first_stage == "asmk" else None
         result = builder._build(out, spec, opts, fill, lambda: create_extractors(spec, opts)[0], donated, None,
                                 False, 2)
         result.collection.close()
@@ -195,10 +207,11 @@ def run_candidates(name: str, ds: RetrievalDataset, candidates: list[dict[str, A
             extractor = Searcher(collection)
             mapping = name_map(collection.names, ds.db_names)
             queries, t_extract = [], []
-            for i, qpath in enumerate(ds.query_paths):
-                t0 = time.perf_counter()
-                queries.append(extractor.query_features(qpath, ds.query_box(i)))
-                t_extract.append(1000 * (time.perf_counter() - t0))
+            with feature_cache.disabled():
+                for i, qpath in enumerate(ds.query_paths):
+                    t0 = time.perf_counter()
+                    queries.append(extractor.query_features(qpath, ds.query_box(i)))
+                    t_extract.append(1000 * (time.perf_counter() - t0))
             for ci in members:
                 searcher = Searcher(collection, settings=split_settings(candidates[ci])[1])
                 full, short, t_fs, t_ver = [], [], [], []
@@ -251,6 +264,9 @@ def main() -> None:
     ap.add_argument("--candidates", default=None, help="JSON list of --set mappings, or a file holding one")
     ap.add_argument("--cache", type=Path, default=bf.DEFAULT_CACHE, help="indexes and features (outside the repo)")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--method", default=None, help="the method whose settings are chosen (default: the default)")
+    ap.add_argument("--feature-cache", action="store_true", help="extract each database image once per extractor "
+                    "setting (benchmarks/feature_cache.py)")
     ap.add_argument("--markdown", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep results in the cache and reuse them (timings then "
@@ -258,6 +274,10 @@ def main() -> None:
     ap.add_argument("--only-candidates", action="store_true", help="with --reuse: only run the candidates on the "
                     "sets (fills the cache; several such runs on disjoint sets can share a machine), no tables")
     args = ap.parse_args()
+    global METHOD
+    METHOD = args.method or METHOD
+    if args.feature_cache:
+        feature_cache.install(args.cache)
     os.environ.setdefault("GLOCAL_PROGRESS", "0")
     sets = args.sets.split(",")
     if args.candidates is None:

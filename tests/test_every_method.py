@@ -28,6 +28,8 @@ TINY = {
     "gem": {"max_side": 96, "scales": [1.0], "backbone": "efficientnet-lite0"},
     "aliked": {"max_side": 128, "random_weights": True, "score_threshold": 0.0, "max_keypoints": 200},
     "xfeat": {"max_side": 128, "random_weights": True, "detection_threshold": 0.0, "max_keypoints": 200},
+    "gem-aliked": {"max_side": 128, "local_max_side": 128, "backbone": "efficientnet-lite0", "random_weights": True,
+                   "score_threshold": 0.0, "max_keypoints": 200},
 }
 
 
@@ -95,8 +97,9 @@ def test_every_spec_is_complete(name: str) -> None:
     assert {i.group for i in infos} >= {"extractor", "index", "search", "rerank"}
     assert all(i.help for i in infos), [i.name for i in infos if not i.help]
     assert spec.configure({}) == spec.defaults
-    # in this registry the deep methods need weights, unless an extra ships them (gem: "pretrained")
-    assert spec.needs_weights == (bool(spec.extras) and "pretrained" not in spec.extras)
+    # in this registry the deep methods need weights, unless an extra ships them all (gem: "pretrained"; gem-aliked
+    # also needs ALIKED's published weights)
+    assert spec.needs_weights == (bool(spec.extras) and ("pretrained" not in spec.extras or bool(spec.weights)))
 
 
 def test_exactly_one_default_and_it_needs_nothing() -> None:

@@ -26,6 +26,17 @@ _FILES = {
             "ALIKED-N(32), 32 sampling positions per descriptor"),
 }
 
+
+
+def release_weights(prefix: str) -> tuple[PublishedWeights, ...]:
+    """The release files as published weights named ``<prefix><variant>`` (a method using ALIKED publishes them
+    under its own names: ``--checkpoint`` names belong to one method)."""
+    return tuple(
+        PublishedWeights(f"{prefix}{v}", f"{_RELEASE}/aliked-{v}.pth", f"aliked-{v}.pth",
+                         f"{text}, trained on MegaDepth (authors' release, BSD-3-Clause); --set variant={v}", digest)
+        for v, (digest, text) in _FILES.items())
+
+
 SPECS = (
     MethodSpec(
         name="aliked",
@@ -36,10 +47,7 @@ SPECS = (
         build_extractor=_build,
         index=AsmkIndexOptions(codebook_size=4096),
         rerank=RerankOptions(rerank_top=100, ratio=0.9, mutual=True, estimator="usac_fast"),
-        weights=tuple(
-            PublishedWeights(f"aliked-{v}", f"{_RELEASE}/aliked-{v}.pth", f"aliked-{v}.pth",
-                             f"{text}, trained on MegaDepth (authors' release, BSD-3-Clause); --set variant={v}", digest)
-            for v, (digest, text) in _FILES.items()),
+        weights=release_weights("aliked-"),
         training="external",
         extras=("deep",),
         needs_weights=True,
