@@ -123,6 +123,8 @@ EXPECT: dict[str, Expect] = {
         Expect(stdout=("indexed",), creates=("tuned.glx/manifest.json",), extra="deep", remap=FEW_PHOTOS),
     "glocal demo": Expect(stdout=("mAP", "page:"), creates=("demo_output/index.html",)),
     "glocal doctor": Expect(stdout=("extras:", "threads:", "GPU:", "methods:")),
+    "glocal bench extract --methods sift --repeats 3 [--json]": Expect(stdout=("sift", "native")),
+    "glocal bench memory --methods sift --images 5 [--json]": Expect(stdout=("sift", "ASMK")),
 }
 
 
