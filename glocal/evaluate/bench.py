@@ -180,7 +180,7 @@ def bench_extract(names: Sequence[str], scales: Sequence[int] = (1, 3), runtimes
     for name in names:
         spec = methods.get(name)
         for label, overrides in configurations(spec, scales):
-            settings = [("cpu", r, "fp32", 1) for r in runtimes_of(spec, runtimes)]
+            settings = [("cpu", r, "bf16" if r == "torch-bf16" else "fp32", 1) for r in runtimes_of(spec, runtimes)]
             if cuda and _field(spec.extractor, "device") is not None:
                 settings += [("cuda", "torch", p, b) for p in ("fp32", "fp16") for b in (1, batch)]
             for device, runtime, precision, b in settings:
