@@ -119,12 +119,13 @@ def _register_optional() -> None:
         app.add_typer(datasets, name="datasets")
     except ImportError:  # pragma: no cover
         pass
-    from glocal.cli import weights_cmd
+    from glocal.cli import bench_cmd, weights_cmd
     from glocal.cli.doctor_cmd import doctor_command
     from glocal.cli.extract_cmd import extract_command
 
     app.command("extract")(extract_command)
     app.add_typer(weights_cmd.app, name="weights")
+    app.add_typer(bench_cmd.app, name="bench")
     app.command("doctor")(doctor_command)
     # imports FastAPI / uvicorn only when run; without the [serve] extras it exits with EXIT_INPUT and a hint
     from glocal.cli.serve_cmd import serve_command

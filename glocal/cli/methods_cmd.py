@@ -37,7 +37,8 @@ def first_stage_text(spec: MethodSpec) -> str:
     """The first stage in words, from the spec's index options (``ASMK*, 4,096 words``)."""
     idx = spec.index
     if isinstance(idx, GlobalIndexOptions):
-        return f"global descriptor, {'IVF-PQ' if idx.index == 'ivfpq' else 'exact'} search"
+        kind = {"ivfpq": "IVF-PQ", "exact": "exact", "auto": "exact (IVF-PQ for large collections)"}[idx.index]
+        return f"global descriptor, {kind} search"
     assert isinstance(idx, AsmkIndexOptions)
     kernel = "ASMK*" if idx.binary else "ASMK"
     if idx.resolved_aggregation == "r-asmk":

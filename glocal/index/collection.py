@@ -30,7 +30,7 @@ from glocal.index.collection_manifest import (
     read_manifest,
     write_manifest,
 )
-from glocal.index.global_stage import GlobalStage, global_vector
+from glocal.index.global_stage import GlobalStage, choose_kind, global_vector
 from glocal.index.writer_lock import IndexWriterLock
 from glocal.io.atomic import storage_errors
 from glocal.io.feature_file import FeatureFile
@@ -155,6 +155,11 @@ class Collection:
         n = max(len(self), 1)
         out = {"images": len(self), "removed_images": len(self.names) - len(self), "method": self.method}
         codebook = self.manifest.get("codebook", {})
+        if "global_index" in self.manifest:  # index=auto: what the first fill chose
+            choice = self.manifest["global_index"]
+            out["global_index"] = (f"{choice['chosen']} (auto: {choice['images_at_choice']:,} images x "
+                                   f"{choice['dim']}-D at the first build; ivfpq from "
+                                   f"{choice['auto_ivfpq_bytes']:,} bytes of float32 vectors)")
         if "size" in codebook:  # ASMK: the words trained, and the words asked for when fewer were possible
             out["codebook_words"] = codebook["size"]
             out["codebook_words_requested"] = codebook.get("requested_size", codebook["size"])
@@ -187,7 +192,9 @@ class Collection:
         missing = range(done, len(self.features))
         if not missing or not self.writable:
             return 0
-        if isinstance(self.stage, GlobalStage) and self.stage.index is None and self.options.index.index == "ivfpq":
+        choosing = isinstance(self.stage, GlobalStage) and self.stage.index is None
+        dim = len(global_vector(self.features[missing.start])) if choosing else 0
+        if choosing and choose_kind(self.options.index.index, len(missing), dim) == "ivfpq":
             step = max(1, len(missing) // IVFPQ_TRAINING_VECTORS)
             sample = np.stack([global_vector(self.features[i]) for i in missing[::step]])
             self.stage.prepare(sample, expected_size=len(missing))
@@ -197,7 +204,17 @@ class Collection:
                 batch = [self.features[i] for i in range(start, min(start + INDEX_BATCH, missing.stop))]
                 self.stage.add(batch)
                 advance(len(batch))
+            if choosing and self.options.index.index == "auto":
+                self._record_choice(len(missing), dim)
         return len(missing)
+
+    def _record_choice(self, images: int, dim: int) -> None:
+        """``index=auto``: write into the manifest which global index the first fill chose, and why."""
+        from glocal.methods.stages import AUTO_IVFPQ_BYTES
+
+        self.manifest["global_index"] = {"requested": "auto", "chosen": self.stage.index.kind,  # type: ignore[union-attr]
+                                         "images_at_choice": images, "dim": dim, "auto_ivfpq_bytes": AUTO_IVFPQ_BYTES}
+        write_manifest(self.root, self.manifest)
 
     def remove(self, names: Sequence[str]) -> list[str]:
         """Remove images by name from search results (committed at once); returns the names not found.

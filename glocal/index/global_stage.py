@@ -3,7 +3,9 @@ with alpha-QE / alpha-DBA (Radenovic et al., TPAMI 2019) at query time.
 
 Files: ``global/`` (a :class:`glocal.index.global_index.GlobalIndex` folder); ids are database positions.
 An IVF-PQ stage is trained once, on the global descriptors of the images present when it is first filled
-(:meth:`GlobalStage.prepare`), then grows by adding codes.
+(:meth:`GlobalStage.prepare`), then grows by adding codes. ``index=auto`` chooses exact or IVF-PQ at that
+moment from the number of images (:func:`choose_kind`); the choice then stays (the folder's manifest holds
+the kind; the collection records it, see :meth:`glocal.index.collection.Collection.index_pending`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from glocal.index.global_index import GlobalIndex
 from glocal.index.global_params import IvfPqParams
 from glocal.index.query_expansion import alpha_dba, alpha_qe, expand_with_index
 from glocal.index.topk import exact_top_k
+from glocal.methods import stages
 from glocal.methods.stages import GlobalIndexOptions, SearchOptions
 from glocal.records import ImageFeatures
 
@@ -41,8 +44,20 @@ def check_ivfpq_size(images: int, expected_size: int | None = None) -> None:
     needed = max(params.nlist, 2 ** params.nbits)
     if images < needed:
         raise BadOptionError(f"index=ivfpq needs at least {needed} images to train its product quantizer; this "
-                             f"collection has {images}: use index=exact (the default), which is exact and fast "
-                             "at this size")
+                             f"collection has {images}: use index=exact (or auto, the default, which picks "
+                             "exact at this size), exact and fast here")
+
+
+def choose_kind(requested: str, images: int, dim: int) -> str:
+    """The global index built for ``images`` vectors of dimension ``dim`` when ``requested`` (``index=``) is
+    asked: ``auto`` gives ``ivfpq`` once their float32 bytes reach :data:`glocal.methods.stages.AUTO_IVFPQ_BYTES`
+    (and never below the images IVF-PQ needs to train), else ``exact``; ``exact`` and ``ivfpq`` are taken as
+    they are."""
+    if requested != "auto":
+        return requested
+    params = IvfPqParams.for_size(max(images, 1), 4)
+    trainable = max(params.nlist, 2 ** params.nbits)
+    return "ivfpq" if images >= trainable and 4 * images * dim >= stages.AUTO_IVFPQ_BYTES else "exact"
 
 
 class GlobalStage:
@@ -73,7 +88,7 @@ class GlobalStage:
     def prepare(self, sample: npt.NDArray[np.float32], expected_size: int) -> None:
         """Train an empty IVF-PQ index on ``sample`` (all or part of the collection's vectors); a no-op for an
         exact index or one that exists already."""
-        if self.index is not None or self.options.index != "ivfpq":
+        if self.index is not None or choose_kind(self.options.index, expected_size, sample.shape[1]) != "ivfpq":
             return
         params = IvfPqParams.for_size(max(expected_size, 1), sample.shape[1])
         check_ivfpq_size(len(sample), max(expected_size, 1))
@@ -89,7 +104,7 @@ class GlobalStage:
         vectors = np.stack([global_vector(f) for f in features])
         ids = np.arange(self.count, self.count + len(features))
         if self.index is None:
-            if self.options.index == "ivfpq":
+            if choose_kind(self.options.index, len(vectors), vectors.shape[1]) == "ivfpq":
                 self.prepare(vectors, len(vectors))
                 assert self.index is not None
                 self.index.add(vectors, ids)
@@ -149,12 +164,14 @@ class GlobalStage:
             self.index.save(self.root / "global")
 
     def stats(self) -> dict:
-        return {"kind": self.settings["kind"], "images": len(self)} | (
-            self.index.stats().as_dict() if self.index is not None else {})
+        return self.settings | {"images": len(self)} | (self.index.stats().as_dict() if self.index is not None else {})
 
     @property
     def settings(self) -> dict:
-        return {"kind": "global-" + self.options.index}
+        """The first stage's kind: the index built (``global-exact`` / ``global-ivfpq``), and what was asked for
+        when that was ``auto``; before anything is indexed, what was asked for."""
+        built = self.index.kind if self.index is not None else self.options.index
+        return {"kind": "global-" + built} | ({"requested": "auto"} if self.options.index == "auto" else {})
 
     def close(self) -> None:
         pass

@@ -12,7 +12,11 @@ from glocal.methods.options import option
 
 ASMK_AGGREGATIONS = ("auto", "asmk", "r-asmk", "regions")
 REGION_SOURCES = ("none", "rmac", "detector")
-GLOBAL_INDEX_KINDS = ("exact", "ivfpq")
+GLOBAL_INDEX_KINDS = ("auto", "exact", "ivfpq")
+#: index=auto: a collection whose float32 global vectors (images x dimension x 4 bytes) reach this size at its
+#: first build gets IVF-PQ, a smaller one exact search: 97,657 images of 2048-D, 390,625 of 512-D (the rule
+#: and the measurements behind it: benchmarks/RESULTS.md, "IVF-PQ at scale")
+AUTO_IVFPQ_BYTES = 800_000_000
 VERIFIER_MODELS = ("affine", "homography")
 MATCHERS = ("descriptors", "words")
 RERANK_ORDERS = ("inliers", "verified")
@@ -61,8 +65,10 @@ class AsmkIndexOptions:
 class GlobalIndexOptions:
     """First stage over one global descriptor per image: exact inner products or faiss IVF-PQ."""
 
-    index: str = option("exact", "exact (every vector scored) or ivfpq (product-quantised, approximate)",
-                        choices=GLOBAL_INDEX_KINDS)
+    index: str = option("auto", "exact (every vector scored), ivfpq (product-quantised, approximate) or auto: "
+                        f"exact while the float32 vectors of the first build stay below {AUTO_IVFPQ_BYTES / 1e6:,.0f} "
+                        "MB (97,657 images of 2048-D), ivfpq from there (the choice is recorded in the manifest and "
+                        "kept as the index grows)", choices=GLOBAL_INDEX_KINDS)
     ivfpq_nprobe: int | None = option(None, "IVF-PQ cells scanned per query (None: chosen by collection size)")
 
 

@@ -127,6 +127,8 @@ EXPECT: dict[str, Expect] = {
                extra="deep"),
     "glocal demo": Expect(stdout=("mAP", "page:"), creates=("demo_output/index.html",)),
     "glocal doctor": Expect(stdout=("extras:", "threads:", "GPU:", "methods:")),
+    "glocal bench extract --methods sift --repeats 3 [--json]": Expect(stdout=("sift", "native")),
+    "glocal bench memory --methods sift --images 5 [--json]": Expect(stdout=("sift", "ASMK")),
 }
 
 
