@@ -3,16 +3,18 @@
 # ground truth, negatives mined from its other images) and evaluate the OTHER city before and after.
 # Usage: benchmarks/train_gem_cross_city.sh [both|roxford5k|rparis6k] [OUT_PREFIX]
 #   both (default): ROxf -> RPar, then RPar -> ROxf.  The city named is the one trained on.
-#   STEPS (default 30) optimizer steps per direction; GLOCAL (default glocal) the command, e.g. "nice -n 10 glocal".
+#   STEPS (default 30) optimizer steps per direction; SIZE (default 362) longest image side in training;
+#   GLOCAL (default glocal) the command, e.g. "nice -n 10 glocal".
 # Settings fixed before any evaluation (cirtorch's batch 5 / 5 negatives / margin 0.7 / 362 px; lr 1e-5 instead of
 # 1e-6 because a CPU run has few steps; first half of the parameter tensors frozen); nothing was selected on the
-# evaluated city. Results: OUT_PREFIX_<city>-before.json (ImageNet weights), OUT_PREFIX_<trained>/ (the run) and
+# evaluated city. On a loaded shared CPU: STEPS=12 SIZE=256 (benchmarks/RESULTS.md). Results: OUT_PREFIX_<city>-before.json (ImageNet weights), OUT_PREFIX_<trained>/ (the run) and
 # OUT_PREFIX_<trained>-after.json (the other city evaluated with the fine-tuned weights).
 set -euo pipefail
 D=${D:-/work/shared/data/mini-revisitop}
 WHICH=${1:-both}
 OUT=${2:-/tmp/train_gem}
 STEPS=${STEPS:-30}
+SIZE=${SIZE:-362}
 GLOCAL=${GLOCAL:-glocal}
 case "$WHICH" in
   both) TRAINS="roxford5k rparis6k" ;;
@@ -29,10 +31,10 @@ for TRAIN in $TRAINS; do
     $GLOCAL eval "$OTHER" --data "$D/$OTHER" --gnd "$D/gnd_${OTHER}_subset.pkl" --method gem \
         --json "${OUT}_${OTHER}-before.json"
   fi
-  stamp "train gem on $TRAIN, $STEPS steps"
+  stamp "train gem on $TRAIN, $STEPS steps, $SIZE px"
   $GLOCAL train gem --data "$D/gnd_${TRAIN}_subset.pkl" --images "$D/$TRAIN/jpg" --out "${OUT}_${TRAIN}" \
-      --steps "$STEPS" --batch 5 --negatives 5 --lr 1e-5 --margin 0.7 --image-size 362 --frozen-fraction 0.5 \
-      --eval-every 10 --eval-fraction 0.2 --checkpoint-every 10 --seed 0
+      --steps "$STEPS" --batch 5 --negatives 5 --lr 1e-5 --margin 0.7 --image-size "$SIZE" \
+      --frozen-fraction 0.5 --eval-every "${EVAL_EVERY:-$STEPS}" --eval-fraction 0.2 --checkpoint-every 4 --seed 0
   stamp "eval $OTHER after training on $TRAIN"
   $GLOCAL eval "$OTHER" --data "$D/$OTHER" --gnd "$D/gnd_${OTHER}_subset.pkl" --method gem \
       --set "checkpoint=${OUT}_${TRAIN}/model.pt" --json "${OUT}_${TRAIN}-after.json"

@@ -93,7 +93,8 @@ def train_command(
 
     def on_data(ts: object) -> None:
         s = ts.summary()  # type: ignore[attr-defined]
-        err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors, "
+        pairs = f", {s['pairs']} positive pairs" if "pairs" in s else ""
+        err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors{pairs}, "
                   f"{s['distractors']} without a class", highlight=False)
         seen.extend(ts.problems)  # type: ignore[attr-defined]
         for path, reason in ts.problems:  # type: ignore[attr-defined]

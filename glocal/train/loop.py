@@ -325,8 +325,8 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         scheduler.step()
         step += 1
         elapsed = time.perf_counter() - t0 - mining[0]
-        row = {"step": step, "epoch": epoch, "loss": runtime.mean_over_ranks(total, ranks, device), "lr": lr, "images_per_s": images / max(elapsed, 1e-9),
-               "eval_map": math.nan}
+        row = {"step": step, "epoch": epoch, "loss": runtime.mean_over_ranks(total, ranks, device), "lr": lr,
+               "images_per_s": images / max(elapsed, 1e-9), "eval_map": math.nan}
         if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
             row["eval_map"] = evaluate()
             network.train()

@@ -180,7 +180,8 @@ def resolve_precision(amp: str, channels_last: bool, device: torch.device) -> Pr
         return Precision({"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp], channels_last)
     asked = [f"--amp {amp}"] if amp != "none" else []
     asked += ["--channels-last"] if channels_last else []
-    notes = (f"{' and '.join(asked)} apply on CUDA only; ignored on {device.type} (float32, contiguous)",) \
+    verb = "apply" if len(asked) > 1 else "applies"
+    notes = (f"{' and '.join(asked)} {verb} on CUDA only; ignored on {device.type} (float32, contiguous)",) \
         if asked else ()
     return Precision(None, False, notes)
 

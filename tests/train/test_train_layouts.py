@@ -177,3 +177,21 @@ def test_sfm_pickle_goes_through_the_restricted_unpickler(tmp_path: Path) -> Non
     pkl.write_bytes(pickle.dumps({"train": {"cids": [Evil()]}, "val": {}}))
     with pytest.raises(UnsafePickleError):
         read_training_set(pkl)
+
+
+def test_readme_worked_example_writes_both_layouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- layouts-example -->\n```python\n", 1)[1].split("\n```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+    (tmp_path / "gld/train/c/8/1/c81e728d9d4c2f63.jpg").unlink()  # as the README's example does
+    gld = read_training_set(tmp_path / "gld" / "train.csv")
+    assert len(gld) == 7 and gld.class_names == ["17", "42", "99"] and gld.singletons == ["99"]
+    assert [Path(p).name for p, _ in gld.problems] == ["c81e728d9d4c2f63.jpg"]
+    sfm = read_training_set(tmp_path / "sfm" / "retrieval-SfM-120k.pkl")
+    assert len(sfm) == 8 and len(sfm.class_names) == 3 and sfm.pairs.tolist() == [[0, 1], [1, 2], [3, 4],
+                                                                                   [4, 5], [6, 7]]
+    with (tmp_path / "gld" / "train.csv").open("a") as fh:
+        fh.write("a87ff679a2f3e71d,u,x\n")
+    with pytest.raises(BadInputError, match=r"train\.csv:10: landmark_id 'x' is not an integer"):
+        read_training_set(tmp_path / "gld" / "train.csv")

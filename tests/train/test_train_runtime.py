@@ -59,6 +59,10 @@ def test_cuda_options_are_accepted_and_ignored_on_cpu_with_a_note(shapes: Path, 
     assert notes[0] == "--amp bf16 and --channels-last apply on CUDA only; ignored on cpu (float32, contiguous)"
     for (name, a), b in zip(plain.state_dict().items(), flagged.state_dict().values()):
         assert torch.equal(a, b), name
+    notes.clear()
+    train_tuples(tiny(), "imagenet", ts, None, TrainConfig(**{**CONFIG.__dict__, "amp": "fp16", "steps": 1}),
+                 tmp_path / "fp16", say=notes.append)
+    assert notes == ["--amp fp16 applies on CUDA only; ignored on cpu (float32, contiguous)"]
     with pytest.raises(BadOptionError, match="--amp must be one of none, bf16, fp16"):
         TrainConfig(amp="fp8")
 
