@@ -57,12 +57,22 @@ def train_command(
     eval_every: Annotated[int, typer.Option("--eval-every", help="Held-out mAP every N steps (0: none).")] = 0,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue the run in this folder from its newest checkpoint.")] = None,
+    queries_per_epoch: Annotated[int, typer.Option(
+        "--queries-per-epoch", help="Tuples mined per epoch (0: one per anchor / pair).")] = 0,
+    pool_size: Annotated[int, typer.Option(
+        "--pool-size", help="Images the negatives are mined from each epoch, drawn at random (0: all).")] = 0,
+    amp: Annotated[str, typer.Option(
+        "--amp", help="Mixed precision on CUDA: none, bf16 or fp16 (ignored on the CPU).")] = "none",
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="channels_last memory format on CUDA (ignored on the CPU).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:i.")] = "cpu",
     settings_kv: Annotated[list[str] | None, typer.Option(
         "--set", help="Option KEY=VALUE of the method (VALUE as JSON); repeatable.")] = None,
 ) -> None:
-    """Fine-tune a method's network on your images; prints the exported weights file last."""
+    """Fine-tune a method's network on your images; prints the exported weights file last.
+
+    Several GPUs (or CPU processes): torchrun --nproc_per_node K -m glocal train ... (rank 0 writes)."""
     from glocal.errors import BadOptionError
     from glocal.methods import get
     from glocal.methods.options import parse_set
@@ -87,7 +97,10 @@ def train_command(
         given = {"batch": batch, "accumulate": accumulate, "lr": lr, "margin": margin, "negatives": negatives,
                  "image_size": image_size, "frozen_fraction": frozen_fraction, "loss": loss, "scale": scale,
                  "learn_scale": learn_scale, "freeze_backbone": freeze_backbone, "optimizer": optimizer,
-                 "global_weight": global_weight}
+                 "global_weight": global_weight,
+                 # the tuples regime's runtime options, given only when they differ from their defaults
+                 "queries_per_epoch": queries_per_epoch or None, "pool_size": pool_size or None,
+                 "amp": None if amp == "none" else amp, "channels_last": channels_last or None}
         # settings not given take the regime's defaults
         train = {"steps": steps if steps is not None else 100, **{k: v for k, v in given.items() if v is not None},
                  "checkpoint_every": checkpoint_every, "eval_every": eval_every, "seed": seed, "device": device}
@@ -100,7 +113,8 @@ def train_command(
 
     def on_data(ts: object) -> None:
         s = ts.summary()  # type: ignore[attr-defined]
-        err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors, "
+        pairs = f", {s['pairs']} positive pairs" if "pairs" in s else ""
+        err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors{pairs}, "
                   f"{s['distractors']} without a class", highlight=False)
         seen.extend(ts.problems)  # type: ignore[attr-defined]
         for path, reason in ts.problems:  # type: ignore[attr-defined]
@@ -118,14 +132,21 @@ def train_command(
             parts.append(f"held-out mAP {100 * row['eval_map']:.2f}")
         err.print("  ".join(parts), highlight=False)
 
+    def say(line: str) -> None:
+        err.print(escape(line), highlight=False, soft_wrap=True)
+
     path, problems = train_method(spec, run_settings, run, resume=resume is not None,
-                        steps=steps if resume is not None else None,
-                        progress=as_progress(show_progress()), on_log=on_log, on_data=on_data)
+                                  steps=steps if resume is not None else None,
+                                  progress=as_progress(show_progress()), on_log=on_log, on_data=on_data, say=say)
+    if path is None:  # a rank other than 0 under torchrun: rank 0 reports and exports
+        return
     err.print(f"model card: {escape(str(path.parent / 'MODEL_CARD.md'))}", highlight=False)
     reported = {p for p, _ in seen}
     for bad, reason in problems:
         if bad not in reported:
             err.print(f"[yellow]skipped[/yellow] {escape(bad)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if problems:
+        err.print(f"{len(problems)} files skipped (missing or unreadable)", highlight=False)
     out.print(str(path), highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_PARTIAL)

@@ -15,6 +15,9 @@ revisited ground truth (a ``.pkl`` file, read with the restricted unpickler)
     ``<images>/<name>.jpg`` (default images folder: ``jpg/`` next to the file, else the file's folder). Queries
     whose positives overlap are one landmark (a class): its queries plus their easy and hard images; its
     junk images are neither positives nor negatives of it; the other database images are distractors.
+Google Landmarks v2 train CSV (a ``.csv`` whose header has ``landmark_id``) and SfM-120k database (a ``.pkl``
+    with ``train`` / ``val``): :mod:`glocal.train.layouts`. SfM-120k gives positive *pairs*
+    (:attr:`TrainingSet.pairs`), the other layouts classes whose images are all positives of each other.
 
 Missing or unreadable files are never a crash: they are left out and listed in
 :attr:`TrainingSet.problems` ``(path, reason)``. Classes with a single image (no positive pair) are listed in
@@ -32,6 +35,7 @@ import numpy.typing as npt
 
 from glocal.errors import BadInputError
 from glocal.io.images import list_images
+from glocal.train.layouts import csv_header, is_sfm_database, parse_gldv2_csv, parse_sfm
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -47,6 +51,8 @@ class TrainingSet:
     :param problems: ``(path, reason)`` of every file left out.
     :param singletons: names of classes with one image.
     :param source: what was read (for the model card).
+    :param pairs: (P, 2) image indices (query, positive) when the layout lists positive pairs (SfM-120k); None:
+        every two images of a class are a positive pair.
     """
 
     files: list[Path]
@@ -56,12 +62,15 @@ class TrainingSet:
     problems: list[tuple[str, str]] = field(default_factory=list)
     singletons: list[str] = field(default_factory=list)
     source: str = ""
+    pairs: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def anchors(self) -> npt.NDArray[np.int64]:
-        """Images that have at least one positive (another image of their class)."""
+        """Images that have at least one positive (another image of their class; with pairs: the queries)."""
+        if self.pairs is not None:
+            return np.unique(self.pairs[:, 0]) if len(self.pairs) else np.zeros(0, dtype=np.int64)
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
         return np.flatnonzero((self.labels >= 0) & (counts[np.maximum(self.labels, 0)] >= 2))
 
@@ -70,20 +79,29 @@ class TrainingSet:
         keep = np.asarray(keep, dtype=np.int64)
         where = {int(old): new for new, old in enumerate(keep)}
         ignore = {c: frozenset(where[i] for i in s if i in where) for c, s in self.ignore.items()}
+        pairs = None
+        if self.pairs is not None:
+            pairs = np.array([(where[int(q)], where[int(p)]) for q, p in self.pairs
+                              if int(q) in where and int(p) in where], dtype=np.int64).reshape(-1, 2)
         return TrainingSet([self.files[i] for i in keep], self.labels[keep].copy(), list(self.class_names),
                            {c: s for c, s in ignore.items() if s}, list(self.problems), list(self.singletons),
-                           self.source)
+                           self.source, pairs)
 
     def summary(self) -> dict:
         """Counts for logs and the model card."""
-        return {"source": self.source, "images": len(self.files), "classes": int(len(set(self.labels[self.labels >= 0]))),
-                "anchors": int(len(self.anchors())), "distractors": int((self.labels < 0).sum()),
-                "skipped": len(self.problems), "single_image_classes": len(self.singletons)}
+        out = {"source": self.source, "images": len(self.files), "classes": int(len(set(self.labels[self.labels >= 0]))),
+               "anchors": int(len(self.anchors())), "distractors": int((self.labels < 0).sum()),
+               "skipped": len(self.problems), "single_image_classes": len(self.singletons)}
+        if self.pairs is not None:
+            out["pairs"] = int(len(self.pairs))
+        return out
 
 
 def _finish(files: list[Path], names: list[str | None], source: str, problems: list[tuple[str, str]],
-            ignore_by_name: dict[str, set[int]] | None = None) -> TrainingSet:
-    """Drop missing files, number the classes, list the single-image ones."""
+            ignore_by_name: dict[str, set[int]] | None = None,
+            pairs: list[tuple[int, int]] | None = None) -> TrainingSet:
+    """Drop missing files, number the classes, list the single-image ones (``pairs``: indices into ``files``,
+    those with a missing image dropped)."""
     kept_files, kept_names, old_index = [], [], []
     for i, (f, n) in enumerate(zip(files, names)):
         if not f.is_file():
@@ -104,7 +122,11 @@ def _finish(files: list[Path], names: list[str | None], source: str, problems: l
             kept = frozenset(new[o] for o in olds if o in new)
             if kept:
                 ignore[number[name]] = kept
-    return TrainingSet(kept_files, labels, classes, ignore, problems, singletons, source)
+    kept_pairs = None
+    if pairs is not None:
+        kept_pairs = np.array([(new[q], new[p]) for q, p in pairs if q in new and p in new],
+                              dtype=np.int64).reshape(-1, 2)
+    return TrainingSet(kept_files, labels, classes, ignore, problems, singletons, source, kept_pairs)
 
 
 def read_folder_per_class(root: str | Path) -> TrainingSet:
@@ -181,17 +203,40 @@ def _landmarks(positives: list[set[int]]) -> list[int]:
     return [root(q) for q in range(len(positives))]
 
 
-def read_gnd(path: str | Path, images: str | Path | None = None, suffix: str = ".jpg") -> TrainingSet:
-    """Classes from a revisited ground-truth pickle (module docstring), read with the restricted unpickler."""
+def read_gldv2_csv(path: str | Path, images: str | Path | None = None) -> TrainingSet:
+    """A Google Landmarks v2 train CSV (:mod:`glocal.train.layouts`)."""
+    files, names = parse_gldv2_csv(path, images)
+    return _finish(files, names, f"Google Landmarks v2 csv {path}", [])
+
+
+def read_sfm(path: str | Path, images: str | Path | None = None, database: object = None) -> TrainingSet:
+    """The ``train`` split of an SfM-120k database pickle (:mod:`glocal.train.layouts`), read with the
+    restricted unpickler (``database``: the already unpickled object)."""
     from glocal.io.safe_pickle import safe_load_pickle
 
     path = Path(path)
-    if not path.is_file():
+    if database is None:
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such SfM-120k database file")
+        database = safe_load_pickle(path)
+    files, names, pairs = parse_sfm(database, path, images)
+    return _finish(files, names, f"SfM-120k database {path}", [], pairs=pairs)
+
+
+def read_gnd(path: str | Path, images: str | Path | None = None, suffix: str = ".jpg",
+             gnd: object = None) -> TrainingSet:
+    """Classes from a revisited ground-truth pickle (module docstring), read with the restricted unpickler
+    (``gnd``: the already unpickled object)."""
+    from glocal.io.safe_pickle import safe_load_pickle
+
+    path = Path(path)
+    if gnd is None and not path.is_file():
         raise BadInputError(f"{path}: no such ground-truth file")
     if images is None:
         images = path.parent / "jpg" if (path.parent / "jpg").is_dir() else path.parent
     images = Path(images)
-    gnd = safe_load_pickle(path)
+    if gnd is None:
+        gnd = safe_load_pickle(path)
     if not isinstance(gnd, dict) or not {"imlist", "qimlist", "gnd"} <= set(gnd):
         raise BadInputError(f"{path}: not a revisited ground truth (needs imlist, qimlist and gnd)")
     imlist, qimlist, entries = list(gnd["imlist"]), list(gnd["qimlist"]), list(gnd["gnd"])
@@ -231,18 +276,26 @@ def read_gnd(path: str | Path, images: str | Path | None = None, suffix: str = "
 
 
 def read_training_set(data: str | Path, images: str | Path | None = None) -> TrainingSet:
-    """The layout ``data`` is (module docstring): a folder, a ``.csv`` or a ``.pkl``."""
+    """The layout ``data`` is (module docstring): a folder, a ``.csv`` (``file,label`` or Google Landmarks v2)
+    or a ``.pkl`` (revisited gnd or SfM-120k)."""
+    from glocal.io.safe_pickle import safe_load_pickle
+
     data = Path(data)
     if data.is_dir():
         return read_folder_per_class(data)
     if data.suffix.lower() == ".csv":
+        if "landmark_id" in csv_header(data):
+            return read_gldv2_csv(data, images)
         return read_labels_csv(data, images)
-    if data.suffix.lower() == ".pkl":
-        return read_gnd(data, images)
+    if data.suffix.lower() == ".pkl" and data.is_file():
+        loaded = safe_load_pickle(data)
+        if is_sfm_database(loaded):
+            return read_sfm(data, images, database=loaded)
+        return read_gnd(data, images, gnd=loaded)
     if not data.exists():
         raise BadInputError(f"{data}: no such file or folder")
     raise BadInputError(f"{data}: unknown training data layout (a folder per class, a labels .csv with "
-                        "file,label, or a revisited gnd .pkl)")
+                        "file,label or a Google Landmarks v2 train .csv, a revisited gnd .pkl or an SfM-120k .pkl)")
 
 
 def split_classes(data: TrainingSet, eval_fraction: float, seed: int) -> tuple[TrainingSet, TrainingSet]:

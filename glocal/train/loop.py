@@ -13,12 +13,13 @@ generator and torch RNG states, the epoch's tuples and the position in them, and
 ``resume=True`` continues from the newest one and reaches bit-identical weights to an uninterrupted run on the
 same machine and thread count. ``RUN/log.csv`` has one row per step (loss, learning rate, images/s, and the
 held-out mAP on evaluation steps: every ``eval_every`` steps, at step 0 and at the end; images/s leaves out the
-time spent mining). On CUDA: mixed
-precision (fp16 autocast with a gradient scaler) and channels_last; on the CPU plain float32.
+time spent mining), also as TensorBoard event files in ``RUN/tensorboard/`` when ``tensorboard`` is installed.
+On CUDA, options: mixed precision (``amp``: bf16, or fp16 autocast with a gradient scaler) and channels_last; on
+the CPU they are ignored with a note (plain float32). Under ``torchrun``: DistributedDataParallel, the tuples
+sharded over the ranks, rank 0 alone writing (:mod:`glocal.train.runtime`).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -35,6 +36,7 @@ from glocal.errors import BadInputError, BadOptionError
 from glocal.io.images import ImageReadError, load_image
 from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.progress import Progress, no_progress
+from glocal.train import runtime
 from glocal.train.data import TrainingSet
 from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised, tuple_loss
 
@@ -62,8 +64,12 @@ class TrainConfig:
     eval_every: int = 0
     seed: int = 0
     device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        if self.amp not in runtime.AMP_CHOICES:
+            raise BadOptionError(f"--amp must be one of {', '.join(runtime.AMP_CHOICES)}, got {self.amp!r}")
         for name in ("steps", "batch", "accumulate", "image_size"):
             if getattr(self, name) < 1:
                 raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -131,18 +137,24 @@ def readable(data: TrainingSet, max_side: int) -> tuple[TrainingSet, ImageCache]
 class _Runner:
     """The network on its device with the preprocessing: descriptors with or without gradients."""
 
-    def __init__(self, network: nn.Module, preprocessing: str, device: torch.device) -> None:
+    def __init__(self, network: nn.Module, preprocessing: str, device: torch.device,
+                 precision: runtime.Precision | None = None) -> None:
         self.network, self.device = network, device
         self.prep = preprocessing_by_name(preprocessing)
-        self.cuda = device.type == "cuda"
+        self.precision = precision or runtime.Precision(None, False)
+
+    def tensor(self, pixels: np.ndarray) -> Tensor:
+        x = image_to_tensor(pixels, self.prep, self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.precision.channels_last else x
 
     def forward(self, pixels: np.ndarray) -> Tensor:
-        x = image_to_tensor(pixels, self.prep, self.device)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16):
-                return self.network(x).float()
-        return self.network(x)
+        with self.precision.context(self.device):
+            return self.network(self.tensor(pixels)).float()
+
+    def forward_tuple(self, module: nn.Module, pixels: Sequence[np.ndarray]) -> Tensor:
+        """Descriptors of a tuple's images through ``module`` (:func:`glocal.train.runtime.wrap`)."""
+        with self.precision.context(self.device):
+            return module([self.tensor(p) for p in pixels]).float()
 
     @torch.no_grad()
     def describe(self, cache: ImageCache, indices: Sequence[int]) -> Tensor:
@@ -187,30 +199,26 @@ def _save_state(run: Path, step: int, state: dict) -> Path:
     return path
 
 
-def _write_log(run: Path, history: list[dict[str, float]]) -> None:
-    tmp = run / "log.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-    os.replace(tmp, run / "log.csv")
-
-
 def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, held_out: TrainingSet | None,
                  config: TrainConfig, run: str | Path, resume: bool = False, progress: Progress = no_progress,
-                 on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                 on_log: Callable[[dict[str, float]], None] | None = None,
+                 say: Callable[[str], None] | None = None) -> TrainResult:
     """Fine-tune ``network`` (image -> un-normalised global descriptor) on ``train`` (module docstring).
 
     :param preprocessing: pixel normalisation preset of the network.
     :param held_out: images of classes not trained on, for the evaluation hook (None or empty: no evaluation).
     :param run: the run folder (checkpoints, log).
     :param resume: continue from the newest checkpoint in ``run``.
-    :param on_log: called with every log row.
+    :param on_log: called with every log row (rank 0 only).
+    :param say: where one-line notes go (ignored options, no tensorboard); default stderr.
     """
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
+    ranks, device, started = runtime.start(config.device)
+    if ranks.main:
+        run.mkdir(parents=True, exist_ok=True)
+    precision = runtime.resolve_precision(config.amp, config.channels_last, device)
+    for note in precision.notes if ranks.main else ():
+        (say or runtime._stderr)(note)
     train, cache = readable(train, config.image_size)
     problems = list(train.problems)
     if held_out is not None and len(held_out.anchors()):
@@ -224,13 +232,13 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     network.to(device)
-    if device.type == "cuda":
+    if precision.channels_last:
         network.to(memory_format=torch.channels_last)
     params = trainable_parameters(network, config.frozen_fraction)
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    runner = _Runner(network, preprocessing, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler_enabled)
+    runner = _Runner(network, preprocessing, device, precision)
     step, epoch, position = 0, 0, 0
     tuples: Tuples | None = None
     history: list[dict[str, float]] = []
@@ -253,9 +261,11 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
         tuples = Tuples(state["tuples"].numpy().copy()) if state["tuples"].numel() else None
         history = [dict(r) for r in state["history"]]
+    module = runtime.wrap(network, ranks, device)  # after any resume: DDP copies rank 0's weights to every rank
+    log = runtime.RunLog(run, LOG_FIELDS, enabled=ranks.main, say=say)
 
     def evaluate() -> float:
-        if held_out is None:
+        if held_out is None or not ranks.main:
             return math.nan
         return mean_average_precision(runner.describe(eval_cache, range(len(held_out))), held_out)
 
@@ -272,21 +282,23 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         row = {"step": 0, "epoch": 0, "loss": math.nan, "lr": config.lr, "images_per_s": math.nan,
                "eval_map": evaluate()}
         history.append(row)
-        if on_log:
+        log.add(row)
+        if on_log and ranks.main:
             on_log(row)
 
     mining = [0.0]  # seconds spent mining in the current step (not counted in images/s)
 
     def next_tuples() -> np.ndarray:
         nonlocal tuples, position, epoch
-        if tuples is None or position >= len(tuples):
+        if tuples is None or position >= len(runtime.shard(tuples.rows, ranks)):
             t_mine = time.perf_counter()
             epoch += 1
-            tuples = mine_tuples(train, lambda ids: runner.describe(cache, ids), config.negatives, generator,
-                                 config.queries_per_epoch, config.pool_size)
+            mined = mine_tuples(train, lambda ids: runner.describe(cache, ids), config.negatives, generator,
+                                config.queries_per_epoch, config.pool_size) if ranks.main else None
+            tuples = runtime.broadcast(mined, ranks)
             position = 0
             mining[0] += time.perf_counter() - t_mine
-        rows = tuples.rows[position:position + config.batch]
+        rows = runtime.shard(tuples.rows, ranks)[position:position + config.batch]
         position += len(rows)
         return rows
 
@@ -297,34 +309,38 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         t0, mining[0] = time.perf_counter(), 0.0
         optimizer.zero_grad(set_to_none=True)
         total, images = 0.0, 0
-        for _ in range(config.accumulate):
+        for micro in range(config.accumulate):
             rows = next_tuples()
-            for row in rows:
+            for k, row in enumerate(rows):
                 ids = [int(i) for i in row if i >= 0]
-                desc = normalised(torch.cat([runner.forward(cache.pixels(i)) for i in ids]))
-                loss = tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
-                scaler.scale(loss).backward()
+                with runtime.no_sync(module, micro == config.accumulate - 1 and k == len(rows) - 1):
+                    desc = normalised(runner.forward_tuple(module, [cache.pixels(i) for i in ids]))
+                    loss = tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
+                    scaler.scale(loss).backward()
                 total += float(loss.detach())
-                images += len(ids)
+                images += len(ids) * ranks.world
         scaler.step(optimizer)
         scaler.update()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         step += 1
         elapsed = time.perf_counter() - t0 - mining[0]
-        row = {"step": step, "epoch": epoch, "loss": total, "lr": lr, "images_per_s": images / max(elapsed, 1e-9),
-               "eval_map": math.nan}
+        row = {"step": step, "epoch": epoch, "loss": runtime.mean_over_ranks(total, ranks, device), "lr": lr,
+               "images_per_s": images / max(elapsed, 1e-9), "eval_map": math.nan}
         if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
             row["eval_map"] = evaluate()
             network.train()
             freeze_batchnorm(network)
         history.append(row)
-        if on_log:
+        log.add(row)
+        if on_log and ranks.main:
             on_log(row)
         advance(1)
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and ranks.main:
             _save_state(run, step, snapshot())
-            _write_log(run, history)
-    _write_log(run, history)
+            log.write_csv(history)
+    log.write_csv(history)
+    log.close()
+    runtime.finish(ranks, started)
     network.eval()
     return TrainResult(network, history, step, problems)

@@ -8,7 +8,9 @@ offers no such network, is refused with :class:`RegimeNotImplementedError` (exit
 is read or written.
 
 ``RUN/run.json`` records what the run was started with (method, ``--set`` settings, data, training
-settings, held-out fraction, command), so ``resume`` needs only the run folder.
+settings, held-out fraction, command), so ``resume`` needs only the run folder. Under ``torchrun`` every rank
+runs :func:`train_method`; only rank 0 reports the data, writes ``run.json`` and exports
+(:mod:`glocal.train.runtime`); the other ranks return ``None`` for the exported file.
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def check_regime(spec: Any) -> None:
 def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: bool = False,
                  steps: int | None = None, progress: Progress = no_progress,
                  on_log: Callable[[dict[str, float]], None] | None = None,
-                 on_data: Callable[[Any], None] | None = None) -> tuple[Path, list[tuple[str, str]]]:
+                 on_data: Callable[[Any], None] | None = None, say: Callable[[str], None] | None = None,
+                 on_result: Callable[[Any], None] | None = None) -> tuple[Path | None, list[tuple[str, str]]]:
     """Train ``spec``'s network as ``run_settings`` says, in the folder ``run``; returns the exported file
     and the ``(path, reason)`` of every file left out (missing or unreadable).
 
@@ -82,10 +85,13 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
         :meth:`RunSettings.load`).
     :param steps: a new total number of steps (resume only; default: the stored one).
     :param on_data: called with the training set read (before the split), to report its problems.
+    :param say: where one-line notes go (options ignored on this device, no tensorboard).
+    :param on_result: called on every rank with the :class:`~glocal.train.loop.TrainResult`.
     """
     from glocal.train.data import read_training_set, split_classes
     from glocal.train.export import export_model
     from glocal.train.loop import TrainConfig, train_tuples
+    from glocal.train.runtime import ranks_from_environment
 
     check_regime(spec)
     if spec.training == "classification":
@@ -107,15 +113,20 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
         raise RegimeNotImplementedError(f"training regime {spec.training} is not implemented yet for method "
                                         f"{spec.name} (its extractor offers no trainable global network)")
     network = get_network()
+    main = ranks_from_environment().main
     data = read_training_set(run_settings.data, run_settings.images)
-    if on_data is not None:
+    if on_data is not None and main:
         on_data(data)
     train, held_out = split_classes(data, run_settings.eval_fraction, config.seed)
-    if not resume:
+    if not resume and main:
         run_settings.train = dataclasses.asdict(config)
         run_settings.save(run)
     result = train_tuples(network, resolved_preprocessing(options.extractor), train, held_out, config, run, resume=resume,
-                          progress=progress, on_log=on_log)
+                          progress=progress if main else no_progress, on_log=on_log, say=say)
+    if on_result is not None:
+        on_result(result)
+    if not main:
+        return None, result.problems
     card = model_card(spec, options, run_settings, config, data, train, held_out, result)
     return export_model(result.network, run, card), result.problems
 

@@ -8,7 +8,8 @@ summed over the 1 + N pairs of a tuple (:func:`tuple_loss`, through
 :func:`glocal.train.fire_losses.contrastive_terms` with ``form="cirtorch"``).
 
 Mining (:func:`mine_tuples`), repeated every epoch with the current network's descriptors: for each query a
-positive drawn at random among the other images of its class, and as negatives the images most similar to the
+positive drawn at random among the other images of its class (or, when the data lists positive pairs, the
+pair's positive, each pair a query of the epoch), and as negatives the images most similar to the
 query among those of other classes (never the class's ignored images), at most one per class (the paper takes
 one image per 3D model so that the negatives are diverse); distractors (no class) each count as their own
 class. The images to mine from are a random pool (``pool_size``) of the training set, as in the paper.
@@ -62,14 +63,20 @@ def mine_tuples(data: TrainingSet, describe: Callable[[Sequence[int]], Tensor], 
     def perm(n: int) -> npt.NDArray[np.int64]:
         return torch.randperm(n, generator=generator).numpy()
 
-    chosen = anchors[perm(len(anchors))]
-    if queries:
-        chosen = chosen[:queries]
-    positives = []
-    for q in chosen:
-        same = np.flatnonzero(data.labels == data.labels[q])
-        same = same[same != q]
-        positives.append(int(same[int(torch.randint(len(same), (1,), generator=generator))]))
+    if data.pairs is not None:  # listed (query, positive) pairs (SfM-120k)
+        picked = data.pairs[perm(len(data.pairs))]
+        if queries:
+            picked = picked[:queries]
+        chosen, positives = picked[:, 0].copy(), [int(p) for p in picked[:, 1]]
+    else:
+        chosen = anchors[perm(len(anchors))]
+        if queries:
+            chosen = chosen[:queries]
+        positives = []
+        for q in chosen:
+            same = np.flatnonzero(data.labels == data.labels[q])
+            same = same[same != q]
+            positives.append(int(same[int(torch.randint(len(same), (1,), generator=generator))]))
     pool = np.arange(len(data))
     if pool_size and pool_size < len(pool):
         pool = np.sort(pool[perm(len(pool))[:pool_size]])
