@@ -49,9 +49,10 @@ from glocal.models.dolg import Dolg
 from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.models.vitgal import Vitgal
 from glocal.progress import Progress, no_progress
+from glocal.train.checkpointing import latest_state, optimisation_state, restore_optimisation, save_state
 from glocal.train.data import TrainingSet
 from glocal.train.delg_losses import ATTENTION_WEIGHT, RECONSTRUCTION_WEIGHT, delg_local_losses
-from glocal.train.loop import ImageCache, TrainResult, checkpoints, freeze_batchnorm, readable
+from glocal.train.loop import ImageCache, TrainResult, freeze_batchnorm, readable
 from glocal.train.margins import MARGIN_LOSSES, MarginHead
 from glocal.train.tuples import mean_average_precision
 
@@ -214,14 +215,6 @@ class _Batches:
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
 
-def _save(run: Path, step: int, state: dict) -> None:
-    folder = run / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:07d}.pt"
-    torch.save(state, path.with_name(path.name + ".tmp"))
-    os.replace(path.with_name(path.name + ".tmp"), path)
-
-
 def _write_log(run: Path, history: list[dict[str, float]]) -> None:
     tmp = run / "log.csv.tmp"
     with open(tmp, "w", newline="") as fh:
@@ -279,21 +272,9 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
     history: list[dict[str, float]] = []
 
     if resume:
-        found = checkpoints(run)
-        if not found:
-            raise BadInputError(f"{run}: no checkpoint to resume from (expected checkpoints/step-*.pt)")
-        state = torch.load(found[-1], map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise BadInputError(f"{found[-1]}: not a glocal classification training state ({STATE_FORMAT})")
+        state = latest_state(run, STATE_FORMAT, "glocal classification training state")
         task.load_state_dict(state["task"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        step, epoch, position = restore_optimisation(state, optimizer, scheduler, scaler, generator, device)
         order = state["order"].numpy().copy()
         history = [dict(r) for r in state["history"]]
 
@@ -307,11 +288,8 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
 
     def snapshot() -> dict:
         return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
-                "order": torch.from_numpy(order), "task": task.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "history": history, "config": dataclasses.asdict(config)}
+                "order": torch.from_numpy(order), "task": task.state_dict(),
+                **optimisation_state(optimizer, scheduler, scaler, generator, device), "history": history, "config": dataclasses.asdict(config)}
 
     def log(row: dict[str, float]) -> None:
         history.append(row)
@@ -369,7 +347,7 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
         log(row)
         advance(1)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
-            _save(run, step, snapshot())
+            save_state(run, step, snapshot())
             _write_log(run, history)
     _write_log(run, history)
     task.eval()

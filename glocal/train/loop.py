@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,12 @@ from glocal.io.images import ImageReadError, load_image
 from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
+from glocal.train.checkpointing import (
+    latest_state,
+    optimisation_state,
+    restore_optimisation,
+    save_state,
+)
 from glocal.train.data import TrainingSet
 from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised, tuple_loss
 
@@ -184,21 +189,6 @@ def trainable_parameters(network: nn.Module, frozen_fraction: float) -> list[nn.
     return params[cut:]
 
 
-def checkpoints(run: Path) -> list[Path]:
-    """A run's checkpoint files, oldest first."""
-    return sorted((run / "checkpoints").glob("step-*.pt"))
-
-
-def _save_state(run: Path, step: int, state: dict) -> Path:
-    folder = run / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:07d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, held_out: TrainingSet | None,
                  config: TrainConfig, run: str | Path, resume: bool = False, progress: Progress = no_progress,
                  on_log: Callable[[dict[str, float]], None] | None = None,
@@ -244,21 +234,9 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     history: list[dict[str, float]] = []
 
     if resume:
-        found = checkpoints(run)
-        if not found:
-            raise BadInputError(f"{run}: no checkpoint to resume from (expected checkpoints/step-*.pt)")
-        state = torch.load(found[-1], map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise BadInputError(f"{found[-1]}: not a glocal training state ({STATE_FORMAT})")
+        state = latest_state(run, STATE_FORMAT, "glocal training state")
         network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        step, epoch, position = restore_optimisation(state, optimizer, scheduler, scaler, generator, device)
         tuples = Tuples(state["tuples"].numpy().copy()) if state["tuples"].numel() else None
         history = [dict(r) for r in state["history"]]
     module = runtime.wrap(network, ranks, device)  # after any resume: DDP copies rank 0's weights to every rank
@@ -272,11 +250,8 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     def snapshot() -> dict:
         return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
                 "tuples": torch.from_numpy(tuples.rows) if tuples is not None else torch.zeros(0, dtype=torch.int64),
-                "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                "history": history, "config": dataclasses.asdict(config)}
+                "model": network.state_dict(),
+                **optimisation_state(optimizer, scheduler, scaler, generator, device), "history": history, "config": dataclasses.asdict(config)}
 
     if step == 0 and config.eval_every and held_out is not None:
         row = {"step": 0, "epoch": 0, "loss": math.nan, "lr": config.lr, "images_per_s": math.nan,
@@ -337,7 +312,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
             on_log(row)
         advance(1)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and ranks.main:
-            _save_state(run, step, snapshot())
+            save_state(run, step, snapshot())
             log.write_csv(history)
     log.write_csv(history)
     log.close()

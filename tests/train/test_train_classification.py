@@ -15,10 +15,10 @@ from glocal.cli.main import app  # noqa: E402
 from glocal.io.images import load_image  # noqa: E402
 from glocal.methods import create_extractor  # noqa: E402
 from glocal.models.backbones.catalog import STRIDE16  # noqa: E402
+from glocal.train.checkpointing import checkpoints  # noqa: E402
 from glocal.train.classification import ClassifyConfig, train_classification  # noqa: E402
 from glocal.train.data import read_training_set  # noqa: E402
 from glocal.train.delg_losses import delg_local_losses  # noqa: E402
-from glocal.train.loop import checkpoints  # noqa: E402
 from glocal.train.margins import MarginHead  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -10,8 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from glocal.train.checkpointing import checkpoints  # noqa: E402
 from glocal.train.data import read_training_set, split_classes  # noqa: E402
-from glocal.train.loop import TrainConfig, checkpoints, train_tuples  # noqa: E402
+from glocal.train.loop import TrainConfig, train_tuples  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
