@@ -304,12 +304,16 @@ def main() -> None:
         result["measured at load (1-min)"] = {
             "default and shortlist": {s: round(runs[s][chosen["final"]].load, 1) for s in sets},
             "brute force (per query, reused)": [round(v, 1) for v in forcer.loads]}
-    text = selection_report.markdown(result)
+    print_and_save(selection_report.markdown(result), result, args.markdown, args.json)
+
+
+def print_and_save(text: str, result: dict, markdown: Path | None, json_path: Path | None) -> None:
+    """Print a benchmark's markdown table and write it, and its result as JSON, where asked."""
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    if markdown:
+        markdown.write_text(text)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -163,12 +163,7 @@ def main() -> None:
     result["load average"] = {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}
     result["wall s"] = round(time.time() - t_start)
     result["command"] = " ".join(["python", *sys.argv])
-    text = markdown(result)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    sel.print_and_save(markdown(result), result, args.markdown, args.json)
 
 
 if __name__ == "__main__":

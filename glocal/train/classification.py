@@ -28,10 +28,8 @@ reaches bit-identical weights. ``RUN/log.csv``: one row per step. On CUDA: fp16 
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from glocal.models.dolg import Dolg
 from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.models.vitgal import Vitgal
 from glocal.progress import Progress, no_progress
+from glocal.train import runtime
 from glocal.train.checkpointing import latest_state, optimisation_state, restore_optimisation, save_state
 from glocal.train.data import TrainingSet
 from glocal.train.delg_losses import ATTENTION_WEIGHT, RECONSTRUCTION_WEIGHT, delg_local_losses
@@ -215,16 +214,6 @@ class _Batches:
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
 
-def _write_log(run: Path, history: list[dict[str, float]]) -> None:
-    tmp = run / "log.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-    os.replace(tmp, run / "log.csv")
-
-
 def _optimizer(task: ClassificationTask, config: ClassifyConfig) -> torch.optim.Optimizer:
     params = [p for p in task.parameters() if p.requires_grad]
     if config.optimizer == "adam":
@@ -270,6 +259,7 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
     step, epoch, position = 0, 0, 0
     order = np.zeros(0, dtype=np.int64)
     history: list[dict[str, float]] = []
+    csv_log = runtime.RunLog(run, LOG_FIELDS, tensorboard=False)  # log.csv, as the tuples regime writes it
 
     if resume:
         state = latest_state(run, STATE_FORMAT, "glocal classification training state")
@@ -289,7 +279,8 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
     def snapshot() -> dict:
         return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
                 "order": torch.from_numpy(order), "task": task.state_dict(),
-                **optimisation_state(optimizer, scheduler, scaler, generator, device), "history": history, "config": dataclasses.asdict(config)}
+                **optimisation_state(optimizer, scheduler, scaler, generator, device),
+                "history": history, "config": dataclasses.asdict(config)}
 
     def log(row: dict[str, float]) -> None:
         history.append(row)
@@ -348,7 +339,7 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
         advance(1)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save_state(run, step, snapshot())
-            _write_log(run, history)
-    _write_log(run, history)
+            csv_log.write_csv(history)
+    csv_log.write_csv(history)
     task.eval()
     return TrainResult(network, history, step, problems)
