@@ -50,7 +50,7 @@ def train_command(
         "--freeze-backbone", help="Classification: only the heads train.")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="Classification: adam (default) or sgd (momentum 0.9).")] = None,
     global_weight: Annotated[float | None, typer.Option(
-        "--global-weight", help="Classification: weight of the global margin loss (1; 0: DELG's local heads only).")] = None,
+        "--global-weight", help="Classification: weight of the global margin loss (1; 0: DELG's or ViTGaL's local heads only).")] = None,
     eval_fraction: Annotated[float, typer.Option(
         "--eval-fraction", help="Fraction of the classes held out for the evaluation hook.")] = 0.2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (0: none).")] = 0,
@@ -65,6 +65,10 @@ def train_command(
         "--amp", help="Mixed precision on CUDA: none, bf16 or fp16 (ignored on the CPU).")] = "none",
     channels_last: Annotated[bool, typer.Option(
         "--channels-last", help="channels_last memory format on CUDA (ignored on the CPU).")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Threads decoding the training images ahead of each batch (2; 0: none).")] = None,
+    cache_images: Annotated[int | None, typer.Option(
+        "--cache-images", help="Decoded training images kept in memory (512; 0: none).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:i.")] = "cpu",
     settings_kv: Annotated[list[str] | None, typer.Option(
@@ -98,9 +102,11 @@ def train_command(
                  "image_size": image_size, "frozen_fraction": frozen_fraction, "loss": loss, "scale": scale,
                  "learn_scale": learn_scale, "freeze_backbone": freeze_backbone, "optimizer": optimizer,
                  "global_weight": global_weight,
-                 # the tuples regime's runtime options, given only when they differ from their defaults
+                 # the tuples regime's mining options and both regimes' runtime options, given only when they
+                 # differ from their defaults
                  "queries_per_epoch": queries_per_epoch or None, "pool_size": pool_size or None,
-                 "amp": None if amp == "none" else amp, "channels_last": channels_last or None}
+                 "amp": None if amp == "none" else amp, "channels_last": channels_last or None,
+                 "workers": workers, "cache_images": cache_images}
         # settings not given take the regime's defaults
         train = {"steps": steps if steps is not None else 100, **{k: v for k, v in given.items() if v is not None},
                  "checkpoint_every": checkpoint_every, "eval_every": eval_every, "seed": seed, "device": device}
@@ -132,7 +138,10 @@ def train_command(
             parts.append(f"held-out mAP {100 * row['eval_map']:.2f}")
         err.print("  ".join(parts), highlight=False)
 
+    said: set[str] = set()
+
     def say(line: str) -> None:
+        said.add(line)
         err.print(escape(line), highlight=False, soft_wrap=True)
 
     path, problems = train_method(spec, run_settings, run, resume=resume is not None,
@@ -142,8 +151,8 @@ def train_command(
         return
     err.print(f"model card: {escape(str(path.parent / 'MODEL_CARD.md'))}", highlight=False)
     reported = {p for p, _ in seen}
-    for bad, reason in problems:
-        if bad not in reported:
+    for bad, reason in problems:  # those not reported yet (those found during training were, as they were met)
+        if bad not in reported and f"skipped {bad}: {reason}" not in said:
             err.print(f"[yellow]skipped[/yellow] {escape(bad)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if problems:
         err.print(f"{len(problems)} files skipped (missing or unreadable)", highlight=False)

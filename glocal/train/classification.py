@@ -1,5 +1,5 @@
 """The ``classification`` regime of ``glocal train`` (DELG, DOLG, ViTGaL): a margin classifier over the
-training classes on the method's global embedding, and for DELG the local-head losses.
+training classes on the method's global embedding, and for DELG and ViTGaL the local branch's losses.
 
 Losses per step (:class:`ClassificationTask`):
 
@@ -7,14 +7,21 @@ Losses per step (:class:`ClassificationTask`):
   DOLG's fused 512-D embedding before normalisation (DOLG eq. 6-7), on ViTGaL's CLS token (ViTGaL eq. 1-2);
   margin and scale default to the model's (DELG m = 0.1, s = 45.25; DOLG m = 0.15, s = 30; ViTGaL m = 0.1,
   s = 30; CosFace m = 0.35);
-* DELG only: ``L = w_g L_g + lambda L_r + beta L_a`` (lambda = 10, beta = 1), the attention and reconstruction
+* DELG: ``L = w_g L_g + lambda L_r + beta L_a`` (lambda = 10, beta = 1), the attention and reconstruction
   losses of :mod:`glocal.train.delg_losses` on the gradient-stopped res4 map. ``global_weight = 0`` leaves
   the global head out (the local heads alone train; the backbone gets no gradient at all).
+* ViTGaL: ``L = w_g L_g + beta L_c + lambda L_r`` (ViTGaL eq. 3-4: L_c the cross-entropy of the autoencoder's
+  class-attention token, logged as ``attention_loss``; lambda = 10), the autoencoder losses of
+  :mod:`glocal.train.vitgal_losses` on the gradient-stopped patch tokens; ``global_weight = 0`` is the paper's
+  autoencoder stage after the global training (the ViTGaL network frozen, run without gradients).
 
 ``freeze_backbone``: the backbone's parameters do not train and it runs in eval mode (the heads train on its
-features; a CNN backbone's maps are computed once per image and kept, as images are not augmented). Every batch norm keeps its running statistics (eval mode; small batches), as in the tuples regime.
+features; a CNN backbone's maps are computed per image and kept, up to ``cache_images`` of them, as images are
+not augmented). Every batch norm keeps its running statistics (eval mode; small batches), as in the tuples regime.
 
-Images: loaded once with the longest side ``image_size``, resized to ``image_size`` x ``image_size``
+Images: read per batch (:mod:`glocal.train.batches`: header check up front, ``workers`` decoding threads, at
+most ``cache_images`` kept, a file found unreadable reported once and left out of its batch) with the longest
+side ``image_size``, resized to ``image_size`` x ``image_size``
 (DOLG trains at 512 x 512), batched; no augmentation. Only images with a class train (distractors do not);
 classes are renumbered over the training split. Adam (default, lr 1e-4: stable at the small batches of a CPU or
 one GPU, chosen on synthetic shapes) or SGD with momentum 0.9 (the papers': DELG and DOLG train with SGD at
@@ -24,10 +31,12 @@ norm ``clip_norm`` (0: no clipping; DELG's TF release clips at 10).
 Seeded and resumable like :mod:`glocal.train.loop`: one ``torch.Generator`` orders every epoch; a checkpoint
 every ``checkpoint_every`` steps (``RUN/checkpoints/step-NNNNNNN.pt``) holds the task (network + heads),
 optimizer, scheduler, scaler, random states, the epoch's order and position and the log, so a resumed run
-reaches bit-identical weights. ``RUN/log.csv``: one row per step. On CUDA: fp16 autocast and channels_last.
+reaches bit-identical weights. ``RUN/log.csv``: one row per step. ``amp`` and ``channels_last`` as in the tuples
+regime (:func:`glocal.train.runtime.resolve_precision`: opt-in, CUDA only, a note when ignored on the CPU).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -44,16 +53,24 @@ from glocal.errors import BadInputError, BadOptionError
 from glocal.models.backbones.catalog import STRIDE16, STRIDE32
 from glocal.models.delg import Delg
 from glocal.models.dolg import Dolg
-from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.models.vitgal import Vitgal
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
+from glocal.train.batches import (
+    DEFAULT_CACHE_IMAGES,
+    DEFAULT_WORKERS,
+    ImageLoader,
+    SquareBatches,
+    readable,
+    with_skipped,
+)
 from glocal.train.checkpointing import latest_state, optimisation_state, restore_optimisation, save_state
 from glocal.train.data import TrainingSet
 from glocal.train.delg_losses import ATTENTION_WEIGHT, RECONSTRUCTION_WEIGHT, delg_local_losses
-from glocal.train.loop import ImageCache, TrainResult, freeze_batchnorm, readable
+from glocal.train.loop import TrainResult, freeze_batchnorm
 from glocal.train.margins import MARGIN_LOSSES, MarginHead
 from glocal.train.tuples import mean_average_precision
+from glocal.train.vitgal_losses import vitgal_local_losses
 
 STATE_FORMAT = "glocal/train-classification-state/1"
 LOG_FIELDS = ("step", "epoch", "loss", "global_loss", "attention_loss", "reconstruction_loss", "accuracy",
@@ -86,12 +103,18 @@ class ClassifyConfig:
     eval_every: int = 0
     seed: int = 0
     device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
+    workers: int = DEFAULT_WORKERS
+    cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
+        if self.amp not in runtime.AMP_CHOICES:
+            raise BadOptionError(f"--amp must be one of {', '.join(runtime.AMP_CHOICES)}, got {self.amp!r}")
         for name in ("steps", "batch", "accumulate", "image_size"):
             if getattr(self, name) < 1:
                 raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "eval_every"):
+        for name in ("checkpoint_every", "eval_every", "workers", "cache_images"):
             if getattr(self, name) < 0:
                 raise BadOptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.loss not in MARGIN_LOSSES:
@@ -107,7 +130,8 @@ class ClassifyConfig:
 
 class ClassificationTask(nn.Module):
     """A DELG / DOLG / ViTGaL network with its training heads: the margin classifier on the global
-    embedding and, for DELG, the attention classifier (module docstring)."""
+    embedding and, for DELG and ViTGaL, the classifier of the local branch (DELG: of the attention-pooled
+    reconstruction; ViTGaL: of the autoencoder's class-attention CLS token) (module docstring)."""
 
     def __init__(self, model: nn.Module, num_classes: int, config: ClassifyConfig) -> None:
         super().__init__()
@@ -124,8 +148,9 @@ class ClassificationTask(nn.Module):
             model.config.arcface_margin if config.loss == "arcface" else COSFACE_MARGIN)
         scale = config.scale if config.scale is not None else model.config.arcface_scale
         self.head = MarginHead(dim, num_classes, config.loss, margin, scale, config.learn_scale)
-        self.attention_classifier = (nn.Linear(model.autoencoder.encoder.in_channels, num_classes)
-                                     if isinstance(model, Delg) else None)
+        local_dim = (model.autoencoder.encoder.in_channels if isinstance(model, Delg) else
+                     model.autoencoder.decoder.out_features if isinstance(model, Vitgal) else 0)
+        self.attention_classifier = nn.Linear(local_dim, num_classes) if local_dim else None
         if config.freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
@@ -155,15 +180,17 @@ class ClassificationTask(nn.Module):
         (:meth:`maps`) when already computed (``x`` is then not used)."""
         m, cfg = self.model, self.config
         out: dict[str, Tensor | float] = {"accuracy": math.nan}
-        emb = None
-        if isinstance(m, Vitgal):
-            emb = m.features(x).cls
+        emb = tokens = None
+        if isinstance(m, Vitgal):  # global_weight 0: the paper's autoencoder stage, the network frozen
+            with torch.no_grad() if cfg.global_weight == 0 else contextlib.nullcontext():
+                feats = m.features(x)
+            emb, tokens = (feats.cls if cfg.global_weight > 0 else None), feats.local
         else:
             maps = self.maps(x) if maps is None else maps
             if cfg.global_weight > 0:
                 emb = m.global_prelogits(maps[STRIDE32]) if isinstance(m, Delg) else \
                     m.fusion_parts_from_features(maps)["embedding"]
-        zero = (emb if emb is not None else maps[STRIDE16]).new_zeros(())
+        zero = (emb if emb is not None else tokens if tokens is not None else maps[STRIDE16]).new_zeros(())
         out.update({"global": zero, "attention": zero, "reconstruction": zero})
         total = zero
         if cfg.global_weight > 0 and emb is not None:
@@ -171,8 +198,9 @@ class ClassificationTask(nn.Module):
             out["global"] = self.head.loss(emb, labels)
             out["accuracy"] = self.head.accuracy(emb.detach(), labels)
             total = total + cfg.global_weight * out["global"]
-        if isinstance(m, Delg) and self.attention_classifier is not None:
-            local = delg_local_losses(m, maps[STRIDE16].float(), labels, self.attention_classifier)
+        if self.attention_classifier is not None:
+            local = (delg_local_losses(m, maps[STRIDE16].float(), labels, self.attention_classifier)
+                     if isinstance(m, Delg) else vitgal_local_losses(m, tokens.float(), labels, self.attention_classifier))
             out["attention"], out["reconstruction"] = local.attention, local.reconstruction
             if cfg.global_weight == 0:
                 out["accuracy"] = local.accuracy
@@ -187,31 +215,12 @@ class ClassificationTask(nn.Module):
         return F.normalize(out.float(), dim=1)
 
 
-class _Batches:
-    """Square tensors of the training images, batches in a seeded order, re-shuffled every epoch."""
-
-    def __init__(self, cache: ImageCache, preprocessing: str, size: int, device: torch.device) -> None:
-        self.cache, self.size, self.device = cache, size, device
-        self.prep = preprocessing_by_name(preprocessing)
-        self._maps: dict[int, dict[str, Tensor]] = {}
-
-    def maps(self, indices: list[int], task: ClassificationTask) -> dict[str, Tensor]:
-        """The frozen backbone's maps of the images, each computed once (eval mode, no gradient)."""
-        todo = [i for i in indices if i not in self._maps]
-        if todo:
-            was = task.training
-            task.model.backbone.eval()
-            with torch.no_grad():
-                for i in todo:
-                    self._maps[i] = {k: v.float() for k, v in task.maps(self.tensor([i])).items()}
-            task.train(was)
-        return {k: torch.cat([self._maps[i][k] for i in indices]) for k in self._maps[indices[0]]}
-
-    def tensor(self, indices: list[int]) -> Tensor:
-        xs = [F.interpolate(image_to_tensor(self.cache.pixels(i), self.prep, self.device), size=(self.size, self.size),
-                            mode="bilinear", align_corners=False) for i in indices]
-        x = torch.cat(xs)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+def _describe_all(task: ClassificationTask, batches: SquareBatches, n: int) -> Tensor:
+    """Global descriptors of images 0..n-1 of ``batches`` (an unreadable image's: a zero row)."""
+    rows: list[Tensor | None] = [task.describe(batches.tensor([i])) if p is not None else None
+                                 for i, p in batches.loader.stream(range(n))]
+    dim = next((r.shape[1] for r in rows if r is not None), 1)
+    return torch.cat([r if r is not None else torch.zeros(1, dim, device=batches.device) for r in rows])
 
 
 def _optimizer(task: ClassificationTask, config: ClassifyConfig) -> torch.optim.Optimizer:
@@ -224,19 +233,25 @@ def _optimizer(task: ClassificationTask, config: ClassifyConfig) -> torch.optim.
 def train_classification(network: nn.Module, preprocessing: str, train: TrainingSet, held_out: TrainingSet | None,
                          config: ClassifyConfig, run: str | Path, resume: bool = False,
                          progress: Progress = no_progress,
-                         on_log: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                         on_log: Callable[[dict[str, float]], None] | None = None,
+                         say: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``network`` (a DELG / DOLG / ViTGaL model, in place) on the classes of ``train`` (module
-    docstring); ``held_out``: classes for the evaluation hook (global mAP); ``run``: the run folder."""
+    docstring); ``held_out``: classes for the evaluation hook (global mAP); ``run``: the run folder; ``say``:
+    where one-line notes go (options ignored on this device, files found unreadable), default stderr."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
+    say = say or runtime._stderr
     device = torch.device(config.device)
-    train, cache = readable(train, config.image_size)
+    precision = runtime.resolve_precision(config.amp, config.channels_last, device)
+    for note in precision.notes:
+        say(note)
+    train = readable(train, config.workers)
     problems = list(train.problems)
     if held_out is not None and len(held_out.anchors()):
-        held_out, eval_cache = readable(held_out, config.image_size)
+        held_out = readable(held_out, config.workers)
         problems += [p for p in held_out.problems if p not in problems]
     else:
-        held_out, eval_cache = None, None
+        held_out = None
     labelled = np.flatnonzero(train.labels >= 0)
     classes = np.unique(train.labels[labelled])
     if len(classes) < 2:
@@ -250,12 +265,16 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
         torch.manual_seed(config.seed)
         task = ClassificationTask(network, len(classes), config)
     task.to(device)
-    if device.type == "cuda":
+    if precision.channels_last:
         task.to(memory_format=torch.channels_last)
     optimizer = _optimizer(task, config)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    batches = _Batches(cache, preprocessing, config.image_size, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler_enabled)
+    skipped: dict[str, str] = {}  # files found unreadable during the run (batches.ImageLoader)
+    loaders = [ImageLoader(d.files, config.image_size, config.cache_images, config.workers, say, skipped)
+               for d in (train, held_out) if d is not None]
+    batches, eval_batches = (SquareBatches(lo, preprocessing, config.image_size, device, precision.channels_last)
+                             for lo in (loaders[0], loaders[-1]))
     step, epoch, position = 0, 0, 0
     order = np.zeros(0, dtype=np.int64)
     history: list[dict[str, float]] = []
@@ -267,20 +286,29 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
         step, epoch, position = restore_optimisation(state, optimizer, scheduler, scaler, generator, device)
         order = state["order"].numpy().copy()
         history = [dict(r) for r in state["history"]]
+        skipped.update(state.get("skipped", {}))
 
     def evaluate() -> float:
-        if held_out is None or eval_cache is None:
+        if held_out is None:
             return math.nan
         task.eval()
-        eval_batches = _Batches(eval_cache, preprocessing, config.image_size, device)
-        desc = torch.cat([task.describe(eval_batches.tensor([i])) for i in range(len(held_out))])
+        with precision.context(device):
+            desc = _describe_all(task, eval_batches, len(held_out))
         return mean_average_precision(desc, held_out)
+
+    def frozen_maps(x: Tensor) -> dict[str, Tensor]:  # the frozen backbone in eval mode, no gradient
+        was = task.training
+        task.model.backbone.eval()
+        with torch.no_grad():
+            out = task.maps(x)
+        task.train(was)
+        return out
 
     def snapshot() -> dict:
         return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
                 "order": torch.from_numpy(order), "task": task.state_dict(),
                 **optimisation_state(optimizer, scheduler, scaler, generator, device),
-                "history": history, "config": dataclasses.asdict(config)}
+                "history": history, "skipped": dict(skipped), "config": dataclasses.asdict(config)}
 
     def log(row: dict[str, float]) -> None:
         history.append(row)
@@ -299,7 +327,16 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
             position = 0
         rows = order[position:position + config.batch]
         position += len(rows)
+        batches.loader.prefetch(order[position:position + config.batch])  # decoded while this batch trains
         return [int(i) for i in rows]
+
+    def next_readable_batch() -> list[int]:
+        """The next batch without its unreadable images (a batch with none readable is passed over)."""
+        for _ in range(len(labelled) + 1):
+            ids = batches.take(next_batch(), with_cached_maps=task.caches_maps)
+            if ids:
+                return ids
+        raise BadInputError(f"{train.source}: none of the training images can be read")
 
     params = [p for p in task.parameters() if p.requires_grad]
     advance = progress("training", config.steps - step)
@@ -310,11 +347,11 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
         sums = {"total": 0.0, "global": 0.0, "attention": 0.0, "reconstruction": 0.0}
         accuracy, images = [], 0
         for _ in range(config.accumulate):
-            ids = next_batch()
+            ids = next_readable_batch()
             labels = torch.tensor([number[int(train.labels[i])] for i in ids], device=device)
-            maps = batches.maps(ids, task) if task.caches_maps else None
+            maps = batches.maps(ids, frozen_maps) if task.caches_maps else None
             x = batches.tensor(ids) if maps is None else None
-            with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            with precision.context(device):
                 parts = task.losses(x, labels, maps)
             scaler.scale(parts["total"] / config.accumulate).backward()
             for k in sums:
@@ -341,5 +378,7 @@ def train_classification(network: nn.Module, preprocessing: str, train: Training
             save_state(run, step, snapshot())
             csv_log.write_csv(history)
     csv_log.write_csv(history)
+    for lo in loaders:
+        lo.close()
     task.eval()
-    return TrainResult(network, history, step, problems)
+    return TrainResult(network, history, step, with_skipped(problems, skipped))

@@ -34,7 +34,8 @@ def classify_config(train: dict[str, Any]) -> ClassifyConfig:
 def run_classification(spec: Any, run_settings: Any, run: str | Path, model_card: Callable[..., dict[str, Any]],
                        resume: bool = False, steps: int | None = None, progress: Progress = no_progress,
                        on_log: Callable[[dict[str, float]], None] | None = None,
-                       on_data: Callable[[Any], None] | None = None) -> tuple[Path, list[tuple[str, str]]]:
+                       on_data: Callable[[Any], None] | None = None,
+                       say: Callable[[str], None] | None = None) -> tuple[Path, list[tuple[str, str]]]:
     """:func:`glocal.train.session.train_method` for a classification method (same arguments and result;
     ``run_settings`` a :class:`glocal.train.session.RunSettings`); ``model_card``: the session's
     :func:`~glocal.train.session.model_card` (passed in: this module does not import the session)."""
@@ -53,6 +54,6 @@ def run_classification(spec: Any, run_settings: Any, run: str | Path, model_card
         run_settings.train = dataclasses.asdict(config)
         run_settings.save(run)
     result = train_classification(extractor.model, resolved_preprocessing(options.extractor), train, held_out, config,
-                                  run, resume=resume, progress=progress, on_log=on_log)
+                                  run, resume=resume, progress=progress, on_log=on_log, say=say)
     card = model_card(spec, options, run_settings, config, data, train, held_out, result)
     return export_model(result.network, run, card), result.problems

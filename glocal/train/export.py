@@ -65,7 +65,7 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"- regime: {card.get('regime', '?')}; steps: {card.get('steps', '?')}; "
              f"started from: {card.get('init') or 'the method defaults'}",
              f"- data: {data.get('source', '?')}: {data.get('images', '?')} images, {data.get('classes', '?')} "
-             f"classes, {data.get('skipped', 0)} files skipped, {data.get('single_image_classes', 0)} "
+             f"classes, {len(card.get('skipped_files', ())) or data.get('skipped', 0)} files skipped, {data.get('single_image_classes', 0)} "
              "single-image classes",
              f"- held out: {card.get('held_out', {}).get('classes', 0)} classes",
              f"- command: `{card.get('command', '')}`", "", "## Held-out mAP", ""]

@@ -16,7 +16,9 @@ held-out mAP on evaluation steps: every ``eval_every`` steps, at step 0 and at t
 time spent mining), also as TensorBoard event files in ``RUN/tensorboard/`` when ``tensorboard`` is installed.
 On CUDA, options: mixed precision (``amp``: bf16, or fp16 autocast with a gradient scaler) and channels_last; on
 the CPU they are ignored with a note (plain float32). Under ``torchrun``: DistributedDataParallel, the tuples
-sharded over the ranks, rank 0 alone writing (:mod:`glocal.train.runtime`).
+sharded over the ranks, rank 0 alone writing (:mod:`glocal.train.runtime`). Images are read per batch on
+``workers`` threads with at most ``cache_images`` kept; files found unreadable are reported once and skipped
+(:mod:`glocal.train.batches`).
 """
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from glocal.errors import BadInputError, BadOptionError
-from glocal.io.images import ImageReadError, load_image
 from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
+from glocal.train.batches import DEFAULT_CACHE_IMAGES, DEFAULT_WORKERS, ImageLoader, readable, with_skipped
 from glocal.train.checkpointing import (
     latest_state,
     optimisation_state,
@@ -71,6 +73,8 @@ class TrainConfig:
     device: str = "cpu"
     amp: str = "none"
     channels_last: bool = False
+    workers: int = DEFAULT_WORKERS
+    cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
         if self.amp not in runtime.AMP_CHOICES:
@@ -78,7 +82,8 @@ class TrainConfig:
         for name in ("steps", "batch", "accumulate", "image_size"):
             if getattr(self, name) < 1:
                 raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every"):
+        for name in ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every", "workers",
+                     "cache_images"):
             if getattr(self, name) < 0:
                 raise BadOptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.frozen_fraction < 1.0:
@@ -99,44 +104,6 @@ class TrainResult:
     def evaluations(self) -> list[tuple[int, float]]:
         """(step, held-out mAP) of every evaluation."""
         return [(int(r["step"]), r["eval_map"]) for r in self.history if not math.isnan(r.get("eval_map", math.nan))]
-
-
-class ImageCache:
-    """Images of a training set loaded once (longest side ``max_side``) and kept as uint8 pixels."""
-
-    def __init__(self, data: TrainingSet, max_side: int) -> None:
-        self.data, self.max_side = data, max_side
-        self._pixels: dict[int, np.ndarray] = {}
-
-    def check(self) -> list[tuple[str, str]]:
-        """Load every image; the unreadable ones as ``(path, reason)``."""
-        bad = []
-        for i, path in enumerate(self.data.files):
-            try:
-                self.pixels(i)
-            except ImageReadError as exc:
-                bad.append((str(path), exc.reason))
-        return bad
-
-    def pixels(self, i: int) -> np.ndarray:
-        if i not in self._pixels:
-            self._pixels[i] = load_image(self.data.files[i], max_side=self.max_side).pixels
-        return self._pixels[i]
-
-
-def readable(data: TrainingSet, max_side: int) -> tuple[TrainingSet, ImageCache]:
-    """``data`` without the images that cannot be loaded (added to its problems), and their cache."""
-    cache = ImageCache(data, max_side)
-    bad = cache.check()
-    if not bad:
-        return data, cache
-    bad_paths = {p for p, _ in bad}
-    kept = [i for i, f in enumerate(data.files) if str(f) not in bad_paths]
-    clean = data.subset(kept)
-    clean.problems = data.problems + bad
-    new_cache = ImageCache(clean, max_side)
-    new_cache._pixels = {k: cache._pixels[old] for k, old in enumerate(kept)}
-    return clean, new_cache
 
 
 class _Runner:
@@ -162,14 +129,33 @@ class _Runner:
             return module([self.tensor(p) for p in pixels]).float()
 
     @torch.no_grad()
-    def describe(self, cache: ImageCache, indices: Sequence[int]) -> Tensor:
+    def describe(self, loader: ImageLoader, indices: Sequence[int]) -> Tensor:
+        """L2-normalised descriptors of the images; an unreadable one's is a zero row (never a positive; as a
+        mined negative it is left out of its tuple)."""
         was_training = self.network.training
         self.network.eval()
-        out = torch.cat([normalised(self.forward(cache.pixels(int(i)))) for i in indices])
+        rows = [normalised(self.forward(p)) if p is not None else None for _, p in loader.stream(indices)]
+        dim = next((r.shape[1] for r in rows if r is not None), 1)
+        out = torch.cat([r if r is not None else torch.zeros(1, dim, device=self.device) for r in rows])
         self.network.train(was_training)
         if was_training:
             freeze_batchnorm(self.network)
         return out
+
+
+def _tuple_pixels(loader: ImageLoader, row: np.ndarray) -> tuple[list[np.ndarray] | None, float]:
+    """The pixels of a tuple's readable images and the weight of its loss; ``None`` (weight 0) when its query or
+    positive is unreadable (an unreadable negative is left out)."""
+    pixels = loader.many([int(i) for i in row if i >= 0])
+    if pixels[0] is None or pixels[1] is None:
+        return None, 0.0
+    return [p for p in pixels if p is not None], 1.0
+
+
+def _blank_tuple(size: int) -> list[np.ndarray]:
+    """Two black images: under DDP a rank whose tuple is unusable still runs a forward and backward (with loss
+    weight 0) so that the ranks' gradient all-reduces stay in step."""
+    return [np.zeros((min(size, 64), min(size, 64), 3), np.uint8)] * 2
 
 
 def freeze_batchnorm(network: nn.Module) -> None:
@@ -209,13 +195,13 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     precision = runtime.resolve_precision(config.amp, config.channels_last, device)
     for note in precision.notes if ranks.main else ():
         (say or runtime._stderr)(note)
-    train, cache = readable(train, config.image_size)
+    train = readable(train, config.workers)
     problems = list(train.problems)
     if held_out is not None and len(held_out.anchors()):
-        held_out, eval_cache = readable(held_out, config.image_size)
+        held_out = readable(held_out, config.workers)
         problems += [p for p in held_out.problems if p not in problems]
     else:
-        held_out, eval_cache = None, None
+        held_out = None
     if len(train.anchors()) == 0:
         raise BadInputError(f"{train.source}: no class has two readable images; nothing to train on")
 
@@ -229,6 +215,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler_enabled)
     runner = _Runner(network, preprocessing, device, precision)
+    skipped: dict[str, str] = {}  # files found unreadable during the run (batches.ImageLoader)
     step, epoch, position = 0, 0, 0
     tuples: Tuples | None = None
     history: list[dict[str, float]] = []
@@ -239,19 +226,25 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         step, epoch, position = restore_optimisation(state, optimizer, scheduler, scaler, generator, device)
         tuples = Tuples(state["tuples"].numpy().copy()) if state["tuples"].numel() else None
         history = [dict(r) for r in state["history"]]
+        skipped.update(state.get("skipped", {}))
+    loaders = [ImageLoader(d.files, config.image_size, config.cache_images, config.workers,
+                           say=(say or runtime._stderr) if ranks.main else None, skipped=skipped)
+               for d in (train, held_out) if d is not None]
+    loader, eval_loader = loaders[0], loaders[-1]
     module = runtime.wrap(network, ranks, device)  # after any resume: DDP copies rank 0's weights to every rank
     log = runtime.RunLog(run, LOG_FIELDS, enabled=ranks.main, say=say)
 
     def evaluate() -> float:
         if held_out is None or not ranks.main:
             return math.nan
-        return mean_average_precision(runner.describe(eval_cache, range(len(held_out))), held_out)
+        return mean_average_precision(runner.describe(eval_loader, range(len(held_out))), held_out)
 
     def snapshot() -> dict:
         return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
                 "tuples": torch.from_numpy(tuples.rows) if tuples is not None else torch.zeros(0, dtype=torch.int64),
                 "model": network.state_dict(),
-                **optimisation_state(optimizer, scheduler, scaler, generator, device), "history": history, "config": dataclasses.asdict(config)}
+                **optimisation_state(optimizer, scheduler, scaler, generator, device), "history": history,
+                "skipped": dict(skipped), "config": dataclasses.asdict(config)}
 
     if step == 0 and config.eval_every and held_out is not None:
         row = {"step": 0, "epoch": 0, "loss": math.nan, "lr": config.lr, "images_per_s": math.nan,
@@ -268,13 +261,16 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         if tuples is None or position >= len(runtime.shard(tuples.rows, ranks)):
             t_mine = time.perf_counter()
             epoch += 1
-            mined = mine_tuples(train, lambda ids: runner.describe(cache, ids), config.negatives, generator,
+            mined = mine_tuples(train, lambda ids: runner.describe(loader, ids), config.negatives, generator,
                                 config.queries_per_epoch, config.pool_size) if ranks.main else None
             tuples = runtime.broadcast(mined, ranks)
             position = 0
             mining[0] += time.perf_counter() - t_mine
         rows = runtime.shard(tuples.rows, ranks)[position:position + config.batch]
         position += len(rows)
+        upcoming = runtime.shard(tuples.rows, ranks)[position:position + config.batch]
+        for batch_rows in (rows, upcoming):  # the next batch is decoded while this one trains
+            loader.prefetch(int(i) for i in batch_rows.ravel() if i >= 0)
         return rows
 
     network.train()
@@ -287,15 +283,18 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         for micro in range(config.accumulate):
             rows = next_tuples()
             for k, row in enumerate(rows):
-                ids = [int(i) for i in row if i >= 0]
+                pixels, weight = _tuple_pixels(loader, row)
+                if pixels is None and not ranks.distributed:
+                    continue  # its query or positive is unreadable (reported by the loader)
                 with runtime.no_sync(module, micro == config.accumulate - 1 and k == len(rows) - 1):
-                    desc = normalised(runner.forward_tuple(module, [cache.pixels(i) for i in ids]))
-                    loss = tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
+                    desc = normalised(runner.forward_tuple(module, pixels or _blank_tuple(config.image_size)))
+                    loss = weight * tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
                     scaler.scale(loss).backward()
                 total += float(loss.detach())
-                images += len(ids) * ranks.world
-        scaler.step(optimizer)
-        scaler.update()
+                images += len(pixels or ()) * ranks.world
+        if images or ranks.distributed:  # (not when every tuple of the step was unreadable)
+            scaler.step(optimizer)
+            scaler.update()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         step += 1
@@ -316,6 +315,8 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
             log.write_csv(history)
     log.write_csv(history)
     log.close()
+    for lo in loaders:
+        lo.close()
     runtime.finish(ranks, started)
     network.eval()
-    return TrainResult(network, history, step, problems)
+    return TrainResult(network, history, step, with_skipped(problems, skipped))

@@ -97,7 +97,8 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
     if spec.training == "classification":
         from glocal.train.classification_run import run_classification
 
-        return run_classification(spec, run_settings, run, model_card, resume, steps, progress, on_log, on_data)
+        return run_classification(spec, run_settings, run, model_card, resume, steps, progress, on_log, on_data,
+                                  say)
     run = Path(run)
     train_dict = dict(run_settings.train)
     if steps is not None:
