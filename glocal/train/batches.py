@@ -134,6 +134,13 @@ class ImageLoader:
             if i not in self._pending and self.files[i] not in self.skipped and self.cache.get(i) is None:
                 self._pending[i] = self._pool.submit(self._decode, i)
 
+    def discard(self, indices: Iterable[int]) -> None:
+        """Forget the decodes started for ``indices`` (asked ahead but not needed after all)."""
+        for i in indices:
+            future = self._pending.pop(int(i), None)
+            if future is not None:
+                future.cancel()
+
     def get(self, i: int) -> np.ndarray | None:
         """The pixels of image ``i``; None when it is unreadable (reported the first time)."""
         i = int(i)
@@ -203,6 +210,7 @@ class SquareBatches:
     def take(self, ids: Sequence[int], with_cached_maps: bool = False) -> list[int]:
         """The readable images of a batch, their pixels decoded now (not those whose maps are cached)."""
         need = [i for i in ids if not (with_cached_maps and self._maps.get(i) is not None)]
+        self.loader.discard(set(ids) - set(need))
         got = dict(zip(need, self.loader.many(need)))
         self._batch = {i: p for i, p in got.items() if p is not None}
         return [i for i in ids if got.get(i, True) is not None]

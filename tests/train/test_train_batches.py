@@ -155,3 +155,19 @@ def test_classification_cli_file_breaking_mid_run(shapes: Path, tmp_path: Path) 
     assert "1 files skipped" in (run / "MODEL_CARD.md").read_text()
     state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
     assert list(state["skipped"]) == [str(victim)]
+
+
+def test_images_asked_ahead_but_not_needed_are_not_kept(shapes: Path) -> None:
+    """A frozen backbone's cached maps make an image's pixels unneeded: its decode asked ahead is dropped."""
+    from glocal.train.batches import SquareBatches
+
+    files = sorted(shapes.glob("class0/*.png"))
+    with ImageLoader(files, 40, cache_images=8, workers=1) as loader:
+        sq = SquareBatches(loader, "imagenet", 32, torch.device("cpu"))
+        ids = [0, 1, 2]
+        assert sq.take(ids, with_cached_maps=True) == ids
+        sq.maps(ids, lambda x: {"m": x.mean(dim=(2, 3))})
+        loader.prefetch(ids)  # cached pixels: nothing started
+        loader.cache = Lru(0)
+        loader.prefetch(ids)
+        assert sq.take(ids, with_cached_maps=True) == ids and not loader._pending
