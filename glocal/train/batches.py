@@ -115,7 +115,6 @@ class ImageLoader:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="glocal-images") if workers > 0 else None
         self._pending: dict[int, Future] = {}
         self.skipped = skipped if skipped is not None else {}
-        self.decoded = 0  # images decoded so far (tests, statistics)
 
     def _decode(self, i: int) -> np.ndarray | str:
         try:
@@ -151,7 +150,6 @@ class ImageLoader:
             return pixels
         future = self._pending.pop(i, None)
         got = future.result() if future is not None else self._decode(i)
-        self.decoded += 1
         if isinstance(got, str):
             self.skipped[self.files[i]] = got
             if self.say is not None:

@@ -130,8 +130,8 @@ class _Runner:
 
     @torch.no_grad()
     def describe(self, loader: ImageLoader, indices: Sequence[int]) -> Tensor:
-        """L2-normalised descriptors of the images; an unreadable one's is a zero row (never a positive; as a
-        mined negative it is left out of its tuple)."""
+        """L2-normalised descriptors of the images; an unreadable one's is a zero row (its tuple is dropped when
+        it is the query or the positive; as a mined negative it is left out of its tuple)."""
         was_training = self.network.training
         self.network.eval()
         rows = [normalised(self.forward(p)) if p is not None else None for _, p in loader.stream(indices)]
