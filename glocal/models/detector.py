@@ -30,6 +30,7 @@ they must be retrained (none was ever published).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -271,14 +272,15 @@ class LandmarkDetector(nn.Module):
         return Detections(np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(scores, np.float32))
 
 
-def save_detector(detector: LandmarkDetector, path: str | Path) -> None:
+def save_detector(detector: LandmarkDetector, path: str | Path, card: dict | None = None) -> None:
     """Write ``detector`` as ``{"format": "glocal/detector/2", "config", "state_dict"}`` (CPU tensors; the
-    config without its checkpoint and device)."""
+    config without its checkpoint and device), with ``"card"``: the JSON text of ``card`` when given."""
     config = asdict(replace(detector.config, checkpoint=None))
     config.pop("device")
     state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "config": config, "state_dict": state}, Path(path))
+    extra = {"card": json.dumps(card)} if card is not None else {}
+    torch.save({"format": FORMAT, "config": config, "state_dict": state, **extra}, Path(path))
 
 
 def _legacy(path: str | Path, what: str) -> CheckpointError:
