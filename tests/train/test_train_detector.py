@@ -1,0 +1,159 @@
+"""``glocal train d2r`` (the ``detector`` regime): two steps on generated box images through the CLI give a file
+that ``glocal index build --regions detector --detector FILE`` uses and whose index searches; a run stopped after
+step 1 and resumed ends with the same weights, bit for bit; a bad box file is one line (exit 3); missing and
+unreadable images are listed and training goes on (exit 1)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+from glocal.cli.main import app  # noqa: E402
+from glocal.methods import get  # noqa: E402
+from glocal.models.detector import LandmarkDetector  # noqa: E402
+from glocal.train.detector_data import synthetic_box_images  # noqa: E402
+from glocal.train.detector_loop import DetectorTrainConfig, box_metrics  # noqa: E402
+from glocal.train.detector_run import build_detector  # noqa: E402
+from glocal.train.session import RunSettings, train_method  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+#: a small random-trunk detector at 96-px images: seconds per run on one thread
+TINY = ["--image-size", "96", "--batch", "2", "--set", "head_width=16", "--set", "head_depth=1",
+        "--set", "pretrained_backbone=false", "--set", "score_threshold=0.0", "--set", "min_box_size=1"]
+TINY_SETTINGS = {"head_width": 16, "head_depth": 1, "pretrained_backbone": False, "score_threshold": 0.0,
+                 "min_box_size": 1}
+
+
+def write_boxes(root: Path, n: int = 5) -> Path:
+    """``n`` generated images (a bright rectangle on noise) as ``root/imK.png`` and their ``boxes.csv``."""
+    root.mkdir(parents=True, exist_ok=True)
+    images, anns = synthetic_box_images(n, seed=1)
+    rows = ["id,x1,y1,x2,y2"]
+    for ann in anns:
+        Image.fromarray(images[ann.image_id]).save(root / f"{ann.image_id}.png")
+        rows.append(",".join([ann.image_id, *(str(int(v)) for v in ann.boxes[0])]))
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+    return root / "boxes.csv"
+
+
+def test_cli_trains_two_steps_and_the_index_uses_the_file(tmp_path: Path) -> None:
+    boxes = write_boxes(tmp_path / "photos")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "d2r", "--data", str(boxes), "--out", str(run), "--steps", "2",
+                                   "--eval-every", "2", "--eval-fraction", "0.4", *TINY])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines()[-1] == str(run / "model.pt")
+    assert "data: 5 images, 5 boxes" in res.stderr and "images/s" in res.stderr and "held-out IoU" in res.stderr
+    rows = (run / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,epoch,loss") and len(rows) == 1 + 3  # step-0 evaluation, steps 1 and 2
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["regime"] == "detector" and card["steps"] == 2 and card["held_out"] == {"images": 2}
+    assert [e[0] for e in card["evaluations"]] == [0, 2] and all(0 <= e[1] <= 1 for e in card["evaluations"])
+    assert "glocal train d2r" in card["command"] and "mean IoU" in (run / "MODEL_CARD.md").read_text()
+    detector = LandmarkDetector.from_checkpoint(run / "model.pt")
+    assert detector.config.head_width == 16 and detector.config.input_size == 96  # kept inside [48, 96]
+    glx = tmp_path / "d2r.glx"
+    built = CliRunner().invoke(app, ["index", "build", str(tmp_path / "photos"), "--out", str(glx), "--method", "d2r",
+                                     "--regions", "detector", "--detector", str(run / "model.pt"),
+                                     "--set", "codebook_size=16"], env={"GLOCAL_PROGRESS": "0"})
+    assert built.exit_code == 0, built.output
+    from glocal.index.collection import Collection
+
+    with Collection.open(glx) as c:
+        assert all(f.regions is not None for f in c.features)
+    found = CliRunner().invoke(app, ["search", str(glx), str(tmp_path / "photos" / "im0.png"), "--top", "3"],
+                               env={"GLOCAL_PROGRESS": "0"})
+    assert found.exit_code == 0, found.output
+    assert found.stdout.splitlines()[1].split("\t")[1] == "im0.png"  # the query itself ranks first
+
+
+def _settings(boxes: Path, steps: int) -> RunSettings:
+    train = {"steps": steps, "batch": 2, "image_size": 96, "checkpoint_every": 1, "seed": 3}
+    return RunSettings(method="d2r", data=str(boxes), settings=dict(TINY_SETTINGS), train=train, eval_fraction=0.25,
+                       command="test")
+
+
+def test_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
+    boxes = write_boxes(tmp_path / "photos", n=4)
+    spec = get("d2r")
+    whole, _ = train_method(spec, _settings(boxes, 2), tmp_path / "whole")
+    train_method(spec, _settings(boxes, 1), tmp_path / "cut")
+    resumed, _ = train_method(spec, RunSettings.load(tmp_path / "cut"), tmp_path / "cut", resume=True, steps=2)
+    a = torch.load(whole, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = torch.load(tmp_path / "cut" / "checkpoints" / "step-0000001.pt", weights_only=True)["model"]
+    assert any(not torch.equal(first[k], a[k]) for k in a)  # step 2 changed the weights
+    # --init RUN starts from that run's exported detector
+    config = DetectorTrainConfig(image_size=96)
+    again, init = build_detector({"checkpoint": str(tmp_path / "whole")}, config, lambda line: None)
+    assert init == str(tmp_path / "whole" / "model.pt")
+    assert all(torch.equal(v, a[k]) for k, v in again.state_dict().items() if k in a)
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("boxes.csv", "id,x1,y1,x2,y2\nim0,1,2,30,40\nim1,9,9,3,40\n", "boxes.csv line 3: empty or inverted box"),
+    ("boxes.csv", "id,x1,y1,x2,y2\nim0,1,2,x,40\n", "boxes.csv line 2: box '1 2 x 40' is not numeric"),
+    ("boxes.csv", "id,x1,y1,x2,y2\n,1,2,30,40\n", "boxes.csv line 2: empty image id"),
+    ("boxes.csv", "name,left,top\n", "boxes.csv: the first column must be 'id'"),
+    ("boxes.json", '{"layout": "gld", "boxes": [{"id": "im0", "box": [0.1, 0.1, 1.7, 0.9]}]}',
+     "boxes.json record 0: gld boxes are normalised to [0, 1]"),
+    ("boxes.json", '[{"id": "im0", "box": "1 2 3 4"}]', "boxes.json record 0: expected {'id': ..., 'box'"),
+])
+def test_bad_box_file_is_one_line_exit_3(tmp_path: Path, name: str, text: str, message: str) -> None:
+    data = tmp_path / name
+    data.write_text(text)
+    res = CliRunner().invoke(app, ["train", "d2r", "--data", str(data), "--out", str(tmp_path / "r"), *TINY])
+    assert res.exit_code == 3, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {data.parent}/{message}"), lines
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_and_unreadable_images_are_listed_and_training_goes_on(tmp_path: Path) -> None:
+    boxes = write_boxes(tmp_path / "photos", n=4)
+    with boxes.open("a") as fh:
+        fh.write("gone,1,1,30,30\nbroken,1,1,30,30\n")
+    (tmp_path / "photos" / "broken.png").write_bytes(b"not an image")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "d2r", "--data", str(boxes), "--out", str(run), "--steps", "1",
+                                   "--eval-fraction", "0", *TINY])
+    assert res.exit_code == 1, res.output
+    assert res.stdout.strip().splitlines()[-1] == str(run / "model.pt") and (run / "model.pt").is_file()
+    skipped = sorted(line for line in res.stderr.splitlines() if line.startswith("skipped"))
+    assert len(skipped) == 2 and "broken.png" in skipped[0] and "gone" in skipped[1] and "missing" in skipped[1]
+    assert "2 files skipped (missing or unreadable)" in res.stderr and "data: 4 images, 4 boxes" in res.stderr
+    assert json.loads((run / "model_card.json").read_text())["data"]["skipped"] == 2
+
+
+def test_options_of_other_regimes_and_unknown_detector_settings_are_refused(tmp_path: Path) -> None:
+    boxes = write_boxes(tmp_path / "photos", n=2)
+    for extra, words in ((["--negatives", "3"], "--negatives: not a setting of the detector regime"),
+                         (["--set", "colour=3"], "--set colour: not a detector setting")):
+        res = CliRunner().invoke(app, ["train", "d2r", "--data", str(boxes), "--out", str(tmp_path / "r"), *extra])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip().startswith("error: " + words), res.stderr
+
+
+def test_box_metrics() -> None:
+    truth = [np.array([[0, 0, 10, 10]], np.float32), np.array([[0, 0, 20, 20]], np.float32)]
+    perfect = [(t, np.ones(1, np.float32)) for t in truth]
+    assert box_metrics(perfect, truth) == (1.0, 1.0)
+    nothing = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))] * 2
+    assert box_metrics(nothing, truth) == (0.0, 0.0)
+    # a wrong box ranked first: precision 1/2 at the first hit, 2/3 at the second -> AP (1/2 + 2/3) / 2
+    found = [(np.array([[50, 50, 60, 60], [0, 0, 10, 10]], np.float32), np.array([0.9, 0.5], np.float32)),
+             (np.array([[0, 0, 20, 20]], np.float32), np.array([0.4], np.float32))]
+    iou, ap = box_metrics(found, truth)
+    assert iou == 1.0 and math.isclose(ap, (1 / 2 + 2 / 3) / 2)
+    # two detections of one box: the second is a false positive
+    twice = [(np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32), np.array([0.9, 0.8], np.float32))]
+    assert box_metrics(twice, truth[:1]) == (1.0, 1.0)
+    assert math.isnan(box_metrics([], [])[0])
