@@ -75,22 +75,23 @@ def test_cli_trains_two_steps_and_the_index_uses_the_file(tmp_path: Path) -> Non
 
 def _settings(boxes: Path, steps: int) -> RunSettings:
     train = {"steps": steps, "batch": 2, "image_size": 96, "checkpoint_every": 1, "seed": 3}
-    return RunSettings(method="d2r", data=str(boxes), settings=dict(TINY_SETTINGS), train=train, eval_fraction=0.25,
+    return RunSettings(method="d2r", data=str(boxes), settings=dict(TINY_SETTINGS), train=train, eval_fraction=0.2,
                        command="test")
 
 
 def test_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
-    boxes = write_boxes(tmp_path / "photos", n=4)
+    # 4 training images, batch 2: step 2 goes on in the order step 1 drew, step 3 draws the next epoch's
+    boxes = write_boxes(tmp_path / "photos", n=5)
     spec = get("d2r")
-    whole, _ = train_method(spec, _settings(boxes, 2), tmp_path / "whole")
+    whole, _ = train_method(spec, _settings(boxes, 3), tmp_path / "whole")
     train_method(spec, _settings(boxes, 1), tmp_path / "cut")
-    resumed, _ = train_method(spec, RunSettings.load(tmp_path / "cut"), tmp_path / "cut", resume=True, steps=2)
+    resumed, _ = train_method(spec, RunSettings.load(tmp_path / "cut"), tmp_path / "cut", resume=True, steps=3)
     a = torch.load(whole, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     first = torch.load(tmp_path / "cut" / "checkpoints" / "step-0000001.pt", weights_only=True)["model"]
-    assert any(not torch.equal(first[k], a[k]) for k in a)  # step 2 changed the weights
+    assert any(not torch.equal(first[k], a[k]) for k in a)  # steps 2 and 3 changed the weights
     # --init RUN starts from that run's exported detector
     config = DetectorTrainConfig(image_size=96)
     again, init = build_detector({"checkpoint": str(tmp_path / "whole")}, config, lambda line: None)
