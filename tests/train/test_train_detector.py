@@ -158,3 +158,43 @@ def test_box_metrics() -> None:
     twice = [(np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32), np.array([0.9, 0.8], np.float32))]
     assert box_metrics(twice, truth[:1]) == (1.0, 1.0)
     assert math.isnan(box_metrics([], [])[0])
+
+
+def test_readme_worked_example_runs_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's box example: its Python block writes the photos and box file, then every ``$`` line of the
+    console block after it runs and prints the lines the README shows (step lines: their step number)."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    after = readme.split("<!-- boxes-example -->\n```python\n", 1)[1]
+    block, rest = after.split("\n```", 1)
+    console = rest.split("```text\n", 1)[1].split("\n```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    commands: list[tuple[str, list[str]]] = []
+    for line in console.splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], []))
+        else:
+            commands[-1][1].append(line.split("  #")[0].rstrip())
+    assert len(commands) == 4, commands
+    for command, shown in commands:
+        output: list[str] = []
+        for part in command.split("; "):
+            words = shlex.split(part)
+            if words[0] == "python":
+                exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+            elif words[0] == "head":
+                output += Path(words[-1]).read_text().splitlines()[: int(words[1].lstrip("-"))]
+            elif words[0] == "printf":
+                with open(words[-1], "a") as fh:
+                    fh.write(words[1].replace("\\n", "\n"))
+            else:
+                assert words[0] == "glocal", part
+                res = CliRunner().invoke(app, words[1:], env={"GLOCAL_PROGRESS": "0"})
+                assert res.exit_code in (0, 3), res.output
+                output += res.stdout.splitlines() + res.stderr.splitlines()
+        for line in shown:
+            if line.startswith("step "):
+                assert any(o.split()[:4] == line.split()[:4] for o in output), line  # step N  epoch E
+            else:
+                assert line in output, (line, output)
