@@ -17,7 +17,9 @@ when installed, :class:`glocal.train.runtime.RunLog`), one row per step; the eva
 each true box with its best detected box (0 when nothing is detected: a collapse shows) and AP at IoU 0.5
 (:func:`box_metrics`). On CUDA: ``amp`` (bf16 / fp16 autocast) and channels_last. Under ``torchrun``:
 DistributedDataParallel; each step takes ``world x batch`` images of the order, rank ``r`` every ``world``-th
-from ``r``; rank 0 alone evaluates and writes.
+from ``r``; rank 0 alone evaluates and writes. Batch norms that train (a random trunk; a trained one keeps them
+frozen) are not synchronised: DDP sends rank 0's statistics to every rank before each forward, and rank 0's are
+exported.
 """
 from __future__ import annotations
 
@@ -274,9 +276,9 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
-            row = {**blank, "step": step, "epoch": epoch, "loss": runtime.mean_over_ranks(sums["loss"], ranks, device),
-                   "classification_loss": sums["classification"], "box_loss": sums["box"],
-                   "centerness_loss": sums["centerness"], "lr": lr,
+            mean = {k: runtime.mean_over_ranks(v, ranks, device) for k, v in sums.items()}  # the whole step's
+            row = {**blank, "step": step, "epoch": epoch, "loss": mean["loss"], "classification_loss": mean["classification"],
+                   "box_loss": mean["box"], "centerness_loss": mean["centerness"], "lr": lr,
                    "images_per_s": images / max(time.perf_counter() - t0, 1e-9)}
             if config.eval_every and held_out and (step % config.eval_every == 0 or step == config.steps):
                 row["eval_iou"], row["eval_ap50"] = evaluate()

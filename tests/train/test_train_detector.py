@@ -198,3 +198,41 @@ def test_readme_worked_example_runs_as_printed(tmp_path: Path, monkeypatch: pyte
                 assert any(o.split()[:4] == line.split()[:4] for o in output), line  # step N  epoch E
             else:
                 assert line in output, (line, output)
+
+
+def test_two_processes_gloo_train_the_same_weights_and_rank_0_alone_writes(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    boxes = write_boxes(tmp_path / "photos", n=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(here / "ddp_detector_worker.py"), str(boxes), str(tmp_path / "run"), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    # every weight is the same on both ranks; batch-norm statistics of this random trunk (its batch norms train)
+    # follow each rank's last batch: DDP sends rank 0's before every forward, and rank 0's are exported
+    differ = [k for k, a in ranks[0].items() if not torch.equal(a, ranks[1][k])]
+    assert all(k.endswith(("running_mean", "running_var")) for k in differ), differ
+    assert (out / "exported-0.txt").read_text() == str(tmp_path / "run" / "model.pt")
+    assert (out / "exported-1.txt").read_text() == "None"
+    exported = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(exported[k], v) for k, v in ranks[0].items())
+    rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]  # step-0 evaluation, steps 1 and 2, once
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000001.pt",
+                                                                                    "step-0000002.pt"]
+    start = torch.load(tmp_path / "run" / "checkpoints" / "step-0000001.pt", weights_only=True)["model"]
+    assert any(not torch.equal(start[k], v) for k, v in ranks[0].items())  # step 2 moved the weights
