@@ -1,5 +1,5 @@
-"""Training data and loop for the landmark detector (Detect-to-Retrieve, Teichmann et al., CVPR 2019,
-section 3 "Google Landmark Boxes" and appendix B).
+"""Training data for the landmark detector (Detect-to-Retrieve, Teichmann et al., CVPR 2019, section 3 "Google
+Landmark Boxes" and appendix B); its training loop is :mod:`glocal.train.detector_loop`.
 
 Box files (one box per row; several rows with the same id give several boxes of one image):
 
@@ -16,7 +16,8 @@ JSON
     layout's order) or a bare list of such records, read as ``pixels``.
 
 Boxes are kept as x1, y1, x2, y2 with a flag saying whether they are normalised; the dataset turns them
-into pixels once an image's size is known.
+into pixels once an image's size is known. A bad row or record is a :class:`~glocal.errors.BadInputError` of one
+line naming the file and the line (CSV) or record (JSON).
 """
 from __future__ import annotations
 

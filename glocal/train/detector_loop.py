@@ -235,6 +235,12 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
     def next_rows() -> list[int]:
         nonlocal order, position, epoch
         if position + per_step > len(order):
+            # the generator's draws of torch's shuffling DataLoader (which train_detector used before this loop
+            # existed, so that its runs stay as they were): the remainder permutation its sampler draws at the end
+            # of an epoch, the loader's base seed, then the epoch's order
+            if epoch > 0:
+                torch.randperm(n, generator=generator)
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
             epoch += 1
             order = torch.randperm(n, generator=generator).numpy()
             position = 0
