@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from glocal.errors import BadOptionError
+from glocal.errors import BadInputError, BadOptionError
 from glocal.models.detection.decode import box_iou
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
@@ -44,6 +44,10 @@ STATE_FORMAT = "glocal/train-detector-state/1"
 LOG_FIELDS = ("step", "epoch", "loss", "classification_loss", "box_loss", "centerness_loss", "lr", "images_per_s",
               "eval_iou", "eval_ap50")
 OPTIMIZERS = ("adamw", "sgd")
+
+
+class DivergedError(BadOptionError, FloatingPointError):
+    """The loss became NaN or infinite (exit status 2: the settings, usually the learning rate, are at fault)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,9 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler_enabled)
     n = len(dataset)  # type: ignore[arg-type]
-    per_step = min(config.batch * ranks.world, n)
+    if n < ranks.world:
+        raise BadInputError(f"{n} training images for {ranks.world} processes: each needs one at least")
+    per_step = min(config.batch, n // ranks.world) * ranks.world  # the same number of images on every rank
     step, epoch, position = 0, 0, 0
     order = np.zeros(0, dtype=np.int64)
     history: list[dict[str, float]] = []
@@ -266,8 +272,8 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
                     terms = module(xs, targets)
                     loss = sum(terms.values())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"detector_loop.py: the loss became {float(loss)} at step {step + 1} "
-                                             "(try a lower --lr)")
+                    raise DivergedError(f"the detector's loss became {float(loss.detach())} at step {step + 1} (try a lower "
+                                        "--lr)")
                 with runtime.no_sync(module, micro == config.accumulate - 1):
                     scaler.scale(loss / config.accumulate).backward()
                 sums["loss"] += float(loss.detach()) / config.accumulate

@@ -279,3 +279,22 @@ def test_a_new_detector_starts_from_the_packaged_imagenet_trunk_or_says_it_canno
     notes = []
     build_detector({"head_width": 16, "head_depth": 1}, DetectorTrainConfig(image_size=96), notes.append)
     assert len(notes) == 1 and "pip install 'glocal[pretrained]'" in notes[0] and "RANDOM weights" in notes[0]
+
+
+def test_a_diverging_loss_is_one_error_naming_the_step() -> None:
+    from glocal.errors import BadOptionError
+    from glocal.train.detector_data import AugmentConfig, DetectorBoxDataset
+    from glocal.train.detector_loop import fit_detector
+
+    class Blows(torch.nn.Module):  # any module whose training forward returns loss terms
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, images, targets):  # noqa: ANN001, ANN202
+            return {"box": self.w * (float("inf") if self.training and len(images) else 1.0)}
+
+    images, anns = synthetic_box_images(2)
+    data = DetectorBoxDataset(anns, images.__getitem__, AugmentConfig(64, 96), seed=0)
+    with pytest.raises(BadOptionError, match=r"loss became inf at step 1 \(try a lower --lr\)"):
+        fit_detector(Blows(), data, DetectorTrainConfig(steps=2, batch=2))
