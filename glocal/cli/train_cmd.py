@@ -2,9 +2,10 @@
 (:mod:`glocal.train.session`); the last line printed is the exported weights file.
 
 Exit status 2 with one line ``training regime X is not implemented yet`` for a method whose regime is not
-implemented (so far ``tuples``: ``gem``, and ``classification``: DELG, DOLG, ViTGaL); 1 when images were
+implemented (so far ``tuples``: ``gem``, ``classification``: DELG, DOLG, ViTGaL, and ``detector``: ``d2r``'s
+landmark boxes); 1 when images were
 skipped (missing or unreadable, each named on stderr; the model is still trained and exported); 3 for a bad
-label file (one line naming file and line).
+label or box file (one line naming file and line).
 """
 from __future__ import annotations
 
@@ -22,24 +23,29 @@ from glocal.cli.common import EXIT_PARTIAL, checkpoint_file, err, out, show_prog
 def train_command(
     method: Annotated[str, typer.Argument(help="The method whose network is trained (see 'glocal methods').")],
     data: Annotated[Path | None, typer.Option(
-        "--data", help="Training data: a folder per class, a labels .csv (file,label) or a revisited gnd .pkl.")] = None,
+        "--data", help="Training data: a folder per class, a labels .csv (file,label) or a revisited gnd .pkl; "
+                     "for the detector a box .csv / .json.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (checkpoints, log, model.pt).")] = None,
     images: Annotated[Path | None, typer.Option(
-        "--images", help="Folder the labels .csv / gnd image names are relative to (default: next to the file).")] = None,
+        "--images", help="Folder the labels .csv / gnd / box file's image names are relative to (default: next to "
+                       "the file).")] = None,
     init: Annotated[str | None, typer.Option(
-        "--init", help="Weights to start from (file or published name; default: the method's own).")] = None,
+        "--init", help="Weights to start from (file, run folder for the detector, or published name; default: the "
+                     "method's own).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps in all (default 100).")] = None,
     batch: Annotated[int | None, typer.Option(
-        "--batch", help="Tuples (tuples regime, default 5) or images (classification, 16) per micro-batch.")] = None,
+        "--batch", help="Tuples (tuples regime, default 5) or images (classification 16, detector 4) per "
+                      "micro-batch.")] = None,
     lr: Annotated[float | None, typer.Option(
-        "--lr", help="Learning rate (tuples: Adam, 1e-6; classification: Adam, 1e-4).")] = None,
+        "--lr", help="Learning rate (tuples: Adam, 1e-6; classification: Adam, 1e-4; detector: AdamW, 1e-3).")] = None,
     accumulate: Annotated[int | None, typer.Option("--accumulate", help="Micro-batches per optimizer step.")] = None,
     negatives: Annotated[int | None, typer.Option("--negatives", help="Hard negatives per tuple (tuples: 5).")] = None,
     margin: Annotated[float | None, typer.Option(
         "--margin", help="Contrastive margin tau (tuples: 0.7), or the ArcFace / CosFace margin (classification: "
                          "the model's).")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Longest image side in training (512); "
-                                                   "classification trains on squares of this side.")] = None,
+                                                   "classification trains on squares of this side; the detector "
+                                                   "on sides drawn from [N/2, N] (640).")] = None,
     frozen_fraction: Annotated[float | None, typer.Option(
         "--frozen-fraction", help="Tuples: fraction of the parameter tensors, earliest first, kept frozen.")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Classification: arcface (default) or cosface.")] = None,
@@ -48,13 +54,15 @@ def train_command(
         "--learn-scale/--fixed-scale", help="Classification: train the logit scale (default fixed).")] = None,
     freeze_backbone: Annotated[bool | None, typer.Option(
         "--freeze-backbone", help="Classification: only the heads train.")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="Classification: adam (default) or sgd (momentum 0.9).")] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        "--optimizer", help="Classification: adam (default) or sgd (momentum 0.9); detector: adamw (default) or sgd.")] = None,
     global_weight: Annotated[float | None, typer.Option(
         "--global-weight", help="Classification: weight of the global margin loss (1; 0: DELG's or ViTGaL's local heads only).")] = None,
     eval_fraction: Annotated[float, typer.Option(
-        "--eval-fraction", help="Fraction of the classes held out for the evaluation hook.")] = 0.2,
+        "--eval-fraction", help="Fraction of the classes (detector: images) held out for the evaluation hook.")] = 0.2,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (0: none).")] = 0,
-    eval_every: Annotated[int, typer.Option("--eval-every", help="Held-out mAP every N steps (0: none).")] = 0,
+    eval_every: Annotated[int, typer.Option(
+        "--eval-every", help="Held-out mAP (detector: mean IoU and AP@0.5) every N steps (0: none).")] = 0,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue the run in this folder from its newest checkpoint.")] = None,
     queries_per_epoch: Annotated[int, typer.Option(
@@ -119,9 +127,12 @@ def train_command(
 
     def on_data(ts: object) -> None:
         s = ts.summary()  # type: ignore[attr-defined]
-        pairs = f", {s['pairs']} positive pairs" if "pairs" in s else ""
-        err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors{pairs}, "
-                  f"{s['distractors']} without a class", highlight=False)
+        if "boxes" in s:  # a box file (detector regime)
+            err.print(f"data: {s['images']} images, {s['boxes']} boxes", highlight=False)
+        else:
+            pairs = f", {s['pairs']} positive pairs" if "pairs" in s else ""
+            err.print(f"data: {s['images']} images, {s['classes']} classes, {s['anchors']} anchors{pairs}, "
+                      f"{s['distractors']} without a class", highlight=False)
         seen.extend(ts.problems)  # type: ignore[attr-defined]
         for path, reason in ts.problems:  # type: ignore[attr-defined]
             err.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
@@ -134,9 +145,11 @@ def train_command(
         parts = [f"step {int(row['step'])}", f"epoch {int(row['epoch'])}"]
         if not math.isnan(row["loss"]):
             parts += [f"loss {row['loss']:.4f}", f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} images/s"]
-        if not math.isnan(row["eval_map"]):
+        if not math.isnan(row.get("eval_map", math.nan)):
             parts.append(f"held-out mAP {100 * row['eval_map']:.2f}")
-        err.print("  ".join(parts), highlight=False)
+        if not math.isnan(row.get("eval_iou", math.nan)):
+            parts.append(f"held-out IoU {100 * row['eval_iou']:.2f}  AP@0.5 {100 * row['eval_ap50']:.2f}")
+        err.print("  ".join(parts), highlight=False, soft_wrap=True)
 
     said: set[str] = set()
 

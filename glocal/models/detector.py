@@ -13,14 +13,14 @@ non-maximum suppression. :meth:`LandmarkDetector.detect` resizes the loaded pixe
 side is ``input_size``, and maps the boxes back to ORIGINAL-image pixels: original = pixel / scale + offset.
 
 Training and use (the Google Landmark Boxes CSV and the GLD image tree; see
-:mod:`glocal.train.detector_data` for the box formats)::
+:mod:`glocal.train.detector_data` for the box formats, :mod:`glocal.train.detector_run` for the run)::
 
-    from glocal.train.detector_data import DetectorBoxDataset, folder_loader, read_boxes, train_detector
-    data = DetectorBoxDataset(read_boxes("boxes_split1.csv"), folder_loader("gld/train"))
-    detector = LandmarkDetector(DetectorConfig())  # ImageNet trunk with the pretrained extra
-    train_detector(detector, data, steps=20000, lr=1e-3, batch_size=8)
-    save_detector(detector, "landmarks.pt")
-    # glocal index build photos/ --out d2r.glx --method d2r --set regions=detector --set detector=landmarks.pt
+    glocal train d2r --data boxes_split1.csv --images gld/train --out run --steps 20000 --batch 8 \
+        --eval-every 1000 --checkpoint-every 1000       # ImageNet trunk with the pretrained extra
+    glocal index build photos/ --out d2r.glx --method d2r --regions detector --detector run/model.pt
+
+or in Python :func:`glocal.train.detector_data.train_detector` on a
+:class:`~glocal.train.detector_data.DetectorBoxDataset`, then :func:`save_detector`.
 
 Checkpoints are ``{"format": "glocal/detector/2", "config": {...}, "state_dict": {...}}`` (written by
 :func:`save_detector`, version from :mod:`glocal.io.versions`); a bare state dict with our parameter names
@@ -30,6 +30,7 @@ they must be retrained (none was ever published).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -170,7 +171,7 @@ class LandmarkDetector(nn.Module):
         else:
             warnings.warn(
                 f"detector.py: LandmarkDetector({config.backbone}) has NO checkpoint and RANDOM head weights: its "
-                "boxes are meaningless. Train one (glocal.train.detector_data.train_detector) and pass "
+                "boxes are meaningless. Train one (glocal train d2r) and pass "
                 "DetectorConfig(checkpoint=...).", UserWarning, stacklevel=2)
         self.to(config.device)
         self.eval()
@@ -271,14 +272,15 @@ class LandmarkDetector(nn.Module):
         return Detections(np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(scores, np.float32))
 
 
-def save_detector(detector: LandmarkDetector, path: str | Path) -> None:
+def save_detector(detector: LandmarkDetector, path: str | Path, card: dict | None = None) -> None:
     """Write ``detector`` as ``{"format": "glocal/detector/2", "config", "state_dict"}`` (CPU tensors; the
-    config without its checkpoint and device)."""
+    config without its checkpoint and device), with ``"card"``: the JSON text of ``card`` when given."""
     config = asdict(replace(detector.config, checkpoint=None))
     config.pop("device")
     state = {k: v.detach().cpu() for k, v in detector.state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "config": config, "state_dict": state}, Path(path))
+    extra = {"card": json.dumps(card)} if card is not None else {}
+    torch.save({"format": FORMAT, "config": config, "state_dict": state, **extra}, Path(path))
 
 
 def _legacy(path: str | Path, what: str) -> CheckpointError:

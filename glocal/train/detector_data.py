@@ -1,5 +1,5 @@
-"""Training data and loop for the landmark detector (Detect-to-Retrieve, Teichmann et al., CVPR 2019,
-section 3 "Google Landmark Boxes" and appendix B).
+"""Training data for the landmark detector (Detect-to-Retrieve, Teichmann et al., CVPR 2019, section 3 "Google
+Landmark Boxes" and appendix B); its training loop is :mod:`glocal.train.detector_loop`.
 
 Box files (one box per row; several rows with the same id give several boxes of one image):
 
@@ -16,7 +16,8 @@ JSON
     layout's order) or a bare list of such records, read as ``pixels``.
 
 Boxes are kept as x1, y1, x2, y2 with a flag saying whether they are normalised; the dataset turns them
-into pixels once an image's size is known.
+into pixels once an image's size is known. A bad row or record is a :class:`~glocal.errors.BadInputError` of one
+line naming the file and the line (CSV) or record (JSON).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 from torch import Tensor
+
+from glocal.errors import BadInputError
 
 LAYOUTS = ("pixels", "gld")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -59,16 +62,16 @@ class BoxAnnotation:
 
 def _to_xyxy(values: Sequence[float], layout: str, where: str) -> list[float]:
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{where}: expected 4 finite box numbers, found {list(values)}")
+        raise BadInputError(f"{where}: expected 4 finite box numbers, found {list(values)}")
     if layout == "gld":
         ymin, xmin, ymax, xmax = values
         if min(values) < -1e-3 or max(values) > 1 + 1e-3:
-            raise ValueError(f"{where}: gld boxes are normalised to [0, 1], found {list(values)}")
+            raise BadInputError(f"{where}: gld boxes are normalised to [0, 1], found {list(values)}")
         x1, y1, x2, y2 = xmin, ymin, xmax, ymax
     else:
         x1, y1, x2, y2 = values
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"{where}: empty or inverted box (x1, y1, x2, y2) = {(x1, y1, x2, y2)}")
+        raise BadInputError(f"{where}: empty or inverted box (x1, y1, x2, y2) = {(x1, y1, x2, y2)}")
     return [x1, y1, x2, y2]
 
 
@@ -82,60 +85,74 @@ def _group(rows: list[tuple[str, list[float]]], normalized: bool) -> list[BoxAnn
 def _numbers(text: str, where: str) -> list[float]:
     try:
         return [float(t) for t in text.replace(",", " ").split()]
-    except ValueError as exc:
-        raise ValueError(f"{where}: box {text!r} is not numeric") from exc
+    except ValueError:
+        raise BadInputError(f"{where}: box {text!r} is not numeric") from None
 
 
 def read_box_csv(path: str | Path) -> list[BoxAnnotation]:
     """Boxes of a CSV in the ``pixels`` (``id,x1,y1,x2,y2``) or ``gld`` (``id,box`` or
-    ``id,ymin,xmin,ymax,xmax``) layout, chosen from the header (see the module docstring)."""
+    ``id,ymin,xmin,ymax,xmax``) layout, chosen from the header (see the module docstring).
+
+    :raises BadInputError: one line naming the file (and the line) for an unreadable file, an unknown header,
+        a row with a missing id, missing or non-numeric numbers, or an empty, inverted or out-of-range box.
+    """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip().lower() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        if header[:1] != ["id"]:
-            raise ValueError(f"{path}: the first column must be 'id', found header {header}")
-        cols = set(header)
-        if {"x1", "y1", "x2", "y2"} <= cols:
-            layout, keys = "pixels", ("x1", "y1", "x2", "y2")
-        elif {"ymin", "xmin", "ymax", "xmax"} <= cols:
-            layout, keys = "gld", ("ymin", "xmin", "ymax", "xmax")
-        elif "box" in cols:
-            layout, keys = "gld", ("box",)
-        else:
-            raise ValueError(f"{path}: unknown box layout, header {header}; expected id,x1,y1,x2,y2 (pixels), "
-                             "id,box or id,ymin,xmin,ymax,xmax (normalised GLD)")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            where = f"{path} line {line}"
-            if keys == ("box",):
-                values = _numbers(row["box"] or "", where)
-            else:
-                values = _numbers(" ".join(row[k] or "" for k in keys), where)
-            rows.append((row["id"].strip(), _to_xyxy(values, layout, where)))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return _read_box_rows(path, csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: unreadable box file ({exc})") from None
+
+
+def _read_box_rows(path: Path, reader: csv.DictReader) -> list[BoxAnnotation]:
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    if header[:1] != ["id"]:
+        raise BadInputError(f"{path}: the first column must be 'id', found header {header}")
+    cols = set(header)
+    if {"x1", "y1", "x2", "y2"} <= cols:
+        layout, keys = "pixels", ("x1", "y1", "x2", "y2")
+    elif {"ymin", "xmin", "ymax", "xmax"} <= cols:
+        layout, keys = "gld", ("ymin", "xmin", "ymax", "xmax")
+    elif "box" in cols:
+        layout, keys = "gld", ("box",)
+    else:
+        raise BadInputError(f"{path}: unknown box layout, header {header}; expected id,x1,y1,x2,y2 (pixels), "
+                            "id,box or id,ymin,xmin,ymax,xmax (normalised GLD)")
+    rows = []
+    for row in reader:
+        where = f"{path} line {reader.line_num}"
+        image_id = (row["id"] or "").strip()
+        if not image_id:
+            raise BadInputError(f"{where}: empty image id")
+        values = _numbers(" ".join(row[k] or "" for k in keys), where)
+        rows.append((image_id, _to_xyxy(values, layout, where)))
     return _group(rows, normalized=layout == "gld")
 
 
 def read_box_json(path: str | Path) -> list[BoxAnnotation]:
-    """Boxes of a JSON file (see the module docstring)."""
+    """Boxes of a JSON file (see the module docstring); errors as :func:`read_box_csv` (naming the record)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: unreadable box file ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
     layout, records = "pixels", data
     if isinstance(data, dict):
         layout, records = data.get("layout", "pixels"), data.get("boxes")
     if layout not in LAYOUTS:
-        raise ValueError(f"{path}: unknown layout {layout!r}; expected one of {LAYOUTS}")
+        raise BadInputError(f"{path}: unknown layout {layout!r}; expected one of {LAYOUTS}")
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a list of {{'id', 'box'}} records")
+        raise BadInputError(f"{path}: expected a list of {{'id', 'box'}} records")
     rows = []
     for i, rec in enumerate(records):
         where = f"{path} record {i}"
-        if not isinstance(rec, dict) or "id" not in rec or "box" not in rec:
-            raise ValueError(f"{where}: expected {{'id': ..., 'box': [4 numbers]}}, found {rec!r}")
+        if not isinstance(rec, dict) or "id" not in rec or "box" not in rec or not isinstance(rec["box"], list):
+            raise BadInputError(f"{where}: expected {{'id': ..., 'box': [4 numbers]}}, found {rec!r}")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in rec["box"]):
+            raise BadInputError(f"{where}: box {rec['box']!r} is not numeric")
         rows.append((str(rec["id"]), _to_xyxy([float(v) for v in rec["box"]], layout, where)))
     return _group(rows, normalized=layout == "gld")
 
@@ -147,7 +164,19 @@ def read_boxes(path: str | Path) -> list[BoxAnnotation]:
         return read_box_json(path)
     if suffix == ".csv":
         return read_box_csv(path)
-    raise ValueError(f"{path}: box files are .csv or .json, found {suffix!r}")
+    raise BadInputError(f"{path}: box files are .csv or .json, found {suffix!r}")
+
+
+def find_image(root: str | Path, image_id: str) -> Path | None:
+    """The file of ``image_id`` under ``root``: ``root/<id>`` with or without an image suffix, or the GLD tree
+    ``root/a/b/c/<abc...>`` likewise; None when there is none."""
+    root = Path(root)
+    for base in (root / image_id, root / image_id[:1] / image_id[1:2] / image_id[2:3] / image_id):
+        for suffix in ("", *IMAGE_SUFFIXES):
+            p = base.with_name(base.name + suffix)
+            if p.is_file():
+                return p
+    return None
 
 
 def folder_loader(root: str | Path) -> Callable[[str], npt.NDArray[np.uint8]]:
@@ -155,15 +184,12 @@ def folder_loader(root: str | Path) -> Callable[[str], npt.NDArray[np.uint8]]:
     root = Path(root)
 
     def load(image_id: str) -> npt.NDArray[np.uint8]:
-        tried = []
-        for base in (root / image_id, root / image_id[:1] / image_id[1:2] / image_id[2:3] / image_id):
-            for suffix in ("", *IMAGE_SUFFIXES):
-                p = base.with_name(base.name + suffix)
-                tried.append(p)
-                if p.is_file():
-                    with Image.open(p) as img:
-                        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        raise FileNotFoundError(f"detector_data.py: no image for id {image_id!r} under {root} (tried {tried[0]}, ...)")
+        p = find_image(root, image_id)
+        if p is None:
+            raise FileNotFoundError(f"detector_data.py: no image for id {image_id!r} under {root} "
+                                    f"(tried {root / image_id}.jpg, ...)")
+        with Image.open(p) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
     return load
 
@@ -273,53 +299,23 @@ def train_detector(model: torch.nn.Module, dataset: DetectorBoxDataset, steps: i
                    log: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` (a :class:`glocal.models.detector.LandmarkDetector`, or any module whose training-mode
     ``forward(images, targets)`` returns a dict of loss terms) for ``steps`` optimiser steps on ``dataset``;
-    returns the total loss of every step.
+    returns the total loss of every step; the model is left in eval mode.
 
-    The loss is the sum of the detector's terms: FCOS focal classification + GIoU box + centerness
-    (:mod:`glocal.models.detection.losses`; the paper trained SSD and Faster R-CNN with their own losses,
-    D2R section 5.1). Samples are shuffled with ``seed`` and reshuffled every epoch; the model is left in
-    eval mode.
+    The loop of ``glocal train d2r`` (:func:`glocal.train.detector_loop.fit_detector`, where the loss and the
+    order are described) without a run folder: no checkpoint, log or evaluation.
 
     :param optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
     """
+    from glocal.train.detector_loop import DetectorTrainConfig, fit_detector
+
     if steps < 1:
         raise ValueError(f"detector_data.py: steps must be >= 1, got {steps}")
-    torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"detector_data.py: optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True,
-                                         drop_last=True, collate_fn=collate_detection, generator=generator)
-    device = next(model.parameters()).device
-    losses: list[float] = []
-    model.train()
-    epoch = 0
-    try:
-        while len(losses) < steps:
-            dataset.set_epoch(epoch)
-            for images, targets in loader:
-                images = [im.to(device) for im in images]
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                loss_terms = model(images, targets)
-                loss = sum(loss_terms.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"detector_data.py: loss became {loss.item()} at step {len(losses)}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                opt.step()
-                losses.append(float(loss.detach()))
-                if log is not None:
-                    log(len(losses), losses[-1])
-                if len(losses) >= steps:
-                    break
-            epoch += 1
-    finally:
-        model.eval()
-    return losses
+    config = DetectorTrainConfig(steps=steps, batch=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                                 weight_decay=weight_decay, clip_norm=max_grad_norm or 0.0,
+                                 device=str(next(model.parameters()).device))
+
+    def on_log(row: dict[str, float]) -> None:
+        if log is not None:
+            log(int(row["step"]), row["loss"])
+
+    return fit_detector(model, dataset, config, on_log=on_log).losses

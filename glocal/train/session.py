@@ -3,7 +3,7 @@
 The regime comes from the spec's ``training`` field (:data:`glocal.methods.spec.TRAINING_REGIMES`), never from
 the method's name. Implemented so far: ``tuples`` (:mod:`glocal.train.loop`), for extractors that offer
 ``trainable_network()`` (image -> global descriptor), and ``classification`` (:mod:`glocal.train.classification`,
-run by :mod:`glocal.train.classification_run`). Any other regime, or a ``tuples`` method whose extractor
+run by :mod:`glocal.train.classification_run`) and ``detector`` (:mod:`glocal.train.detector_run`). Any other regime, or a ``tuples`` method whose extractor
 offers no such network, is refused with :class:`RegimeNotImplementedError` (exit status 2) before anything
 is read or written.
 
@@ -26,7 +26,7 @@ from glocal.models.configs import resolved_preprocessing
 from glocal.progress import Progress, no_progress
 
 #: training regimes this version implements
-IMPLEMENTED_REGIMES = ("tuples", "classification")
+IMPLEMENTED_REGIMES = ("tuples", "classification", "detector")
 
 
 class RegimeNotImplementedError(BadOptionError):
@@ -99,6 +99,10 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
 
         return run_classification(spec, run_settings, run, model_card, resume, steps, progress, on_log, on_data,
                                   say)
+    if spec.training == "detector":  # Detect-to-Retrieve's landmark boxes (glocal.train.detector_run)
+        from glocal.train.detector_run import run_detector
+
+        return run_detector(spec, run_settings, run, resume, steps, progress, on_log, on_data, say, on_result)
     run = Path(run)
     train_dict = dict(run_settings.train)
     if steps is not None:
