@@ -43,7 +43,8 @@ from glocal.train.checkpointing import (
     save_state,
 )
 from glocal.train.data import TrainingSet
-from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised, tuple_loss
+from glocal.train.objectives import TupleObjective, global_objective
+from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised
 
 STATE_FORMAT = "glocal/train-state/1"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "eval_map")
@@ -140,11 +141,13 @@ def readable(data: TrainingSet, max_side: int) -> tuple[TrainingSet, ImageCache]
 
 
 class _Runner:
-    """The network on its device with the preprocessing: descriptors with or without gradients."""
+    """The network on its device with the preprocessing: descriptors (``objective.describe``) and a tuple's
+    outputs for the loss."""
 
     def __init__(self, network: nn.Module, preprocessing: str, device: torch.device,
-                 precision: runtime.Precision | None = None) -> None:
+                 precision: runtime.Precision | None = None, objective: TupleObjective | None = None) -> None:
         self.network, self.device = network, device
+        self.objective = objective or global_objective(TrainConfig.margin)
         self.prep = preprocessing_by_name(preprocessing)
         self.precision = precision or runtime.Precision(None, False)
 
@@ -154,12 +157,12 @@ class _Runner:
 
     def forward(self, pixels: np.ndarray) -> Tensor:
         with self.precision.context(self.device):
-            return self.network(self.tensor(pixels)).float()
+            return self.objective.describe(self.network, self.tensor(pixels)).float()
 
-    def forward_tuple(self, module: nn.Module, pixels: Sequence[np.ndarray]) -> Tensor:
-        """Descriptors of a tuple's images through ``module`` (:func:`glocal.train.runtime.wrap`)."""
+    def tuple_loss(self, module: nn.Module, pixels: Sequence[np.ndarray]) -> Tensor:
+        """The objective's loss of a tuple's images through ``module`` (:func:`glocal.train.runtime.wrap`)."""
         with self.precision.context(self.device):
-            return module([self.tensor(p) for p in pixels]).float()
+            return self.objective.loss(module([self.tensor(p) for p in pixels]))
 
     @torch.no_grad()
     def describe(self, cache: ImageCache, indices: Sequence[int]) -> Tensor:
@@ -192,8 +195,9 @@ def trainable_parameters(network: nn.Module, frozen_fraction: float) -> list[nn.
 def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, held_out: TrainingSet | None,
                  config: TrainConfig, run: str | Path, resume: bool = False, progress: Progress = no_progress,
                  on_log: Callable[[dict[str, float]], None] | None = None,
-                 say: Callable[[str], None] | None = None) -> TrainResult:
-    """Fine-tune ``network`` (image -> un-normalised global descriptor) on ``train`` (module docstring).
+                 say: Callable[[str], None] | None = None, objective: TupleObjective | None = None) -> TrainResult:
+    """Fine-tune ``network`` on ``train`` (module docstring); by default ``network`` maps an image to its
+    un-normalised global descriptor, trained with the contrastive loss (``config.margin``).
 
     :param preprocessing: pixel normalisation preset of the network.
     :param held_out: images of classes not trained on, for the evaluation hook (None or empty: no evaluation).
@@ -201,7 +205,10 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     :param resume: continue from the newest checkpoint in ``run``.
     :param on_log: called with every log row (rank 0 only).
     :param say: where one-line notes go (ignored options, no tensorboard); default stderr.
+    :param objective: network outputs -> loss, and the descriptor mining ranks with
+        (:mod:`glocal.train.objectives`; default :func:`~glocal.train.objectives.global_objective`).
     """
+    objective = objective or global_objective(config.margin)
     run = Path(run)
     ranks, device, started = runtime.start(config.device)
     if ranks.main:
@@ -228,7 +235,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler_enabled)
-    runner = _Runner(network, preprocessing, device, precision)
+    runner = _Runner(network, preprocessing, device, precision, objective)
     step, epoch, position = 0, 0, 0
     tuples: Tuples | None = None
     history: list[dict[str, float]] = []
@@ -239,7 +246,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         step, epoch, position = restore_optimisation(state, optimizer, scheduler, scaler, generator, device)
         tuples = Tuples(state["tuples"].numpy().copy()) if state["tuples"].numel() else None
         history = [dict(r) for r in state["history"]]
-    module = runtime.wrap(network, ranks, device)  # after any resume: DDP copies rank 0's weights to every rank
+    module = runtime.wrap(network, ranks, device, objective.outputs)  # after any resume: DDP copies rank 0's weights to every rank
     log = runtime.RunLog(run, LOG_FIELDS, enabled=ranks.main, say=say)
 
     def evaluate() -> float:
@@ -289,8 +296,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
             for k, row in enumerate(rows):
                 ids = [int(i) for i in row if i >= 0]
                 with runtime.no_sync(module, micro == config.accumulate - 1 and k == len(rows) - 1):
-                    desc = normalised(runner.forward_tuple(module, [cache.pixels(i) for i in ids]))
-                    loss = tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
+                    loss = runner.tuple_loss(module, [cache.pixels(i) for i in ids]) / (len(rows) * config.accumulate)
                     scaler.scale(loss).backward()
                 total += float(loss.detach())
                 images += len(ids) * ranks.world
