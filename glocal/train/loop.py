@@ -1,5 +1,6 @@
-"""The training loop of the ``tuples`` regime (:mod:`glocal.train.tuples`): a network that maps one image
-(1, 3, H, W) to a global descriptor (1, D) is fine-tuned with the contrastive loss on mined tuples.
+"""The training loop of the ``tuples`` regimes (:mod:`glocal.train.tuples`): a network that maps one image
+(1, 3, H, W) to a global descriptor (1, D) is fine-tuned with the contrastive loss on mined tuples; another loss
+on other outputs of the network (FIRe's Super-features) comes in as a :class:`~glocal.train.objectives.TupleObjective`.
 
 What it does, step by step: a *step* is one optimizer update over ``accumulate`` micro-batches of ``batch``
 tuples each (gradient accumulation); every image of a tuple runs through the network on its own, at its own
