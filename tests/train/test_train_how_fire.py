@@ -66,6 +66,11 @@ def test_train_export_index_search_and_exact_resume(method: str, small_shapes: P
     res = CliRunner().invoke(app, ["search", str(index), str(data / "class1" / "0.png"), "--top", "3", "--json"])
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["results"]) == 3
+    # ... and only for its own method
+    other = "fire" if method == "how" else "how"
+    res = CliRunner().invoke(app, ["index", "build", str(data), "--out", str(tmp_path / "y.glx"), "--method", other,
+                                   "--checkpoint", str(exported), *_sets(other)])
+    assert res.exit_code != 0 and f"glocal {method!r} checkpoint, not {other!r}" in res.stderr, res.output
 
     # stopped after step 1 (checkpoint 1 written, step 2 lost), resumed: bit-identical to the whole run
     cut = tmp_path / "cut"
