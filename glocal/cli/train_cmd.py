@@ -2,8 +2,8 @@
 (:mod:`glocal.train.session`); the last line printed is the exported weights file.
 
 Exit status 2 with one line ``training regime X is not implemented yet`` for a method whose regime is not
-implemented (so far ``tuples``: ``gem``, ``classification``: DELG, DOLG, ViTGaL, and ``detector``: ``d2r``'s
-landmark boxes); 1 when images were
+implemented (so far ``tuples``: GeM, HOW; ``tuples-superfeatures``: FIRe; ``classification``: DELG, DOLG, ViTGaL;
+``detector``: ``d2r``'s landmark boxes); 1 when images were
 skipped (missing or unreadable, each named on stderr; the model is still trained and exported); 3 for a bad
 label or box file (one line naming file and line).
 """
@@ -37,13 +37,13 @@ def train_command(
         "--batch", help="Tuples (tuples regime, default 5) or images (classification 16, detector 4) per "
                       "micro-batch.")] = None,
     lr: Annotated[float | None, typer.Option(
-        "--lr", help="Learning rate (tuples: Adam, 1e-6; classification: Adam, 1e-4; detector: AdamW, 1e-3).")] = None,
+        "--lr", help="Learning rate (tuples: Adam, 1e-6, FIRe 3e-5; classification: Adam, 1e-4; detector: AdamW, 1e-3).")] = None,
     accumulate: Annotated[int | None, typer.Option("--accumulate", help="Micro-batches per optimizer step.")] = None,
     negatives: Annotated[int | None, typer.Option("--negatives", help="Hard negatives per tuple (tuples: 5).")] = None,
     margin: Annotated[float | None, typer.Option(
-        "--margin", help="Contrastive margin tau (tuples: 0.7), or the ArcFace / CosFace margin (classification: "
-                         "the model's).")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Longest image side in training (512); "
+        "--margin", help="Contrastive margin tau (tuples: 0.7, HOW 0.8; FIRe's Super-feature margin 1.1), or the "
+                         "ArcFace / CosFace margin (classification: the model's).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Longest image side in training (512; HOW, FIRe 1024); "
                                                    "classification trains on squares of this side; the detector "
                                                    "on sides drawn from [N/2, N] (640).")] = None,
     frozen_fraction: Annotated[float | None, typer.Option(

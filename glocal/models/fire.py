@@ -51,13 +51,16 @@ class SuperFeatures:
 
 
 class FireNet(nn.Module):
-    """Trunk + LIT + frozen whitening (module docstring).
+    """Trunk + LIT + frozen whitening (module docstring). ``glocal train fire`` trains the trunk and the LIT
+    (templates included); o(.) is made of buffers, fitted before training when it is not, and stays frozen.
 
     :param trunk: (B, 3, H, W) -> (B, lit.input_dim, H/16, W/16); :func:`glocal.models.how.build_trunk`
         by default.
     :param lit: LIT hyper-parameters.
     :param output_dim: k of o(.).
     """
+
+    checkpoint_family = "fire"  #: the family glocal train's export writes (``glocal/fire/N``)
 
     def __init__(self, trunk: nn.Module | None = None, lit: LitConfig | None = None, output_dim: int = 128) -> None:
         super().__init__()
@@ -73,6 +76,12 @@ class FireNet(nn.Module):
         whitened = self.whiten(out.features)
         strengths = (out.features.pow(2).sum(-1) + 1e-10).sqrt()
         return SuperFeatures(out.features, F.normalize(whitened, dim=-1), whitened, strengths, out.attention)
+
+    def global_descriptor(self, x: Tensor) -> Tensor:
+        """FIRe eq. 1 (HOW eq. 1) on the Super-features: normalise(sum_n ||s^_n|| o(s^_n)), (B, k); what the
+        training mines hard negatives with (FIRe sec. 4, implementation details)."""
+        sf = self.super_features(x)
+        return F.normalize((sf.strengths.unsqueeze(-1) * sf.whitened).sum(1), dim=-1)
 
     forward = super_features
 
@@ -98,6 +107,12 @@ class FireExtractor(PyramidExtractor):
 
     name = "fire"
     method = "fire"
+    #: ``glocal train fire`` defaults (FIRe sec. 4, implementation details; naver/fire train_fire.yml): Adam, lr
+    #: 3e-5, weight decay 1e-4, Super-feature margin mu' 1.1 (weights 0.02 L_super, 0.1 L_attn), images at 1,024 px,
+    #: batches of 5 tuples of 1 query, 1 positive and 5 hard negatives, 400 batches (2,000 queries) per epoch, pool
+    #: of 20,000 images, the learning rate x0.99 per epoch (0.99 ** (1 / 400) per step)
+    training_defaults = {"lr": 3e-5, "weight_decay": 1e-4, "margin": 1.1, "image_size": 1024, "batch": 5,
+                         "negatives": 5, "queries_per_epoch": 2000, "pool_size": 20000, "lr_gamma": 0.99 ** (1 / 400)}
 
     def __init__(self, config: FireConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
         """:param trunk: replaces the config's trunk (tests, experiments); it must output ``feature_dim`` channels

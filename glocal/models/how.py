@@ -20,6 +20,7 @@ settings: :class:`glocal.models.configs.HowConfig` (torch-free; importable from 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -102,13 +103,17 @@ class HowLocalFeatures:
 
 
 class HowNet(nn.Module):
-    """Trunk + smoothing + frozen whitening o(.) (module docstring).
+    """Trunk + smoothing + frozen whitening o(.) (module docstring). ``glocal train how`` trains the trunk
+    (HOW sec. 3: the attention ||u_l|| and the smoothing have no parameters; o(.) is made of buffers, fitted
+    before training when it is not, and stays frozen).
 
     :param trunk: (B, 3, H, W) -> (B, feature_dim, H/16, W/16); :func:`build_trunk` by default.
     :param feature_dim: D (1024 for R50-).
     :param output_dim: k (128).
     :param smoothing_kernel: side of the average smoothing (3; 1 or 0 disables it).
     """
+
+    checkpoint_family = "how"  #: the family glocal train's export writes (``glocal/how/N``)
 
     def __init__(self, trunk: nn.Module | None = None, feature_dim: int = 1024, output_dim: int = 128,
                  smoothing_kernel: int = 3) -> None:
@@ -239,6 +244,25 @@ class PyramidExtractor:
         order = torch.argsort(-strengths, stable=True)[:max_features]
         return feats[order]
 
+    # -- glocal train (regimes "tuples" for HOW, "tuples-superfeatures" for FIRe) ---------------------------------
+    #: images o(.) is fitted on before training when it is not fitted yet (reference training: the first 5,000
+    #: training images, scale 1, the 1,000 strongest features of each)
+    whitening_images = 5000
+
+    def trainable_network(self) -> nn.Module:
+        """The network ``glocal train`` fine-tunes, in place: trunk (+ LIT for FIRe) train; the whitening o(.)
+        (buffers) stays frozen, as in both papers. Its state dict is what ``checkpoint=`` loads back."""
+        return self.net
+
+    def prepare_training(self, images: Iterable[LoadedImage]) -> int:
+        """Fit o(.) on ``images`` (the first :attr:`whitening_images`, scale 1, top 1,000 features each) unless it
+        is already fitted (a trained checkpoint); returns the number of images used (0: nothing done)."""
+        if bool(self.net.whiten.fitted):
+            return 0
+        used = list(itertools.islice(images, self.whitening_images))
+        fit_whitening(self, used, features_per_image=1000)
+        return len(used)
+
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write the network in the glocal format (with the fitted whitening)."""
         config = {k: v for k, v in asdict(self.config).items() if k != "checkpoint"}
@@ -258,6 +282,12 @@ class HowExtractor(PyramidExtractor):
 
     name = "how"
     method = "how"
+    #: ``glocal train how`` defaults: the reference HOW R50- training (gtolias/how, ECCV 2020 settings): Adam,
+    #: lr 1e-6, weight decay 1e-4, contrastive margin 0.8, images at 1,024 px, 5 tuples of 1 query, 1 positive and
+    #: 5 hard negatives per batch, 2,000 queries per epoch mined from a pool of 20,000 images, the learning rate
+    #: x0.99 per epoch (400 steps: 0.99 ** (1 / 400) per step)
+    training_defaults = {"lr": 1e-6, "weight_decay": 1e-4, "margin": 0.8, "image_size": 1024, "batch": 5,
+                         "negatives": 5, "queries_per_epoch": 2000, "pool_size": 20000, "lr_gamma": 0.99 ** (1 / 400)}
 
     def __init__(self, config: HowConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
         """:param trunk: replaces the config's trunk (tests, experiments); it must output ``feature_dim`` channels

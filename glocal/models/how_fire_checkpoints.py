@@ -15,7 +15,9 @@ Official layouts (read from the reference repositories gtolias/how and naver/fir
   bias; ``lit.norm_inputs``, ``lit.norm_templates``, ``lit.norm_mlp`` layer norms (``.weight``, ``.bias``);
   ``lit.mlp.0`` (d/2, d) and ``lit.mlp.2`` (d, d/2) linear layers with bias.
 
-Our format: ``{'_version': 'glocal-how-fire/1', 'method', 'config', 'state_dict'}`` with our own names.
+Our format: ``{'_version': 'glocal-how-fire/1', 'method', 'config', 'state_dict'}`` with our own names; the
+file ``glocal train how|fire`` exports, ``{'format': 'glocal/how/N' | 'glocal/fire/N', 'config', 'state_dict',
+'card'}`` (:mod:`glocal.train.export`), is read the same way, its method being the family in ``format``.
 
 Files are read with ``torch.load(..., weights_only=True)``; the official files also pickle a few
 harmless non-tensor objects (``collections.defaultdict`` of validation scores, numpy scalars,
@@ -145,7 +147,7 @@ def raw_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
 def detect_format(ckpt: Mapping[str, Any]) -> str:
     """``'glocal'``, ``'fire-official'`` or ``'how-official'`` (from the version tag, else the keys)."""
     version = str(ckpt.get("_version", ""))
-    if version.startswith("glocal"):
+    if version.startswith("glocal") or _exported_method(ckpt):
         return "glocal"
     keys = raw_state_dict(ckpt).keys()
     if version.startswith("fire") or any(k.startswith("lit.templates_init") for k in keys):
@@ -153,6 +155,12 @@ def detect_format(ckpt: Mapping[str, Any]) -> str:
     if version.startswith("how") or any(k.startswith("features.") for k in keys):
         return "how-official"
     return "unknown"
+
+
+def _exported_method(ckpt: Mapping[str, Any]) -> str | None:
+    """``how`` / ``fire`` for a file ``glocal train`` exported (``format`` ``glocal/<method>/N``), else None."""
+    parts = str(ckpt.get("format", "")).split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "glocal" and parts[1] in ("how", "fire") else None
 
 
 def convert_official_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -251,8 +259,9 @@ def load_into(model: nn.Module, path: str | Path, method: str, expected: Mapping
     ckpt = read_checkpoint(path)
     fmt = detect_format(ckpt)
     if fmt == "glocal":
-        if ckpt.get("method") != method:
-            raise CheckpointError(f"how_fire_checkpoints.py: {path} is a glocal {ckpt.get('method')!r} checkpoint, "
+        own_method = ckpt.get("method") or _exported_method(ckpt)
+        if own_method != method:
+            raise CheckpointError(f"how_fire_checkpoints.py: {path} is a glocal {own_method!r} checkpoint, "
                                   f"not {method!r}")
         state = raw_state_dict(ckpt)
         found = {k: v for k, v in dict(ckpt.get("config") or {}).items() if k in expected}

@@ -174,11 +174,13 @@ class FireLosses:
     num_pairs: int
 
 
-def fire_tuple_loss(descriptors: Tensor, attention: Tensor, config: FireLossConfig | None = None) -> FireLosses:
+def fire_tuple_loss(descriptors: Tensor, attention: Tensor | Sequence[Tensor],
+                    config: FireLossConfig | None = None) -> FireLosses:
     """Loss of one training tuple: weight_s * L_super (eq. 8) + weight_a * sum over images of L_attn (eq. 9).
 
     :param descriptors: (2 + n, N, k) Super-features of query, positive and n negatives (eq. 6).
-    :param attention: (2 + n, N, h, w) (or (2 + n, N, L)) final attention maps of the same images.
+    :param attention: (2 + n, N, h, w) (or (2 + n, N, L)) final attention maps of the same images, or one
+        (N, h_i, w_i) tensor per image when the images have different sizes (training keeps each image's own).
     """
     config = config or FireLossConfig()
     if descriptors.ndim != 3 or descriptors.shape[0] < 2:
@@ -188,6 +190,9 @@ def fire_tuple_loss(descriptors: Tensor, attention: Tensor, config: FireLossConf
                                        same_id=config.same_id)
     l_super = super_feature_loss(descriptors[0], descriptors[1], descriptors[2:], config.margin,
                                  form=config.form, pairs=pairs)
-    l_attn = attention_decorrelation_loss(attention)
+    if isinstance(attention, Tensor):
+        l_attn = attention_decorrelation_loss(attention)
+    else:
+        l_attn = torch.stack([attention_decorrelation_loss(a, batched=False) for a in attention]).sum()
     total = config.super_weight * l_super + config.attention_weight * l_attn
     return FireLosses(total, l_super, l_attn, len(pairs))

@@ -1,5 +1,6 @@
-"""The training loop of the ``tuples`` regime (:mod:`glocal.train.tuples`): a network that maps one image
-(1, 3, H, W) to a global descriptor (1, D) is fine-tuned with the contrastive loss on mined tuples.
+"""The training loop of the ``tuples`` regimes (:mod:`glocal.train.tuples`): a network that maps one image
+(1, 3, H, W) to a global descriptor (1, D) is fine-tuned with the contrastive loss on mined tuples; another loss
+on other outputs of the network (FIRe's Super-features) comes in as a :class:`~glocal.train.objectives.TupleObjective`.
 
 What it does, step by step: a *step* is one optimizer update over ``accumulate`` micro-batches of ``batch``
 tuples each (gradient accumulation); every image of a tuple runs through the network on its own, at its own
@@ -45,7 +46,8 @@ from glocal.train.checkpointing import (
     save_state,
 )
 from glocal.train.data import TrainingSet
-from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised, tuple_loss
+from glocal.train.objectives import TupleObjective, global_objective
+from glocal.train.tuples import Tuples, mean_average_precision, mine_tuples, normalised
 
 STATE_FORMAT = "glocal/train-state/1"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "eval_map")
@@ -107,11 +109,13 @@ class TrainResult:
 
 
 class _Runner:
-    """The network on its device with the preprocessing: descriptors with or without gradients."""
+    """The network on its device with the preprocessing: descriptors (``objective.describe``) and a tuple's
+    outputs for the loss."""
 
     def __init__(self, network: nn.Module, preprocessing: str, device: torch.device,
-                 precision: runtime.Precision | None = None) -> None:
+                 precision: runtime.Precision | None = None, objective: TupleObjective | None = None) -> None:
         self.network, self.device = network, device
+        self.objective = objective or global_objective(TrainConfig.margin)
         self.prep = preprocessing_by_name(preprocessing)
         self.precision = precision or runtime.Precision(None, False)
 
@@ -121,12 +125,12 @@ class _Runner:
 
     def forward(self, pixels: np.ndarray) -> Tensor:
         with self.precision.context(self.device):
-            return self.network(self.tensor(pixels)).float()
+            return self.objective.describe(self.network, self.tensor(pixels)).float()
 
-    def forward_tuple(self, module: nn.Module, pixels: Sequence[np.ndarray]) -> Tensor:
-        """Descriptors of a tuple's images through ``module`` (:func:`glocal.train.runtime.wrap`)."""
+    def tuple_loss(self, module: nn.Module, pixels: Sequence[np.ndarray]) -> Tensor:
+        """The objective's loss of a tuple's images through ``module`` (:func:`glocal.train.runtime.wrap`)."""
         with self.precision.context(self.device):
-            return module([self.tensor(p) for p in pixels]).float()
+            return self.objective.loss(module([self.tensor(p) for p in pixels]))
 
     @torch.no_grad()
     def describe(self, loader: ImageLoader, indices: Sequence[int]) -> Tensor:
@@ -178,8 +182,9 @@ def trainable_parameters(network: nn.Module, frozen_fraction: float) -> list[nn.
 def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, held_out: TrainingSet | None,
                  config: TrainConfig, run: str | Path, resume: bool = False, progress: Progress = no_progress,
                  on_log: Callable[[dict[str, float]], None] | None = None,
-                 say: Callable[[str], None] | None = None) -> TrainResult:
-    """Fine-tune ``network`` (image -> un-normalised global descriptor) on ``train`` (module docstring).
+                 say: Callable[[str], None] | None = None, objective: TupleObjective | None = None) -> TrainResult:
+    """Fine-tune ``network`` on ``train`` (module docstring); by default ``network`` maps an image to its
+    un-normalised global descriptor, trained with the contrastive loss (``config.margin``).
 
     :param preprocessing: pixel normalisation preset of the network.
     :param held_out: images of classes not trained on, for the evaluation hook (None or empty: no evaluation).
@@ -187,7 +192,10 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     :param resume: continue from the newest checkpoint in ``run``.
     :param on_log: called with every log row (rank 0 only).
     :param say: where one-line notes go (ignored options, no tensorboard); default stderr.
+    :param objective: network outputs -> loss, and the descriptor mining ranks with
+        (:mod:`glocal.train.objectives`; default :func:`~glocal.train.objectives.global_objective`).
     """
+    objective = objective or global_objective(config.margin)
     run = Path(run)
     ranks, device, started = runtime.start(config.device)
     if ranks.main:
@@ -214,7 +222,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler_enabled)
-    runner = _Runner(network, preprocessing, device, precision)
+    runner = _Runner(network, preprocessing, device, precision, objective)
     skipped: dict[str, str] = {}  # files found unreadable during the run (batches.ImageLoader)
     step, epoch, position = 0, 0, 0
     tuples: Tuples | None = None
@@ -231,7 +239,7 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
                            say=(say or runtime._stderr) if ranks.main else None, skipped=skipped)
                for d in (train, held_out) if d is not None]
     loader, eval_loader = loaders[0], loaders[-1]
-    module = runtime.wrap(network, ranks, device)  # after any resume: DDP copies rank 0's weights to every rank
+    module = runtime.wrap(network, ranks, device, objective.outputs)  # after any resume: DDP copies rank 0's weights to every rank
     log = runtime.RunLog(run, LOG_FIELDS, enabled=ranks.main, say=say)
 
     def evaluate() -> float:
@@ -287,8 +295,8 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
                 if pixels is None and not ranks.distributed:
                     continue  # its query or positive is unreadable (reported by the loader)
                 with runtime.no_sync(module, micro == config.accumulate - 1 and k == len(rows) - 1):
-                    desc = normalised(runner.forward_tuple(module, pixels or _blank_tuple(config.image_size)))
-                    loss = weight * tuple_loss(desc, config.margin) / (len(rows) * config.accumulate)
+                    loss = weight * runner.tuple_loss(module, pixels or _blank_tuple(config.image_size)) / (
+                        len(rows) * config.accumulate)
                     scaler.scale(loss).backward()
                 total += float(loss.detach())
                 images += len(pixels or ()) * ranks.world

@@ -124,19 +124,24 @@ def shard(rows: np.ndarray, ranks: Ranks) -> np.ndarray:
 
 class TupleNet(nn.Module):
     """A list of images (each (1, 3, H, W), its own size) -> their stacked descriptors (n, D) in one forward
-    call, so that DDP sees one forward and one backward per tuple."""
+    call, so that DDP sees one forward and one backward per tuple. With ``outputs`` (``(network, image) ->
+    anything``, :class:`glocal.train.objectives.TupleObjective`): the list of every image's outputs instead."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, outputs: Callable[[nn.Module, Tensor], Any] | None = None) -> None:
         super().__init__()
         self.network = network
+        self.outputs = outputs
 
-    def forward(self, images: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+    def forward(self, images: Sequence[Tensor]) -> Any:  # type: ignore[override]
+        if self.outputs is not None:
+            return [self.outputs(self.network, x) for x in images]
         return torch.cat([self.network(x) for x in images])
 
 
-def wrap(network: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
+def wrap(network: nn.Module, ranks: Ranks, device: torch.device,
+         outputs: Callable[[nn.Module, Tensor], Any] | None = None) -> nn.Module:
     """The module the training steps call: :class:`TupleNet`, inside DDP when distributed."""
-    tuple_net = TupleNet(network)
+    tuple_net = TupleNet(network, outputs)
     if not ranks.distributed:
         return tuple_net
     from torch.nn.parallel import DistributedDataParallel

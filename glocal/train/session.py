@@ -1,11 +1,17 @@
 """One training run of a method, from its spec to the exported weights (what ``glocal train`` calls).
 
 The regime comes from the spec's ``training`` field (:data:`glocal.methods.spec.TRAINING_REGIMES`), never from
-the method's name. Implemented so far: ``tuples`` (:mod:`glocal.train.loop`), for extractors that offer
-``trainable_network()`` (image -> global descriptor), and ``classification`` (:mod:`glocal.train.classification`,
-run by :mod:`glocal.train.classification_run`) and ``detector`` (:mod:`glocal.train.detector_run`). Any other regime, or a ``tuples`` method whose extractor
-offers no such network, is refused with :class:`RegimeNotImplementedError` (exit status 2) before anything
-is read or written.
+the method's name. Implemented so far: ``tuples`` (:mod:`glocal.train.loop`, the contrastive loss on the
+network's global descriptor: GeM, HOW) and ``tuples-superfeatures`` (the same loop with FIRe's losses,
+:mod:`glocal.train.objectives`), for extractors that offer ``trainable_network()``, and ``classification``
+(:mod:`glocal.train.classification`, run by :mod:`glocal.train.classification_run`), and ``detector``
+(:mod:`glocal.train.detector_run`). Any other regime, or a
+tuples method whose extractor offers no such network, is refused with :class:`RegimeNotImplementedError` (exit
+status 2) before anything is read or written.
+
+Training settings not given take the extractor's ``training_defaults`` (its paper's, e.g. HOW's margin 0.8),
+else :class:`~glocal.train.loop.TrainConfig`'s. An extractor with ``prepare_training(images)`` gets the
+training images first on a new run (HOW / FIRe fit their frozen whitening o(.) there when it is not fitted).
 
 ``RUN/run.json`` records what the run was started with (method, ``--set`` settings, data, training
 settings, held-out fraction, command), so ``resume`` needs only the run folder. Under ``torchrun`` every rank
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ from glocal.models.configs import resolved_preprocessing
 from glocal.progress import Progress, no_progress
 
 #: training regimes this version implements
-IMPLEMENTED_REGIMES = ("tuples", "classification", "detector")
+IMPLEMENTED_REGIMES = ("tuples", "tuples-superfeatures", "classification", "detector")
 
 
 class RegimeNotImplementedError(BadOptionError):
@@ -88,6 +94,7 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
     :param say: where one-line notes go (options ignored on this device, no tensorboard).
     :param on_result: called on every rank with the :class:`~glocal.train.loop.TrainResult`.
     """
+    from glocal.train import runtime
     from glocal.train.data import read_training_set, split_classes
     from glocal.train.export import export_model
     from glocal.train.loop import TrainConfig, train_tuples
@@ -104,19 +111,19 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
 
         return run_detector(spec, run_settings, run, resume, steps, progress, on_log, on_data, say, on_result)
     run = Path(run)
-    train_dict = dict(run_settings.train)
+    options = spec.configure(dict(run_settings.settings), where="--set")
+    extractor = spec.create_extractor(options.extractor)
+    get_network = getattr(extractor, "trainable_network", None)
+    if not callable(get_network):
+        raise RegimeNotImplementedError(f"training regime {spec.training} is not implemented yet for method "
+                                        f"{spec.name} (its extractor offers no trainable network)")
+    train_dict = {**getattr(extractor, "training_defaults", {}), **run_settings.train}
     if steps is not None:
         train_dict["steps"] = steps
     try:
         config = TrainConfig(**train_dict)
     except TypeError as exc:
         raise BadOptionError(f"training settings: {exc}") from None
-    options = spec.configure(dict(run_settings.settings), where="--set")
-    extractor = spec.create_extractor(options.extractor)
-    get_network = getattr(extractor, "trainable_network", None)
-    if not callable(get_network):
-        raise RegimeNotImplementedError(f"training regime {spec.training} is not implemented yet for method "
-                                        f"{spec.name} (its extractor offers no trainable global network)")
     network = get_network()
     main = ranks_from_environment().main
     data = read_training_set(run_settings.data, run_settings.images)
@@ -126,14 +133,43 @@ def train_method(spec: Any, run_settings: RunSettings, run: str | Path, resume: 
     if not resume and main:
         run_settings.train = dataclasses.asdict(config)
         run_settings.save(run)
+    prepare = getattr(extractor, "prepare_training", None)
+    if not resume and callable(prepare):
+        used = prepare(_readable_images(train.files, config.image_size))
+        if used and main:
+            (say or runtime._stderr)(f"fitted the whitening on {used} training images (it was not fitted)")
     result = train_tuples(network, resolved_preprocessing(options.extractor), train, held_out, config, run, resume=resume,
-                          progress=progress if main else no_progress, on_log=on_log, say=say)
+                          progress=progress if main else no_progress, on_log=on_log, say=say,
+                          objective=regime_objective(spec.training, config))
     if on_result is not None:
         on_result(result)
     if not main:
         return None, result.problems
     card = model_card(spec, options, run_settings, config, data, train, held_out, result)
     return export_model(result.network, run, card), result.problems
+
+
+def regime_objective(regime: str, config: Any) -> Any:
+    """The loss of a tuples regime (:mod:`glocal.train.objectives`): ``tuples``: the contrastive loss on the global
+    descriptor with ``config.margin``; ``tuples-superfeatures``: FIRe's losses with mu' = ``config.margin``."""
+    from glocal.train.fire_losses import FireLossConfig
+    from glocal.train.objectives import global_objective, superfeature_objective
+
+    if regime == "tuples-superfeatures":
+        return superfeature_objective(FireLossConfig(margin=config.margin))
+    return global_objective(config.margin)
+
+
+def _readable_images(files: Any, max_side: int) -> Iterator[Any]:
+    """The images of ``files`` that load (longest side ``max_side``), in order; the others are skipped (the
+    training set reports them)."""
+    from glocal.io.images import ImageReadError, load_image
+
+    for path in files:
+        try:
+            yield load_image(path, max_side=max_side)
+        except ImageReadError:
+            continue
 
 
 def model_card(spec: Any, options: Any, run_settings: RunSettings, config: Any, data: Any, train: Any,

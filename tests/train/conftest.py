@@ -45,3 +45,9 @@ def write_folder_per_class(root: Path, classes: int = 4, per_class: int = 5, see
 def shapes(tmp_path: Path) -> Path:
     """A folder per class: 4 classes of 5 images, 2 distractors."""
     return write_folder_per_class(tmp_path / "shapes", distractors=2)
+
+
+@pytest.fixture
+def small_shapes(tmp_path: Path) -> Path:
+    """A folder per class: 3 classes of 3 images (the fastest set a tuples run can mine)."""
+    return write_folder_per_class(tmp_path / "small_shapes", classes=3, per_class=3)
