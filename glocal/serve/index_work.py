@@ -19,8 +19,8 @@ operation. Nothing here imports FastAPI.
   stops it) and exits when its pipe closes (the HTTP process is gone).
 * Test hook: when the environment variable :data:`HOLD_ENV` names a folder, the worker waits while
   ``<folder>/hold-start`` exists before opening the index, and a search or add that starts while
-  ``<folder>/hold`` exists touches ``<folder>/entered`` and then computes (holding the GIL, in C calls of tens of
-  milliseconds, as a numpy or OpenCV section does) until ``hold`` is removed. The tests use it to make a
+  ``<folder>/hold`` exists touches ``<folder>/entered`` and then computes (holding the GIL, in C calls of 0.1-0.3 s,
+  as a numpy or OpenCV section does: a thread doing this would delay the event loop as long) until ``hold`` is removed. The tests use it to make a
   request slow, or a restart long, deterministically; unset, it costs one environment look-up per request.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _hold(name: str) -> None:
         (Path(folder) / "entered").touch()
     while (Path(folder) / name).exists():
         if name == "hold":
-            sum(range(2_000_000))  # one C call: the GIL is held throughout, as in a numpy / OpenCV section
+            sum(range(10_000_000))  # one C call (0.1-0.3 s): the GIL is held throughout, as in a numpy section
         else:
             time.sleep(0.01)
 

@@ -163,8 +163,9 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:
 
 
 def test_health_and_info_answer_at_once_during_a_slow_search(index_path: Path, demo_benchmark, hold) -> None:
-    """The search holds the index worker's GIL (C calls of tens of ms, as numpy / OpenCV sections do) until
-    released: the HTTP process answers /health and /info regardless, because the worker is another process."""
+    """The search holds the index worker's GIL (C calls of 0.1-0.3 s, as numpy / OpenCV sections do) until
+    released: the HTTP process answers /health and /info within 100 ms regardless, because the worker is another
+    process (a thread doing the same in the HTTP process delays them by a whole call)."""
     app = _app(index_path)
     with _client(app) as c:
         svc = app.state.service
