@@ -128,7 +128,7 @@ class _Service:
 
     def health(self) -> tuple[int, dict]:
         """(event loop, no lock) ``/health``'s status and answer: ok, or what the index worker is doing."""
-        state = self.worker.state
+        state = self.worker.status
         if state == "ready":
             return 200, {"status": "ok", "images": self.images}
         body = {"status": "degraded", "images": self.images, "worker": state, "detail": self.worker.detail}
@@ -310,7 +310,7 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         return svc.settings | {"images": svc.images, "service": {
             "writable": svc.writable, "token": svc.token is not None, "max_upload_mb": svc.max_upload_mb,
             "max_pixels": svc.max_pixels, "max_queue": svc.max_queue, "lock_timeout": svc.lock_timeout,
-            "request_timeout": svc.request_timeout, "worker": svc.worker.state, "worker_restarts": svc.worker.restarts,
+            "request_timeout": svc.request_timeout, "worker": svc.worker.status, "worker_restarts": svc.worker.restarts,
             "version": __version__}}
 
     @app.post("/search")

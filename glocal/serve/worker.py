@@ -18,8 +18,8 @@ longer delay ``/health`` or the refusal of the excess.
   starts it itself), so requests queue behind the restart within ``--lock-timeout`` as behind a search. A
   process that cannot open the index leaves the state ``"failed"`` (with the reason) and is retried every
   :data:`RETRY_SECONDS`.
-* :attr:`~IndexWorker.state` (``"starting"``, ``"ready"``, ``"restarting"``, ``"failed"``, ``"stopped"``) and
-  :attr:`~IndexWorker.detail` (why it is not ready) are plain attributes the event loop reads without the lock.
+* :attr:`~IndexWorker.status` (``"starting"``, ``"ready"``, ``"restarting"``, ``"failed"``, ``"stopped"``) and
+  :attr:`~IndexWorker.detail` (why it is not ready) are read by the event loop without the lock.
 """
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ class IndexWorker:
 
     def _start(self) -> None:
         """(lock held) Replace the process by a fresh one; afterwards the state is ``"ready"`` or ``"failed"``."""
+        self.state = "restarting" if self._started else "starting"
         self._stop_process()
         if self._started:
             self.restarts += 1
@@ -192,15 +193,23 @@ class IndexWorker:
                     return
             elif proc is None or not wait([proc.sentinel], timeout=0.5):
                 continue
-            elif self.state == "ready":  # ended while idle, or during a request not answered yet
-                self.state, self.detail = "restarting", "the index worker stopped; it is being restarted"
             with self.lock:
-                if self._closing.is_set() or self._proc is not proc or self.state == "ready":
+                if self._closing.is_set() or self._proc is not proc:
                     continue  # a request restarted it first
-                if self.state == "restarting" and self._conn is not None:  # not yet reaped by a request
+                if self.state == "ready":  # ended while idle (a request that saw it end has said why)
                     proc.join(1)
                     self.detail = f"the index worker stopped ({describe_exit(proc.exitcode)}); it is being restarted"
                 self._start()
+
+    @property
+    def status(self) -> str:
+        """(any thread, no lock) :attr:`state`, or ``"restarting"`` for a process that has ended and whose end
+        the supervisor has not handled yet (a ``select`` on its sentinel)."""
+        state, proc = self.state, self._proc
+        if state == "ready" and proc is not None and wait([proc.sentinel], timeout=0):
+            return "restarting"
+        return state
+
     def close(self) -> None:
         """Stop the supervisor, ask the worker to stop (killed after a few seconds), reap it."""
         self._closing.set()
