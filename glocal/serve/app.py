@@ -250,9 +250,12 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
 def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: float = 20, *,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE,
                lock_timeout: float = DEFAULT_LOCK_TIMEOUT, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-               token: str | None = None,
-               insecure_no_token: bool = False, verify: bool = True) -> FastAPI:
+               token: str | None = None, insecure_no_token: bool = False, verify: bool = True) -> FastAPI:
     """A FastAPI app serving the index at ``index_path``; ``writable`` enables ``POST/DELETE /images``.
+
+    The app starts its index worker process when it starts (its lifespan) and stops it when it stops. The worker
+    is started with ``multiprocessing``'s ``spawn``, which imports the main module again: a script that serves
+    the app itself (``uvicorn.run(app)``) must do so under ``if __name__ == "__main__":``.
 
     :param max_upload_mb: largest upload; bigger bodies are refused (413) while they arrive.
     :param max_pixels: largest image (width x height, from its header) accepted for decoding (413 above).
