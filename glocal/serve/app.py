@@ -100,6 +100,7 @@ class _Service:
         self.token = token.encode() if token else None
         self.lock = threading.Lock()
         self.waiting = 0  # requests waiting for ``lock``; guarded by ``_waiting_lock``
+        self.pending = 0  # requests waiting for ``lock`` or holding it; guarded by ``_waiting_lock``
         self._waiting_lock = threading.Lock()
         self.admitted = 0  # index requests between admission and their answer (event loop only)
         self.pool: ThreadPoolExecutor | None = None  # the threads that wait for the worker, while the app runs
@@ -155,26 +156,33 @@ class _Service:
         or overran ``request_timeout`` seconds (it is killed and restarted); the worker's own refusals keep their
         status."""
         with self._waiting_lock:
-            if self.waiting >= self.max_queue:
-                raise HTTPException(503, f"busy: {self.waiting} requests are already waiting for the index "
+            # one at the worker and max_queue waiting: counted as requests in this method, so a waiter that has
+            # just been given the lock but not yet run (its thread starved on a busy machine) is not counted twice
+            if self.pending > self.max_queue:
+                raise HTTPException(503, f"busy: {self.pending - 1} requests are already waiting for the index "
                                          f"(the limit is {self.max_queue}); retry later",
                                     headers={"Retry-After": _RETRY_AFTER})
+            self.pending += 1
             self.waiting += 1
         try:
             acquired = self.lock.acquire(timeout=self.lock_timeout)
         finally:
             with self._waiting_lock:
                 self.waiting -= 1
-        if not acquired:
-            raise HTTPException(503, f"busy: the index was not free within {self.lock_timeout:g} s; retry later",
-                                headers={"Retry-After": _RETRY_AFTER})
         try:
-            return self.worker.call(op, args, self.request_timeout)
-        except WorkerError as exc:
-            raise HTTPException(exc.status, exc.detail,
-                                headers={"Retry-After": _RETRY_AFTER} if exc.status == 503 else None) from None
+            if not acquired:
+                raise HTTPException(503, f"busy: the index was not free within {self.lock_timeout:g} s; retry "
+                                         "later", headers={"Retry-After": _RETRY_AFTER})
+            try:
+                return self.worker.call(op, args, self.request_timeout)
+            except WorkerError as exc:
+                raise HTTPException(exc.status, exc.detail,
+                                    headers={"Retry-After": _RETRY_AFTER} if exc.status == 503 else None) from None
+            finally:
+                self.lock.release()
         finally:
-            self.lock.release()
+            with self._waiting_lock:
+                self.pending -= 1
 
     def write_refusal(self, authorization: str | None) -> HTTPException | None:
         """Why a write request is refused (403 read-only, 401 no or wrong token), or None."""
