@@ -70,7 +70,7 @@ from fastapi.responses import JSONResponse
 from glocal import __version__
 from glocal.io.images import parse_box
 from glocal.serve.freshness import refuse_damaged
-from glocal.serve.index_work import WorkerError, lower_priority
+from glocal.serve.index_work import WorkerError
 from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
 from glocal.serve.page import add_page_routes
 from glocal.serve.worker import IndexWorker
@@ -116,9 +116,10 @@ class _Service:
 
     def open(self) -> None:
         # requests wait for the worker here, never on the event loop nor in the shared thread pool: at most one
-        # request at the index plus ``max_queue`` waiting are ever admitted, so a thread is always free for one
-        self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index",
-                                       initializer=lower_priority)
+        # request at the index plus ``max_queue`` waiting are ever admitted, so a thread is always free for one.
+        # These threads keep the event loop's priority: they share its GIL, and a lower-priority thread descheduled
+        # while it holds the GIL would make the event loop wait for it (priority inversion)
+        self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index")
         self.worker.start()
 
     def close(self) -> None:

@@ -52,15 +52,20 @@ class WorkerError(Exception):
 
 
 def lower_priority() -> None:
-    """Lower the calling thread's CPU priority by :data:`WORKER_NICENESS` (Linux: the niceness belongs to the
-    thread and is inherited by the threads it starts). Not allowed or not Linux: nothing changes."""
+    """Lower the CPU priority of every thread of this process by :data:`WORKER_NICENESS` (Linux: the niceness
+    belongs to each thread, and threads started later inherit their creator's; the threads a library started at
+    import, such as OpenBLAS's pool, are lowered too). Not allowed or not Linux: nothing changes."""
     if sys.platform != "linux" or WORKER_NICENESS <= 0:
         return
-    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS))
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
-        pass
+        tids = [threading.get_native_id()]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS))
+        except OSError:
+            pass
 
 
 def json_safe(obj: Any) -> Any:
@@ -206,7 +211,7 @@ def worker_main(conn: Any, index_path: str, writable: bool) -> None:
     """The worker process: open the index, say ``("ready", settings, images)`` (or ``("failed", error class
     name, message)``), then answer one request at a time until the pipe closes or ``None`` arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lower_priority()  # before any thread is started: they all inherit it
+    lower_priority()  # every thread now, and the threads started later inherit it
     _hold("hold-start")
     try:
         state = IndexState(Path(index_path), writable)
