@@ -10,7 +10,7 @@ operation. Nothing here imports FastAPI.
 
 * Warm-up: before it says it is ready, the worker searches a small generated picture once
   (:meth:`IndexState.warm_up`), so a new worker's first request is as quick as the others.
-* Priority: the worker lowers its CPU priority by :data:`WORKER_NICENESS` before it starts any thread (Linux:
+* Priority: the worker lowers the CPU priority of all its threads by :data:`WORKER_NICENESS` first (Linux: later
   threads inherit it: OpenCV's, the scan's, PyTorch's), so the HTTP process gets a core first.
 * Freshness: a read-only worker compares :func:`~glocal.serve.freshness.index_fingerprint` before each
   operation and reopens the index when another process added, removed or compacted (keeping the loaded model);
@@ -19,9 +19,10 @@ operation. Nothing here imports FastAPI.
   stops it) and exits when its pipe closes (the HTTP process is gone).
 * Test hook: when the environment variable :data:`HOLD_ENV` names a folder, the worker waits while
   ``<folder>/hold-start`` exists before opening the index, and a search or add that starts while
-  ``<folder>/hold`` exists touches ``<folder>/entered`` and then computes (holding the GIL, in C calls of 0.1-0.3 s,
-  as a numpy or OpenCV section does: a thread doing this would delay the event loop as long) until ``hold`` is removed. The tests use it to make a
-  request slow, or a restart long, deterministically; unset, it costs one environment look-up per request.
+  ``<folder>/hold`` exists touches ``<folder>/entered`` and then computes until ``hold`` is removed, holding the
+  GIL in C calls of 0.1-0.3 s as some numpy or OpenCV sections do (a thread doing this delays every other thread
+  of its process as long). The tests use it to make a request slow, or a restart long, deterministically; unset,
+  it costs one environment look-up per request.
 """
 from __future__ import annotations
 
