@@ -7,7 +7,10 @@ token) -- within the queue limit, so every request must succeed -- and an overlo
 ``--overload-searchers`` search threads, more than ``--max-queue`` + 1, where the surplus must get 503
 (never a crash or a hang). A separate process (so the client threads' GIL cannot delay it) polls
 ``GET /health`` every 50 ms throughout; an idle first phase gives its latency on the machine as it is. The
-exit status is 1 on any error, any 503 within the queue limit, or a service that died.
+exit status is 1 on any error (a 503 because a request overran ``--request-timeout`` or its index worker
+stopped counts as one), any 503 within the queue limit, a service that died, or a ``/health`` poll slower than
+``--health-max-ms`` (100) at any time. The load average at the start and the end and the command line, to be
+re-run as printed on a quiet machine, are printed with the table.
 
     python benchmarks/serve_load.py --seconds 15
 """
@@ -46,6 +49,8 @@ class Tally:
         with self.lock:
             if status == 503 and "not free within" in what:  # the wait limit (--lock-timeout), not the queue
                 self.waited_out[kind] += 1
+            elif status == 503 and ("took longer than" in what or "worker" in what):  # overran, or a dead worker
+                self.errors[kind].append(what)
             elif status == 503:
                 self.busy[kind] += 1
             elif status is not None and status < 300:
@@ -70,7 +75,7 @@ def _searcher(base: str, queries: list[Path], stop: threading.Event, tally: Tall
             try:
                 res = client.post("/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
                                   params={"top": 10})
-                tally.record("search", time.perf_counter() - t0, res.status_code, f"{res.status_code} {res.text[:80]}")
+                tally.record("search", time.perf_counter() - t0, res.status_code, f"{res.status_code} {res.text[:160]}")
             except httpx.HTTPError as exc:
                 tally.record("search", time.perf_counter() - t0, None, repr(exc))
                 continue
@@ -97,7 +102,7 @@ def _writer(base: str, images: list[Path], stop: threading.Event, tally: Tally, 
                     tally.record("write", time.perf_counter() - t0, None, f"{method} {exc!r}")
                     break
                 tally.record("write", time.perf_counter() - t0, res.status_code,
-                             f"{method} {res.status_code} {res.text[:80]}")
+                             f"{method} {res.status_code} {res.text[:160]}")
                 if res.status_code >= 300:
                     if res.status_code == 503:
                         time.sleep(busy_pause)
@@ -154,11 +159,15 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=30, help="Images in the index.")
     ap.add_argument("--max-queue", type=int, default=8)
     ap.add_argument("--lock-timeout", type=float, default=30.0)
+    ap.add_argument("--request-timeout", type=float, default=60.0)
+    ap.add_argument("--health-max-ms", type=float, default=100.0, help="Exit 1 when any /health poll took longer.")
     ap.add_argument("--idle-seconds", type=float, default=5.0, help="A first phase without clients: /health's "
                     "latency on this machine as it is (0 skips it).")
     ap.add_argument("--busy-pause", type=float, default=0.05, help="Seconds a search client waits after a 503 "
                     "before its next request (0: hammer the service).")
     args = ap.parse_args()
+    command = " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]])
+    load_start = os.getloadavg()
 
     from glocal.demo.synthetic import make_benchmark
     from glocal.index.builder import build_index
@@ -175,7 +184,8 @@ def main() -> None:
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115 - closed below
         server = subprocess.Popen(
             [sys.executable, "-m", "glocal", "serve", str(index), "--port", str(port), "--writable",
-             "--max-queue", str(args.max_queue), "--lock-timeout", str(args.lock_timeout)],
+             "--max-queue", str(args.max_queue), "--lock-timeout", str(args.lock_timeout),
+             "--request-timeout", str(args.request_timeout)],
             env=os.environ | {"GLOCAL_TOKEN": TOKEN, "GLOCAL_PROGRESS": "0"}, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120
@@ -211,6 +221,7 @@ def main() -> None:
             polls = receive.recv()
             poller.join(60)
             alive = server.poll() is None
+            service = httpx.get(f"{base}/info", timeout=30).json()["service"] if alive else {}
         finally:
             server.terminate()
             try:
@@ -219,9 +230,12 @@ def main() -> None:
                 server.kill()
             log.close()
 
-    print(f"service: --max-queue {args.max_queue} --lock-timeout {args.lock_timeout:g}, {args.seconds:g} s per phase, "
-          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; "
-          f"clients pause {args.busy_pause:g} s after a 503\n")
+    print(f"command: {command}")
+    print(f"service: --max-queue {args.max_queue} --lock-timeout {args.lock_timeout:g} --request-timeout "
+          f"{args.request_timeout:g}, {args.seconds:g} s per phase, {os.cpu_count()} CPUs, load average (1, 5, 15 min) "
+          f"{' '.join(f'{x:.1f}' for x in load_start)} at the start, {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"at the end; clients pause {args.busy_pause:g} s after a 503; index worker restarts: "
+          f"{service.get('worker_restarts', '?')}\n")
     head = (f"| {'phase':<36} | {'kind':<6} | {'ok':>5} | {'req/s':>6} | {'p50 ms':>6} | {'p95 ms':>6} | "
             f"{'p99 ms':>6} | {'503':>5} | {'waited out':>10} | {'errors':>6} | {'/health p99 / max ms':>20} |")
     print(head)
@@ -241,11 +255,13 @@ def main() -> None:
     within = [tally.busy[k] + tally.waited_out[k] for label, tally, *_ in rows if "overload" not in label
               for k in tally.busy]
     print("(503: refused, the queue was full; waited out: 503 after --lock-timeout s without the index)")
+    slow = [sec for sec in seconds if sec * 1000 > args.health_max_ms]
     print(f"\n/health: {len(seconds)} polls, p99 {_ms(seconds, 99)} ms, max {max(seconds) * 1000:.0f} ms, "
-          f"{len(failures)} failed; 503 within the queue limit: {sum(within)}; service alive at the end: {alive}")
+          f"{len(slow)} over {args.health_max_ms:g} ms, {len(failures)} failed; 503 within the queue limit: "
+          f"{sum(within)}; service alive at the end: {alive}")
     for error in sorted(set(all_errors))[:10]:
         print("error:", error)
-    if all_errors or failures or sum(within) or not alive:
+    if all_errors or failures or sum(within) or not alive or slow or service.get("worker_restarts"):
         raise SystemExit(1)
 
 

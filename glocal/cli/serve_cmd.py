@@ -19,6 +19,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_QUEUE = 8
 DEFAULT_LOCK_TIMEOUT = 30.0
+DEFAULT_REQUEST_TIMEOUT = 60.0
 SWITCH_INTERVAL = 0.001  # seconds
 
 
@@ -35,6 +36,9 @@ def serve_command(
                                   help="Most requests waiting for the index; one more gets 503 + Retry-After."),
     lock_timeout: float = typer.Option(DEFAULT_LOCK_TIMEOUT, "--lock-timeout", min=0.001,
                                        help="Seconds a request may wait for the index before it gets 503."),
+    request_timeout: float = typer.Option(DEFAULT_REQUEST_TIMEOUT, "--request-timeout", min=0.001,
+                                          help="Seconds the index worker may spend on one request; past it the "
+                                               "request gets 503 and the worker is killed and restarted."),
     token: str = typer.Option("", "--token", envvar="GLOCAL_TOKEN", show_default=False,
                               help="Bearer token that POST /images and DELETE /images/NAME must carry "
                                    "(or env GLOCAL_TOKEN)."),
@@ -67,9 +71,9 @@ def serve_command(
 
     _open(index, writable=writable).close()  # refuse a missing or damaged index before listening
     app = create_app(index, writable=writable, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                     max_queue=max_queue, lock_timeout=lock_timeout, token=token or None,
-                     insecure_no_token=insecure_no_token, verify=not no_verify)
-    # this process only serves: hand the GIL over every 1 ms (Python's default is 5) so the event loop, which
-    # answers /health and refuses the excess, waits less behind the index workers' Python code
+                     max_queue=max_queue, lock_timeout=lock_timeout, request_timeout=request_timeout,
+                     token=token or None, insecure_no_token=insecure_no_token, verify=not no_verify)
+    # index work runs in its own process (glocal.serve.worker); this one only serves, and its few threads (saving
+    # uploads, waiting for the worker) hand the GIL to the event loop every 1 ms (Python's default is 5)
     sys.setswitchinterval(SWITCH_INTERVAL)
     uvicorn.run(app, host=host, port=port, log_level="info")

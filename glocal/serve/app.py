@@ -2,7 +2,9 @@
 
 Endpoints (all answers are JSON; errors are ``{"detail": "<what went wrong>"}``):
 
-* ``GET /health`` -> ``{"status": "ok", "images": N}``
+* ``GET /health`` -> ``{"status": "ok", "images": N}`` while the index worker runs; otherwise ``{"status":
+  "degraded", "images": N, "worker": "starting" | "restarting" | "failed" | "stopped", "detail": why}`` (status
+  200 while it is being restarted, 503 when it could not be or the service is stopping).
 * ``GET /info`` -> the index settings (:meth:`glocal.search.Searcher.settings`) and the service's own.
 * ``POST /search`` multipart ``image`` (the query); options ``top``, ``bbox`` (``x1,y1,x2,y2``), ``rerank``,
   ``qe``, ``dba``, ``matches`` as query parameters or form fields (a form field wins over a query
@@ -27,62 +29,65 @@ Limits against hostile or unlucky clients (each answers at once, with the reason
   ``max_pixels`` pixels answers 413 (a decompression bomb costs a few KiB to send and GiBs to decode).
 * queue: at most ``max_queue`` requests wait for the index; one more answers 503 with ``Retry-After``, before
   its body is read (the middleware admits at most ``max_queue`` + 1 index requests at a time).
-* time: a request that has not obtained the index within ``lock_timeout`` seconds answers 503.
+* time: a request that has not obtained the index within ``lock_timeout`` seconds answers 503; one that the index
+  worker has not answered within ``request_timeout`` seconds answers 503, and the worker is killed and restarted.
 
-Concurrency: the searcher is opened at startup and closed at shutdown (the app's lifespan), and one
-``threading.Lock`` serialises every call into it: requests are handled in parallel up to that point
-(upload, validation, the pixel check) and one at a time inside the searcher. Index work runs in the service's
-own pool of ``max_queue`` + 1 threads at a lower CPU priority (Linux niceness +10, inherited by the threads they
-start), never on the event loop nor in the thread pool shared with other routes. Simple and correct: searches
-and edits never interleave; the price is that a slow request makes the others wait, within the queue and
-time bounds above. ``/health`` and ``/info`` never take the lock: they answer from values kept outside it
-(and run on the event loop, not in the thread pool), so they stay quick during a long search. Run one
-process per index (``glocal serve`` does): several processes would each hold their own searcher, and only
-one may write.
+Concurrency: all index work runs in a separate process (:mod:`glocal.serve.worker`; its code:
+:mod:`glocal.serve.index_work`) that opens the index at startup and owns it; this process never opens it. It
+parses requests, enforces the limits, saves uploads to temporary files (the worker reads them by path) and
+queues: one ``threading.Lock`` lets one request at a time talk to the worker, and the requests waiting for it
+wait in the service's own pool of ``max_queue`` + 1 threads, never on the event loop nor in the thread pool
+shared with other routes. Searches and edits never interleave; a slow request makes the others wait, within the
+queue and time bounds above. The worker runs at a lower CPU priority (niceness +10), and nothing it does (GIL held
+in numpy, OpenCV or PyTorch, Python loops) can delay this process: ``/health`` and ``/info`` take no lock and run
+on the event loop, answering from values the worker reported with its last answer. A worker that dies (killed,
+out of memory, a crash in native code) is noticed at once: the request in flight gets one 503 saying so, and a new
+worker is started (requests queue behind the restart within ``lock_timeout``). Run one service per index
+(``glocal serve`` does): several would each hold their own worker, and only one may write.
 
 Freshness (:mod:`glocal.serve.freshness`): :func:`create_app` verifies every checksum of the index first
 (``verify=False`` skips it) and raises :class:`~glocal.errors.DamagedIndexError` naming the damage. A read-only
-service compares a cheap fingerprint of the folder (a few ``stat`` calls) under the lock before each request
-that uses the searcher, and reopens the index when another process added, removed or compacted; ``/health``
-then counts the reopened index's images.
+worker compares a cheap fingerprint of the folder (a few ``stat`` calls) before each request and reopens the
+index when another process added, removed or compacted; ``/health`` then counts the reopened index's images.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import hmac
-import json
 import math
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
 
 from glocal import __version__
-from glocal.errors import GlocalError
-from glocal.index.builder import add_images
-from glocal.io.images import ImageReadError, parse_box
-from glocal.serve.freshness import index_fingerprint, keep_upload, refuse_damaged
-from glocal.serve.limits import BodyLimit, check_pixels, lower_priority, saved_upload, upload_label
+from glocal.io.images import parse_box
+from glocal.serve.freshness import refuse_damaged
+from glocal.serve.index_work import WorkerError
+from glocal.serve.limits import BodyLimit, check_pixels, saved_upload, upload_label
 from glocal.serve.page import add_page_routes
+from glocal.serve.worker import IndexWorker
 
 MAX_TOP = 10_000
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_QUEUE = 8
 DEFAULT_LOCK_TIMEOUT = 30.0
+DEFAULT_REQUEST_TIMEOUT = 60.0
 _FORM_OVERHEAD = 1 << 20  # request bytes allowed beyond the upload limit: multipart headers, form fields
 _RETRY_AFTER = "1"  # seconds, in 503 answers
 class _Service:
-    """The state behind one app: the searcher, its lock, and values readable without the lock."""
+    """The state behind one app: the index worker, the lock that serialises requests to it, the queue counters,
+    and values readable without the lock."""
 
     def __init__(self, index_path: Path, writable: bool, max_upload_mb: float, max_pixels: int, max_queue: int,
-                 lock_timeout: float, token: str | None) -> None:
+                 lock_timeout: float, request_timeout: float, token: str | None) -> None:
         self.index_path = Path(index_path)
         self.writable = writable
         self.max_upload_mb = max_upload_mb
@@ -91,59 +96,45 @@ class _Service:
         self.max_pixels = max_pixels
         self.max_queue = max_queue
         self.lock_timeout = lock_timeout
+        self.request_timeout = request_timeout
         self.token = token.encode() if token else None
         self.lock = threading.Lock()
         self.waiting = 0  # requests waiting for ``lock``; guarded by ``_waiting_lock``
+        self.pending = 0  # requests waiting for ``lock`` or holding it; guarded by ``_waiting_lock``
         self._waiting_lock = threading.Lock()
         self.admitted = 0  # index requests between admission and their answer (event loop only)
-        self.pool: ThreadPoolExecutor | None = None  # the index workers, while the app runs
-        self.searcher: Any = None
-        self.settings: dict = {}
-        self.images = 0
-        self.fingerprint: tuple | None = None  # of the folder the open searcher reads (read-only services)
+        self.pool: ThreadPoolExecutor | None = None  # the threads that wait for the worker, while the app runs
+        self.worker = IndexWorker(self.index_path, writable, self.lock)
 
-    def _open_searcher(self) -> Any:
-        from glocal.index.collection import Collection
-        from glocal.search import Searcher
+    @property
+    def images(self) -> int:
+        return self.worker.images
 
-        if not self.writable:  # taken before opening: a change made meanwhile is seen by the next request
-            self.fingerprint = index_fingerprint(self.index_path)
-        return Searcher(Collection.open(self.index_path, writable=self.writable))
+    @property
+    def settings(self) -> dict:
+        return self.worker.settings
 
     def open(self) -> None:
-        # index work runs here, never on the event loop nor in the shared thread pool: at most one request at the
-        # index plus ``max_queue`` waiting are ever admitted, so a thread is always free for an admitted one
-        self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index",
-                                       initializer=lower_priority)
-        searcher = self._open_searcher()
-        self.settings = _json_safe(searcher.settings())  # once: it may hash a model checkpoint
-        self.images = len(searcher)
-        self.searcher = searcher
-
-    def _refresh(self) -> None:
-        """(read-only, under ``lock``) Reopen the index when another process changed it on disk (``glocal index
-        add/remove/compact``). If reopening fails (e.g. mid-swap of a compaction) the open searcher stays and the
-        next request tries again."""
-        if self.writable or self.searcher is None or index_fingerprint(self.index_path) == self.fingerprint:
-            return
-        try:
-            fresh = self._open_searcher()
-        except (GlocalError, OSError):
-            self.fingerprint = None
-            return
-        fresh._extractor = self.searcher._extractor  # same method and options: keep the loaded model
-        old, self.searcher = self.searcher, fresh
-        self.images = len(fresh)
-        old.close()
+        # requests wait for the worker here, never on the event loop nor in the shared thread pool: at most one
+        # request at the index plus ``max_queue`` waiting are ever admitted, so a thread is always free for one.
+        # These threads keep the event loop's priority: they share its GIL, and a lower-priority thread descheduled
+        # while it holds the GIL would make the event loop wait for it (priority inversion)
+        self.pool = ThreadPoolExecutor(max_workers=self.max_queue + 1, thread_name_prefix="glocal-index")
+        self.worker.start()
 
     def close(self) -> None:
-        with self.lock:
-            if self.searcher is not None:
-                self.searcher.close()
-                self.searcher = None
+        self.worker.close()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
+
+    def health(self) -> tuple[int, dict]:
+        """(event loop, no lock) ``/health``'s status and answer: ok, or what the index worker is doing."""
+        state = self.worker.status
+        if state == "ready":
+            return 200, {"status": "ok", "images": self.images}
+        body = {"status": "degraded", "images": self.images, "worker": state, "detail": self.worker.detail}
+        return (503 if state in ("failed", "stopped") else 200), body
 
     def admission_refusal(self) -> HTTPException | None:
         """(event loop, before the body is read) 503 when ``max_queue`` + 1 index requests are already admitted
@@ -155,37 +146,44 @@ class _Service:
         return None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in the index worker pool, awaited from the event loop."""
+        """``fn(*args)`` in the service's pool, awaited from the event loop."""
         if self.pool is None:
             raise HTTPException(503, "the index is not open (the service is starting or stopping)")
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
 
-    @contextmanager
-    def searcher_locked(self) -> Iterator[Any]:
-        """The searcher, alone; 503 at once when ``max_queue`` requests already wait, or after
-        ``lock_timeout`` seconds without the lock."""
+    def call(self, op: str, *args: Any) -> Any:
+        """(a pool thread) ``op(*args)`` run by the index worker, alone. 503 at once when ``max_queue`` requests
+        already wait, after ``lock_timeout`` seconds without the worker, when the worker stopped during the request
+        or overran ``request_timeout`` seconds (it is killed and restarted); the worker's own refusals keep their
+        status."""
         with self._waiting_lock:
-            if self.waiting >= self.max_queue:
-                raise HTTPException(503, f"busy: {self.waiting} requests are already waiting for the index "
+            # one at the worker and max_queue waiting: counted as requests in this method, so a waiter that has
+            # just been given the lock but not yet run (its thread starved on a busy machine) is not counted twice
+            if self.pending > self.max_queue:
+                raise HTTPException(503, f"busy: {self.pending - 1} requests are already waiting for the index "
                                          f"(the limit is {self.max_queue}); retry later",
                                     headers={"Retry-After": _RETRY_AFTER})
+            self.pending += 1
             self.waiting += 1
         try:
             acquired = self.lock.acquire(timeout=self.lock_timeout)
         finally:
             with self._waiting_lock:
                 self.waiting -= 1
-        if not acquired:
-            raise HTTPException(503, f"busy: the index was not free within {self.lock_timeout:g} s; retry later",
-                                headers={"Retry-After": _RETRY_AFTER})
         try:
-            if self.searcher is None:
-                raise HTTPException(503, "the index is not open (the service is starting or stopping)")
-            self._refresh()
-            yield self.searcher
-            self.images = len(self.searcher)
+            if not acquired:
+                raise HTTPException(503, f"busy: the index was not free within {self.lock_timeout:g} s; retry "
+                                         "later", headers={"Retry-After": _RETRY_AFTER})
+            try:
+                return self.worker.call(op, args, self.request_timeout)
+            except WorkerError as exc:
+                raise HTTPException(exc.status, exc.detail,
+                                    headers={"Retry-After": _RETRY_AFTER} if exc.status == 503 else None) from None
+            finally:
+                self.lock.release()
         finally:
-            self.lock.release()
+            with self._waiting_lock:
+                self.pending -= 1
 
     def write_refusal(self, authorization: str | None) -> HTTPException | None:
         """Why a write request is refused (403 read-only, 401 no or wrong token), or None."""
@@ -258,26 +256,22 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
         raise HTTPException(422, f"bbox: {exc}") from None
 
 
-def _json_safe(obj: Any) -> Any:
-    """A JSON round trip: numpy scalars / arrays become numbers / lists, anything else its string."""
-    def default(o: Any) -> Any:
-        if hasattr(o, "tolist"):
-            return o.tolist()
-        return str(o)
-
-    return json.loads(json.dumps(obj, default=default))
-
-
 def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: float = 20, *,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE,
-               lock_timeout: float = DEFAULT_LOCK_TIMEOUT, token: str | None = None,
-               insecure_no_token: bool = False, verify: bool = True) -> FastAPI:
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+               token: str | None = None, insecure_no_token: bool = False, verify: bool = True) -> FastAPI:
     """A FastAPI app serving the index at ``index_path``; ``writable`` enables ``POST/DELETE /images``.
+
+    The app starts its index worker process when it starts (its lifespan) and stops it when it stops. The worker
+    is started with ``multiprocessing``'s ``spawn``, which imports the main module again: a script that serves
+    the app itself (``uvicorn.run(app)``) must do so under ``if __name__ == "__main__":``.
 
     :param max_upload_mb: largest upload; bigger bodies are refused (413) while they arrive.
     :param max_pixels: largest image (width x height, from its header) accepted for decoding (413 above).
     :param max_queue: most requests waiting for the index at once; one more gets 503 + ``Retry-After``.
     :param lock_timeout: seconds a request may wait for the index before it gets 503.
+    :param request_timeout: seconds the index worker may spend on one request; past it the worker is killed and
+        restarted, and the request gets 503.
     :param token: the bearer token write requests must carry. A writable app without one needs
         ``insecure_no_token=True`` (then anyone who reaches it may edit the index).
     :param verify: check every checksum of the index now (:func:`glocal.index.verify.verify_index`, reads
@@ -291,11 +285,14 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
         raise ValueError(f"max_queue must be >= 0, got {max_queue}")
     if not (lock_timeout > 0 and math.isfinite(lock_timeout)):
         raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout}")
+    if not (request_timeout > 0 and math.isfinite(request_timeout)):
+        raise ValueError(f"request_timeout must be a positive number of seconds, got {request_timeout}")
     if writable and not token and not insecure_no_token:
         raise ValueError("a writable service needs a token (or insecure_no_token=True)")
     if verify:
         refuse_damaged(Path(index_path))
-    svc = _Service(Path(index_path), writable, max_upload_mb, max_pixels, max_queue, lock_timeout, token or None)
+    svc = _Service(Path(index_path), writable, max_upload_mb, max_pixels, max_queue, lock_timeout, request_timeout,
+                   token or None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -316,14 +313,16 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
             raise refusal
 
     @app.get("/health")
-    async def health() -> dict:  # async: on the event loop, never behind busy worker threads or the lock
-        return {"status": "ok", "images": svc.images}
+    async def health() -> JSONResponse:  # async: on the event loop, never behind the pool threads or the lock
+        status, body = svc.health()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/info")
     async def info() -> dict:
         return svc.settings | {"images": svc.images, "service": {
             "writable": svc.writable, "token": svc.token is not None, "max_upload_mb": svc.max_upload_mb,
             "max_pixels": svc.max_pixels, "max_queue": svc.max_queue, "lock_timeout": svc.lock_timeout,
+            "request_timeout": svc.request_timeout, "worker": svc.worker.status, "worker_restarts": svc.worker.restarts,
             "version": __version__}}
 
     @app.post("/search")
@@ -339,20 +338,8 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     def _saved_search(image: UploadFile, box: Any, opts: _SearchOptions) -> dict:
         with saved_upload(image, svc.max_upload_bytes) as path:
             check_pixels(path, image, svc.max_pixels)
-            with svc.searcher_locked() as searcher:
-                return _search(searcher, path, image, box, opts)
-
-    def _search(searcher: Any, path: Path, image: UploadFile, box: Any, opts: _SearchOptions) -> dict:
-        t0 = time.perf_counter()
-        try:
-            hits = searcher.search(path, box=box, top=opts.top or 20, rerank_top=opts.rerank, qe=opts.qe,
-                                   dba=opts.dba)
-        except ImageReadError as exc:
-            raise HTTPException(400, f"{upload_label(image)}: {exc.reason}") from None
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        ms = (time.perf_counter() - t0) * 1000
-        return {"results": [h.to_dict(with_matches=bool(opts.matches)) for h in hits], "ms": round(ms, 2)}
+            return svc.call("search", str(path), upload_label(image), box, opts.top or 20, opts.rerank, opts.qe,
+                            opts.dba, bool(opts.matches))
 
     @app.post("/images", status_code=201, dependencies=[Depends(require_writable)])
     async def add_image(
@@ -366,33 +353,15 @@ def create_app(index_path: str | Path, writable: bool = False, max_upload_mb: fl
     def _saved_add(image: UploadFile, name: str) -> dict:
         with saved_upload(image, svc.max_upload_bytes) as path:
             check_pixels(path, image, svc.max_pixels)
-            with svc.searcher_locked() as searcher:
-                index = _add(searcher, path, image, name)
+            index = svc.call("add", str(path), upload_label(image), image.filename, name)
         return {"name": name, "index": index, "images": svc.images}
-
-    def _add(searcher: Any, path: Path, image: UploadFile, name: str) -> int:
-        collection = searcher.collection
-        if name in set(collection.live_names().values()):
-            raise HTTPException(409, f"an image named {name!r} is already in the index "
-                                     "(DELETE it first to replace it)")
-        kept, created = keep_upload(collection.root, path, image.filename)  # its source, for drawing matches
-        failures = add_images(collection, [kept], [name], progress=False, workers=1,
-                              extractor=searcher.database_extractor)
-        if failures:
-            if created:
-                kept.unlink(missing_ok=True)
-            raise HTTPException(400, f"{upload_label(image)}: {failures[0].reason}")
-        return len(collection.names) - 1
 
     @app.delete("/images/{name:path}", dependencies=[Depends(require_writable)])
     async def remove_image(name: str) -> dict:
         return await svc.run(_remove, name)
 
     def _remove(name: str) -> dict:
-        with svc.searcher_locked() as searcher:
-            missing = searcher.collection.remove([name])
-        if missing:
-            raise HTTPException(404, f"no image named {name!r} in the index")
+        svc.call("remove", name)
         return {"removed": name, "images": svc.images}
 
     add_page_routes(app, svc)  # the web page at / (glocal.serve.page)

@@ -1,15 +1,13 @@
 """Limits of the HTTP service against hostile or unlucky clients: the request body counted while it arrives
 (413), unauthorised writes and requests past the queue refused before their body is read (401 / 403 / 503),
-the index workers' lower CPU priority, uploads copied to a temporary file
-within the byte limit, and the pixel count read from the image header before anything is decoded (413).
+uploads copied to a temporary file (which the index worker reads) within the byte limit, and the pixel count
+read from the image header before anything is decoded (413).
 See :mod:`glocal.serve.app` for the endpoints and the queue / time limits."""
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -19,20 +17,6 @@ from typing import Any
 from fastapi import HTTPException, UploadFile
 
 _CHUNK = 1 << 20
-WORKER_NICENESS = 10  # added to the niceness of the service's index worker threads
-
-
-def lower_priority() -> None:
-    """(in each index worker thread) Lower this thread's CPU priority by :data:`WORKER_NICENESS` (Linux: the
-    niceness belongs to the thread and is inherited by the threads it starts: OpenCV's, the scan's), so the event
-    loop, which answers ``/health`` and refuses the excess, gets a core first when search work fills them."""
-    if sys.platform != "linux" or WORKER_NICENESS <= 0:
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS))
-    except OSError:  # not allowed here: the thread keeps its priority
-        pass
 
 
 def upload_label(upload: UploadFile) -> str:

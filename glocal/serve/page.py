@@ -19,8 +19,8 @@ Routes added to the app of :func:`glocal.serve.app.create_app` by :func:`add_pag
 * ``GET /page/facts`` -> images, method, bytes on disk of the index folder, whether the service is writable
   and needs a token, and its upload limit: the page's header.
 
-Looking up a position takes the service's lock (like a search: names and sources change when images are
-added or another process compacts); resizing happens outside it.
+Looking up a position is a request to the index worker, queued like a search (names and sources change when
+images are added or another process compacts); resizing happens in this process, outside the queue.
 """
 from __future__ import annotations
 
@@ -127,18 +127,10 @@ def add_page_routes(app: FastAPI, svc: Any) -> None:
 
     def lookup(index: int) -> tuple[str, Path]:
         """(name, source file) of the image at ``index``; 404 naming the reason."""
-        with svc.searcher_locked() as searcher:
-            collection = searcher.collection
-            names = collection.names
-            if not 0 <= index < len(names):
-                raise HTTPException(404, f"no image number {index} in the index (positions 0 to {len(names) - 1})")
-            dead = collection.stage.removed()
-            if index < len(dead) and dead[index]:
-                raise HTTPException(404, f"image number {index} ({names[index]!r}) was removed from the index")
-            name = names[index]
-            source = collection.sources.lookup(name)
+        name, source = svc.call("lookup", index)  # the index worker's answer; 404 with the reason
         if source is None:
             raise HTTPException(404, f"the index has no record of where {name!r} was read from")
+        source = Path(source)
         if not source.is_file():
             raise HTTPException(404, f"the image file of {name!r} is no longer where it was indexed")
         return name, source

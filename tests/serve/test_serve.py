@@ -178,7 +178,7 @@ def test_serve_help() -> None:
     res = runner.invoke(cli_app, ["serve", "--help"])
     assert res.exit_code == 0, res.output
     for option in ("--host", "--port", "--writable", "--max-upload-mb", "--max-pixels", "--max-queue",
-                   "--lock-timeout", "--token", "--insecure-no-token"):
+                   "--lock-timeout", "--request-timeout", "--token", "--insecure-no-token"):
         assert option in res.output
 
 
@@ -219,11 +219,12 @@ def test_serve_writable_needs_a_token_or_loopback_insecure(monkeypatch, index_pa
     assert res.exit_code == 0, res.output
     assert calls[-1][0].state.service.writable is True and calls[-1][0].state.service.token is None
     res = runner.invoke(cli_app, ["serve", str(index_path), "--writable", "--host", "0.0.0.0", "--max-queue", "3",
-                                  "--lock-timeout", "2.5", "--max-pixels", "1000"],
+                                  "--lock-timeout", "2.5", "--max-pixels", "1000", "--request-timeout", "7"],
                         env=env | {"GLOCAL_TOKEN": "from-env"})
     assert res.exit_code == 0, res.output
     svc = calls[-1][0].state.service
     assert svc.token == b"from-env" and svc.max_queue == 3 and svc.lock_timeout == 2.5 and svc.max_pixels == 1000
+    assert svc.request_timeout == 7
 
 
 def test_cli_defaults_match_the_app() -> None:
@@ -231,5 +232,6 @@ def test_cli_defaults_match_the_app() -> None:
     from glocal.cli import serve_cmd
     from glocal.serve import app
 
-    assert (serve_cmd.DEFAULT_MAX_PIXELS, serve_cmd.DEFAULT_MAX_QUEUE, serve_cmd.DEFAULT_LOCK_TIMEOUT) == (
-        app.DEFAULT_MAX_PIXELS, app.DEFAULT_MAX_QUEUE, app.DEFAULT_LOCK_TIMEOUT)
+    assert (serve_cmd.DEFAULT_MAX_PIXELS, serve_cmd.DEFAULT_MAX_QUEUE, serve_cmd.DEFAULT_LOCK_TIMEOUT,
+            serve_cmd.DEFAULT_REQUEST_TIMEOUT) == (app.DEFAULT_MAX_PIXELS, app.DEFAULT_MAX_QUEUE,
+                                                   app.DEFAULT_LOCK_TIMEOUT, app.DEFAULT_REQUEST_TIMEOUT)
