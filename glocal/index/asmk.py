@@ -13,8 +13,10 @@ side is concatenated into one word-sorted inverted file and a query scores every
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +27,8 @@ from glocal.index.kernel import block_similarity, gather, match_blocks, selectiv
 
 ALPHA = 3.0
 TAU = 0.0
+#: numba is optional: residual sums in one pass (:mod:`glocal.index.assign_kernels`), the same float32 sums
+COMPILED = importlib.util.find_spec("numba") is not None
 
 
 class Quantizer(Protocol):
@@ -85,15 +89,31 @@ def selectivity(u: npt.NDArray, alpha: float = ALPHA, tau: float = TAU) -> npt.N
     return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0).astype(np.float32)
 
 
+@lru_cache(maxsize=1)
+def _reduceat_order_matches() -> bool:
+    """Whether the compiled residual sums add in this numpy's ``reduceat`` order (segments of 1-300 rows)."""
+    from glocal.index.assign_kernels import segment_residual_sums
+
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(400, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
+    rows, words = rng.integers(0, 400, 3000), rng.integers(0, 50, 3000)
+    starts = np.concatenate([[0], np.cumsum(rng.integers(1, 300, 40))])
+    starts = starts[starts < len(rows)]
+    out = np.empty((len(starts), 16), np.float32)
+    segment_residual_sums(x, c, rows, words, starts, out)
+    return bool(np.array_equal(out, np.add.reduceat(x[rows] - c[words], starts, axis=0)))
+
+
 def residual_sums(
     descriptors: npt.NDArray, nearest: npt.NDArray, centroids: npt.NDArray,
-    rows: npt.NDArray | None = None, groups: npt.NDArray | None = None,
+    rows: npt.NDArray | None = None, groups: npt.NDArray | None = None, compiled: bool | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Aggregated residuals V(X_c) = sum_{x in X_c} (x - q_c) per (group, word) (D2R eq. 1 notation).
 
     :param nearest: (N, k) word ids of every descriptor (multiple assignment: k words each).
     :param rows, groups: optional membership pairs (descriptor ``rows[i]`` belongs to group ``groups[i]``,
         e.g. a region); by default every descriptor is in group 0.
+    :param compiled: numba loop (None: where numba is installed) or ``np.add.reduceat``; the same sums.
     :returns: (group, word, sums) sorted by (group, word), one row per non-empty pair.
     """
     x = np.asarray(descriptors, dtype=np.float32)
@@ -113,8 +133,15 @@ def residual_sums(
     order = np.argsort(key, kind="stable")
     key = key[order]
     starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    residuals = x[rows_e[order]] - np.asarray(centroids, np.float32)[words_e[order]]
-    sums = np.add.reduceat(residuals, starts, axis=0)
+    if (COMPILED if compiled is None else compiled) and _reduceat_order_matches():  # the same float32 sums, without the (rows x d) residual matrix
+        from glocal.index.assign_kernels import segment_residual_sums  # lazy: numba is imported on first use
+
+        sums = np.empty((len(starts), x.shape[1]), np.float32)
+        segment_residual_sums(np.ascontiguousarray(x), np.ascontiguousarray(centroids, np.float32),
+                              rows_e[order], words_e[order], starts, sums)
+    else:
+        residuals = x[rows_e[order]] - np.asarray(centroids, np.float32)[words_e[order]]
+        sums = np.add.reduceat(residuals, starts, axis=0)
     ukey = key[starts]
     return ukey // size, ukey % size, sums
 
