@@ -10,7 +10,8 @@ the results identical, not just close:
   from numpy, and the scale test ``|log(r)| <= log 2`` is the equivalent ``r_lo <= r <= r_hi`` with the
   bounds found by probing numpy's own ``log`` (:func:`glocal.rerank.similarity_ransac.ratio_bounds`);
 * ``np.mod`` of floats is ``fmod`` (exact) plus a sign fix, written out here;
-* orders: stable sorts (``mergesort``) where the array code uses ``lexsort`` with the position as last key.
+* orders: stable sorts (a counting sort of the small non-negative integers: code distances, supports) where
+  the array code uses ``lexsort`` with the position as last key.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True, cache=True)
 def _popcount64(x):  # noqa: ANN001, ANN202
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -58,7 +59,7 @@ def word_pairs(db_words, word_start, word_count, q_codes, db_codes, use_codes, m
     return rows[:n], qpos[:n], dist[:n]
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True, cache=True)
 def _consistent(k, s, th, scale, angle, r_lo, r_hi, consistency, has_angle):  # noqa: ANN001, ANN202
     """Pair ``k``'s own scale ratio and orientation difference agree with the hypothesis (s, th)."""
     if not consistency:
@@ -80,7 +81,7 @@ def _consistent(k, s, th, scale, angle, r_lo, r_hi, consistency, has_angle):  # 
     return True
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True, cache=True)
 def _one_to_one(mask, query, db, lo, n, qseen, dbseen, stamp, out):  # noqa: ANN001, ANN202
     """``out[:n]``: the masked pairs (``lo + i``), first of each query feature, then of each database feature;
     returns the count. ``qseen`` / ``dbseen`` hold ``stamp`` for features taken (no clearing needed)."""
@@ -98,6 +99,25 @@ def _one_to_one(mask, query, db, lo, n, qseen, dbseen, stamp, out):  # noqa: ANN
             else:
                 out[i] = False
     return count
+
+
+@numba.njit(nogil=True, cache=True)
+def _stable_order(values):  # noqa: ANN001, ANN202
+    """``np.argsort(values, kind="stable")`` of non-negative integers (a counting sort)."""
+    n = len(values)
+    top = 0
+    for i in range(n):
+        top = max(top, values[i])
+    start = np.zeros(top + 2, np.int64)
+    for i in range(n):
+        start[values[i] + 1] += 1
+    for v in range(1, top + 2):
+        start[v] += start[v - 1]
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[start[values[i]]] = i
+        start[values[i]] += 1
+    return order
 
 
 @numba.njit(nogil=True, cache=True)
@@ -126,7 +146,7 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
         cnt = bounds[c + 1] - lo
         if not active[c] or cnt == 0:
             continue
-        order = np.argsort(distance[lo:lo + cnt], kind="mergesort")
+        order = _stable_order(distance[lo:lo + cnt])
         n_hyp = min(cnt, hypotheses)
         per_h = min(cnt, scoring_pairs)
         score = np.zeros(n_hyp, np.int64)
@@ -147,7 +167,7 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
                                                             has_angle):
                     sc += 1
             score[j] = sc
-        ranked = np.argsort(-score, kind="mergesort")
+        ranked = _stable_order(score.max() - score) if n_hyp else score
         best = -1
         for v in range(min(max(1, refine), n_hyp)):
             p = lo + order[ranked[v]]
@@ -193,7 +213,7 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
     return inliers, transforms, mask
 
 
-@numba.njit(inline="always")
+@numba.njit(nogil=True, cache=True)
 def _fit_affine(m, src, dst, lo, n, out):  # noqa: ANN001, ANN202
     """``similarity_ransac._fit_affine`` for one candidate's masked pairs; returns ok (well posed, finite)."""
     cnt = 0
