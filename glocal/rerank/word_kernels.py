@@ -127,10 +127,15 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
     n = len(bounds) - 1
     total = len(distance)
     inliers = np.zeros(n, np.int64)
-    transforms = np.full((n, 2, 3), np.nan)
+    transforms = np.empty((n, 2, 3))
+    transforms.fill(np.nan)
     mask = np.zeros(total, np.bool_)
-    qseen = np.zeros(query.max() + 2 if total else 1, np.int64)
-    dbseen = np.zeros(db.max() + 2 if total else 1, np.int64)
+    top_q = top_db = 0
+    for i in range(total):
+        top_q = max(top_q, query[i])
+        top_db = max(top_db, db[i])
+    qseen = np.zeros(top_q + 2, np.int64)
+    dbseen = np.zeros(top_db + 2, np.int64)
     stamp = 0
     longest = 0
     for c in range(n):
@@ -167,7 +172,12 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
                                                             has_angle):
                     sc += 1
             score[j] = sc
-        ranked = _stable_order(score.max() - score) if n_hyp else score
+        top = 0
+        for j in range(n_hyp):
+            top = max(top, score[j])
+        for j in range(n_hyp):
+            score[j] = top - score[j]  # ascending order of (top - support): highest support first, stable
+        ranked = _stable_order(score)
         best = -1
         for v in range(min(max(1, refine), n_hyp)):
             p = lo + order[ranked[v]]
@@ -201,15 +211,22 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
                 if new_in < v_in:
                     break
                 v_in = new_in
-                cur[:cnt] = new[:cnt]
-                model[:, :] = fit
+                for i in range(cnt):
+                    cur[i] = new[i]
+                for r in range(2):
+                    for col in range(3):
+                        model[r, col] = fit[r, col]
             if v_in > best:
                 best = v_in
                 inliers[c] = v_in
-                transforms[c] = model
-                best_mask[:cnt] = cur[:cnt]
+                for r in range(2):
+                    for col in range(3):
+                        transforms[c, r, col] = model[r, col]
+                for i in range(cnt):
+                    best_mask[i] = cur[i]
         if best >= 0:
-            mask[lo:lo + cnt] = best_mask[:cnt]
+            for i in range(cnt):
+                mask[lo + i] = best_mask[i]
     return inliers, transforms, mask
 
 
