@@ -89,19 +89,33 @@ def selectivity(u: npt.NDArray, alpha: float = ALPHA, tau: float = TAU) -> npt.N
     return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0).astype(np.float32)
 
 
+def _compiled_sums(x: npt.NDArray[np.float32], centroids: npt.NDArray, rows: npt.NDArray[np.int64],
+                   words: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """``np.add.reduceat(x[rows] - centroids[words], starts, axis=0)``: the numba loop for segments up to
+    ``LONGEST_SEGMENT`` rows, ``reduceat`` on each longer one (the same sums: a segment's sum depends on its
+    rows only)."""
+    from glocal.index import assign_kernels  # lazy: numba is imported on first use
+
+    c = np.ascontiguousarray(centroids, np.float32)
+    out = np.empty((len(starts), x.shape[1]), np.float32)
+    assign_kernels.segment_residual_sums(np.ascontiguousarray(x), c, rows, words, starts, out)
+    ends = np.append(starts[1:], len(rows))
+    for s in np.flatnonzero(ends - starts > assign_kernels.LONGEST_SEGMENT):
+        seg = slice(starts[s], ends[s])
+        out[s] = np.add.reduceat(x[rows[seg]] - c[words[seg]], [0], axis=0)[0]
+    return out
+
+
 @lru_cache(maxsize=1)
 def _reduceat_order_matches() -> bool:
     """Whether the compiled residual sums add in this numpy's ``reduceat`` order (segments of 1-300 rows)."""
-    from glocal.index.assign_kernels import segment_residual_sums
-
     rng = np.random.default_rng(0)
     x, c = rng.normal(size=(400, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
     rows, words = rng.integers(0, 400, 3000), rng.integers(0, 50, 3000)
     starts = np.concatenate([[0], np.cumsum(rng.integers(1, 300, 40))])
     starts = starts[starts < len(rows)]
-    out = np.empty((len(starts), 16), np.float32)
-    segment_residual_sums(x, c, rows, words, starts, out)
-    return bool(np.array_equal(out, np.add.reduceat(x[rows] - c[words], starts, axis=0)))
+    return bool(np.array_equal(_compiled_sums(x, c, rows, words, starts),
+                               np.add.reduceat(x[rows] - c[words], starts, axis=0)))
 
 
 def residual_sums(
@@ -133,12 +147,9 @@ def residual_sums(
     order = np.argsort(key, kind="stable")
     key = key[order]
     starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    if (COMPILED if compiled is None else compiled) and _reduceat_order_matches():  # the same float32 sums, without the (rows x d) residual matrix
-        from glocal.index.assign_kernels import segment_residual_sums  # lazy: numba is imported on first use
-
-        sums = np.empty((len(starts), x.shape[1]), np.float32)
-        segment_residual_sums(np.ascontiguousarray(x), np.ascontiguousarray(centroids, np.float32),
-                              rows_e[order], words_e[order], starts, sums)
+    # the same float32 sums, without the (rows x d) residual matrix
+    if (COMPILED if compiled is None else compiled) and _reduceat_order_matches():
+        sums = _compiled_sums(x, centroids, rows_e[order], words_e[order], starts)
     else:
         residuals = x[rows_e[order]] - np.asarray(centroids, np.float32)[words_e[order]]
         sums = np.add.reduceat(residuals, starts, axis=0)

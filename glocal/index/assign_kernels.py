@@ -41,58 +41,55 @@ def top_k_rows(products, half_norms, k, out):  # noqa: ANN001, ANN202
     return True
 
 
-@numba.njit(nogil=True, cache=True)
-def _pairwise(x, centroids, rows, words, lo, n):  # noqa: ANN001, ANN202
-    """numpy's pairwise float32 sum of the residuals ``lo .. lo + n - 1`` (per column, as its strided
-    reduction loop adds them: sequential below 8, eight accumulators up to 128, halves above)."""
-    d = x.shape[1]
-    res = np.zeros(d, np.float32)
-    if n < 8:
-        for i in range(lo, lo + n):
-            for t in range(d):
-                res[t] += x[rows[i], t] - centroids[words[i], t]
-        return res
-    if n <= 128:
-        acc = np.empty((8, d), np.float32)
-        for j in range(8):
-            for t in range(d):
-                acc[j, t] = x[rows[lo + j], t] - centroids[words[lo + j], t]
-        i = 8
-        while i < n - (n % 8):
-            for j in range(8):
-                r, w = rows[lo + i + j], words[lo + i + j]
-                for t in range(d):
-                    acc[j, t] += x[r, t] - centroids[w, t]
-            i += 8
-        for t in range(d):
-            res[t] = ((acc[0, t] + acc[1, t]) + (acc[2, t] + acc[3, t])) + \
-                ((acc[4, t] + acc[5, t]) + (acc[6, t] + acc[7, t]))
-        while i < n:
-            r, w = rows[lo + i], words[lo + i]
-            for t in range(d):
-                res[t] += x[r, t] - centroids[w, t]
-            i += 1
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    a = _pairwise(x, centroids, rows, words, lo, n2)
-    b = _pairwise(x, centroids, rows, words, lo + n2, n - n2)
-    for t in range(d):
-        res[t] = a[t] + b[t]
-    return res
+#: longest segment the kernel adds (1 + 128 rows: numpy's pairwise sum of the rest has one block, no halving);
+#: longer segments (rare: a word holding more than 129 of an image's descriptors) are left to ``reduceat``
+LONGEST_SEGMENT = 129
 
 
 @numba.njit(nogil=True, cache=True)
 def segment_residual_sums(x, centroids, rows, words, starts, out):  # noqa: ANN001, ANN202
-    """``out[s] = np.add.reduceat(x[rows] - centroids[words], starts)[s]`` in float32: the segment's first
-    residual plus the pairwise sum of the others (:func:`_pairwise`), which is how ``reduceat`` adds along
-    the first axis (checked against it before use: :func:`glocal.index.asmk.residual_sums`)."""
+    """``out[s] = np.add.reduceat(x[rows] - centroids[words], starts)[s]`` in float32 for every segment of at
+    most :data:`LONGEST_SEGMENT` rows (the others are not written): the segment's first residual plus numpy's
+    pairwise sum of the others (sequential below 8, eight accumulators up to 128), which is how ``reduceat``
+    adds along the first axis (checked against it before use: :func:`glocal.index.asmk.residual_sums`)."""
     d = x.shape[1]
-    n = len(rows)
+    total = len(rows)
+    rest = np.empty(d, np.float32)
+    acc = np.empty((8, d), np.float32)
     for s in range(len(starts)):
         lo = starts[s]
-        hi = starts[s + 1] if s + 1 < len(starts) else n
-        rest = _pairwise(x, centroids, rows, words, lo + 1, hi - lo - 1)
+        hi = starts[s + 1] if s + 1 < len(starts) else total
+        n = hi - lo - 1
+        if n + 1 > LONGEST_SEGMENT:
+            continue
+        first = lo + 1
+        if n < 8:
+            for t in range(d):
+                rest[t] = 0.0
+            for i in range(first, first + n):
+                r, w = rows[i], words[i]
+                for t in range(d):
+                    rest[t] += x[r, t] - centroids[w, t]
+        else:
+            for j in range(8):
+                r, w = rows[first + j], words[first + j]
+                for t in range(d):
+                    acc[j, t] = x[r, t] - centroids[w, t]
+            i = 8
+            while i < n - (n % 8):
+                for j in range(8):
+                    r, w = rows[first + i + j], words[first + i + j]
+                    for t in range(d):
+                        acc[j, t] += x[r, t] - centroids[w, t]
+                i += 8
+            for t in range(d):
+                rest[t] = ((acc[0, t] + acc[1, t]) + (acc[2, t] + acc[3, t])) + \
+                    ((acc[4, t] + acc[5, t]) + (acc[6, t] + acc[7, t]))
+            while i < n:
+                r, w = rows[first + i], words[first + i]
+                for t in range(d):
+                    rest[t] += x[r, t] - centroids[w, t]
+                i += 1
         r, w = rows[lo], words[lo]
         for t in range(d):
             out[s, t] = (x[r, t] - centroids[w, t]) + rest[t]

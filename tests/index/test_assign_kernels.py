@@ -55,3 +55,17 @@ def test_compiled_residual_sums_equal_reduceat(seed: int, k: int) -> None:
     new = residual_sums(x, nearest, cb.centroids, rows, groups, compiled=True)
     for a, b in zip(ref, new):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("burst", [7, 8, 9, 100, 128, 129, 130, 300])
+def test_compiled_residual_sums_on_bursts(burst: int) -> None:
+    """A word holding ``burst`` descriptors: every pairwise-sum regime (sequential, 8 accumulators, the
+    segments left to reduceat) gives reduceat's sums."""
+    x, cb = _data(5, n=400, dim=128)
+    rng = np.random.default_rng(burst)
+    x[:burst] = cb.centroids[9] + rng.normal(0, 0.05, (burst, 128)).astype(np.float32)
+    nearest = cb.assign(x, k=2, compiled=False)
+    assert (nearest[:, 0] == 9).sum() >= burst
+    for a, b in zip(residual_sums(x, nearest, cb.centroids, compiled=False),
+                    residual_sums(x, nearest, cb.centroids, compiled=True)):
+        np.testing.assert_array_equal(a, b)
