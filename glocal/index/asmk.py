@@ -13,8 +13,10 @@ side is concatenated into one word-sorted inverted file and a query scores every
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +27,8 @@ from glocal.index.kernel import block_similarity, gather, match_blocks, selectiv
 
 ALPHA = 3.0
 TAU = 0.0
+#: numba is optional: residual sums in one pass (:mod:`glocal.index.assign_kernels`), the same float32 sums
+COMPILED = importlib.util.find_spec("numba") is not None
 
 
 class Quantizer(Protocol):
@@ -85,15 +89,45 @@ def selectivity(u: npt.NDArray, alpha: float = ALPHA, tau: float = TAU) -> npt.N
     return np.where(u > tau, np.sign(u) * np.abs(u) ** alpha, 0.0).astype(np.float32)
 
 
+def _compiled_sums(x: npt.NDArray[np.float32], centroids: npt.NDArray, rows: npt.NDArray[np.int64],
+                   words: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """``np.add.reduceat(x[rows] - centroids[words], starts, axis=0)``: the numba loop for segments up to
+    ``LONGEST_SEGMENT`` rows, ``reduceat`` on each longer one (the same sums: a segment's sum depends on its
+    rows only)."""
+    from glocal.index import assign_kernels  # lazy: numba is imported on first use
+
+    c = np.ascontiguousarray(centroids, np.float32)
+    out = np.empty((len(starts), x.shape[1]), np.float32)
+    assign_kernels.segment_residual_sums(np.ascontiguousarray(x), c, rows, words, starts, out)
+    ends = np.append(starts[1:], len(rows))
+    for s in np.flatnonzero(ends - starts > assign_kernels.LONGEST_SEGMENT):
+        seg = slice(starts[s], ends[s])
+        out[s] = np.add.reduceat(x[rows[seg]] - c[words[seg]], [0], axis=0)[0]
+    return out
+
+
+@lru_cache(maxsize=1)
+def _reduceat_order_matches() -> bool:
+    """Whether the compiled residual sums add in this numpy's ``reduceat`` order (segments of 1-300 rows)."""
+    rng = np.random.default_rng(0)
+    x, c = rng.normal(size=(400, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
+    rows, words = rng.integers(0, 400, 3000), rng.integers(0, 50, 3000)
+    starts = np.concatenate([[0], np.cumsum(rng.integers(1, 300, 40))])
+    starts = starts[starts < len(rows)]
+    return bool(np.array_equal(_compiled_sums(x, c, rows, words, starts),
+                               np.add.reduceat(x[rows] - c[words], starts, axis=0)))
+
+
 def residual_sums(
     descriptors: npt.NDArray, nearest: npt.NDArray, centroids: npt.NDArray,
-    rows: npt.NDArray | None = None, groups: npt.NDArray | None = None,
+    rows: npt.NDArray | None = None, groups: npt.NDArray | None = None, compiled: bool | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Aggregated residuals V(X_c) = sum_{x in X_c} (x - q_c) per (group, word) (D2R eq. 1 notation).
 
     :param nearest: (N, k) word ids of every descriptor (multiple assignment: k words each).
     :param rows, groups: optional membership pairs (descriptor ``rows[i]`` belongs to group ``groups[i]``,
         e.g. a region); by default every descriptor is in group 0.
+    :param compiled: numba loop (None: where numba is installed) or ``np.add.reduceat``; the same sums.
     :returns: (group, word, sums) sorted by (group, word), one row per non-empty pair.
     """
     x = np.asarray(descriptors, dtype=np.float32)
@@ -113,8 +147,12 @@ def residual_sums(
     order = np.argsort(key, kind="stable")
     key = key[order]
     starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    residuals = x[rows_e[order]] - np.asarray(centroids, np.float32)[words_e[order]]
-    sums = np.add.reduceat(residuals, starts, axis=0)
+    # the same float32 sums, without the (rows x d) residual matrix
+    if (COMPILED if compiled is None else compiled) and _reduceat_order_matches():
+        sums = _compiled_sums(x, centroids, rows_e[order], words_e[order], starts)
+    else:
+        residuals = x[rows_e[order]] - np.asarray(centroids, np.float32)[words_e[order]]
+        sums = np.add.reduceat(residuals, starts, axis=0)
     ukey = key[starts]
     return ukey // size, ukey % size, sums
 

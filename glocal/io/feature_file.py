@@ -24,6 +24,7 @@ inside the payload.  No pickle anywhere: arrays are raw bytes, metadata is JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import warnings
@@ -197,7 +198,7 @@ class RecordFile:
         arrays = {}
         for key, spec in info.arrays.items():
             dtype = np.dtype(spec["dtype"])
-            count = int(np.prod(spec["shape"], dtype=np.int64))
+            count = math.prod(spec["shape"])
             arr = np.frombuffer(payload, dtype=dtype, count=count, offset=base + spec["offset"])
             arrays[key] = arr.reshape(spec["shape"])
         return info.name, info.attrs, arrays

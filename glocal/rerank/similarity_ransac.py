@@ -21,10 +21,16 @@ its inliers are recounted (reprojection error <= ``threshold_px``, position only
 the fit repeated ``lo_iterations`` times; a refit that loses inliers is not kept. The inliers are made
 one-to-one (the first pair of each query feature, then of each database feature), so a burst of repeated
 words cannot inflate the count. Everything is deterministic (no random sampling).
+
+Two implementations give the same results bit for bit: the array code below (all candidates at once, the
+reference) and, where numba is installed, the loops of :mod:`glocal.rerank.word_kernels` (one candidate at a
+time, no per-pair arrays: ``compiled``; ``benchmarks/sift_speed.py --compare-paths`` checks every query).
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +46,35 @@ ANGLE_TOLERANCE = np.pi / 6
 #: hypotheses are scored against at most this many of a candidate's pairs (smallest code distance first): the
 #: scoring costs hypotheses x pairs, and without a code filter a candidate can have thousands of pairs
 SCORING_PAIRS = 1024
+#: numba is optional: without it the array code runs (same results)
+COMPILED = importlib.util.find_spec("numba") is not None
+
+
+@lru_cache(maxsize=1)
+def ratio_bounds() -> tuple[float, float] | None:
+    """(r_lo, r_hi): ``np.abs(np.log(r)) <= np.log(SCALE_FACTOR)`` holds exactly for r_lo <= r <= r_hi, found
+    by probing numpy's ``log`` on the 257 floats around each end (None when it is not monotonic there)."""
+    limit = np.log(SCALE_FACTOR)
+    ends = []
+    for centre, inside_below in ((SCALE_FACTOR, True), (1.0 / SCALE_FACTOR, False)):
+        r = np.full(257, centre)
+        for i in range(1, 129):
+            r[128 + i] = np.nextafter(r[127 + i], np.inf)
+            r[128 - i] = np.nextafter(r[129 - i], -np.inf)
+        ok = np.abs(np.log(r)) <= limit
+        k = int(np.argmin(ok)) if inside_below else int(np.argmax(ok))
+        expected = np.arange(257) < k if inside_below else np.arange(257) >= k
+        if not (ok == expected).all() or k in (0, 256):
+            return None
+        ends.append(float(r[k - 1]) if inside_below else float(r[k]))
+    return ends[1], ends[0]
+
+
+@lru_cache(maxsize=1)
+def _kernels():  # noqa: ANN202
+    from glocal.rerank import word_kernels  # lazy: numba is imported on the first compiled query
+
+    return word_kernels
 
 
 @dataclass(frozen=True)
@@ -114,10 +149,14 @@ def _affine_inliers(models: npt.NDArray[np.float64], cand: npt.NDArray[np.int64]
 
 
 def verify_batch(corr: Correspondences, threshold_px: float = 20.0, hypotheses: int = 32, lo_iterations: int = 3,
-                 consistency: bool = True, active: npt.NDArray[np.bool_] | None = None, refine: int = 1
-                 ) -> BatchVerification:
+                 consistency: bool = True, active: npt.NDArray[np.bool_] | None = None, refine: int = 1,
+                 compiled: bool | None = None) -> BatchVerification:
     """Verify every candidate of ``corr`` (module docstring); ``active`` (C,) False skips a candidate (0);
-    ``refine``: hypotheses per candidate refined by local optimisation (the best result is kept)."""
+    ``refine``: hypotheses per candidate refined by local optimisation (the best result is kept);
+    ``compiled``: the numba loops (None: where numba is installed; False: the array code; same results)."""
+    bounds = ratio_bounds() if consistency else (0.0, 0.0)
+    if (COMPILED if compiled is None else compiled) and bounds is not None:
+        return _verify_compiled(corr, threshold_px, hypotheses, lo_iterations, consistency, active, refine, bounds)
     n = len(corr.bounds) - 1
     counts = corr.counts.copy()
     if active is not None:
@@ -203,4 +242,22 @@ def verify_batch(corr: Correspondences, threshold_px: float = 20.0, hypotheses: 
     if active is not None:
         mask &= active[cand]
         inliers = np.where(active, inliers, 0)
+    return BatchVerification(inliers, transforms, mask)
+
+
+def _verify_compiled(corr: Correspondences, threshold_px: float, hypotheses: int, lo_iterations: int,
+                     consistency: bool, active: npt.NDArray[np.bool_] | None, refine: int,
+                     bounds: tuple[float, float]) -> BatchVerification:
+    n = len(corr.bounds) - 1
+    act = np.ones(n, bool) if active is None else np.asarray(active, bool)
+    has_angle = corr.angle is not None
+    angle = np.ascontiguousarray(corr.angle, np.float64) if has_angle else np.zeros(len(corr.query))
+    # numpy's cos / sin (the array code's values), for every pair: a hypothesis is one of them
+    cos_a, sin_a = (np.cos(angle), np.sin(angle)) if has_angle else (np.ones(len(angle)), np.zeros(len(angle)))
+    c = np.ascontiguousarray
+    inliers, transforms, mask = _kernels().verify_candidates(
+        c(corr.bounds, np.int64), c(act), c(corr.distance, np.int64), c(corr.src, np.float64), c(corr.dst, np.float64),
+        c(corr.scale, np.float64), angle, cos_a, sin_a, c(corr.query, np.int64), c(corr.db, np.int64),
+        int(hypotheses), int(SCORING_PAIRS), int(refine), int(lo_iterations), float(threshold_px) ** 2,
+        bool(consistency), has_angle, bounds[0], bounds[1])
     return BatchVerification(inliers, transforms, mask)

@@ -11,10 +11,13 @@ distance of the two codes is at most ``max_hamming`` bits (128-D: 128 = no filte
 
 All candidates are processed together: the query's (word, feature) entries are sorted by word once, every
 database feature of every candidate finds its word's query entries by binary search, and the pairs are
-expanded with ``np.repeat``; pairs come out grouped by candidate, in shortlist order.
+expanded with ``np.repeat``; pairs come out grouped by candidate, in shortlist order. Where numba is installed
+(``compiled``), :func:`glocal.rerank.word_kernels.word_pairs` walks the same pairs and filters them in one loop,
+without the arrays of all same-word pairs: the same correspondences in the same order.
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["Correspondences", "QueryWords", "WordFeatures", "tentative_correspondences"]
+
+#: numba is optional: without it the array code runs (same result)
+COMPILED = importlib.util.find_spec("numba") is not None
 
 
 @dataclass(frozen=True)
@@ -114,9 +120,10 @@ def _hamming_pairs(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], rows_a: n
 
 
 def tentative_correspondences(query: QueryWords, candidates: Sequence[WordFeatures], assignments: int = 1,
-                              max_hamming: int | None = None) -> Correspondences:
+                              max_hamming: int | None = None, compiled: bool | None = None) -> Correspondences:
     """Same-word pairs between the query (its first ``assignments`` words per feature) and every candidate,
-    kept when their residual codes differ in at most ``max_hamming`` bits (None: all kept).
+    kept when their residual codes differ in at most ``max_hamming`` bits (None: all kept); ``compiled``: the
+    numba loop (None: where numba is installed; False: the array code; same result).
 
     A query feature meets a database feature at most once (its ``assignments`` words are distinct and a
     database feature has one word).
@@ -139,18 +146,23 @@ def tentative_correspondences(query: QueryWords, candidates: Sequence[WordFeatur
     vocab = int(max(qw_sorted.max(initial=-1), db_words.max(initial=-1))) + 1
     word_count = np.bincount(qw_sorted, minlength=vocab)
     word_start = np.cumsum(word_count) - word_count
-    lo = word_start[db_words]
-    hits = word_count[db_words]
-    rep = np.repeat(np.arange(len(db_words)), hits)  # the database feature (global row) of every pair
-    starts = np.cumsum(hits) - hits
-    qpos = lo[rep] + (np.arange(len(rep)) - starts[rep])
-    keep = None
-    distance = np.zeros(len(rep), np.int64)
-    if use_codes and len(rep):
+    db_codes = None
+    if use_codes and len(db_words):
         db_codes = np.concatenate([c.signs if c.signs is not None else _no_codes(c, q_codes) for c in candidates])
-        distance = _hamming_pairs(q_codes, db_codes, qpos, rep)
-        keep = distance <= max_hamming
-        rep, qpos, distance = rep[keep], qpos[keep], distance[keep]
+    width = q_codes.shape[1] if q_codes is not None else 8
+    if (COMPILED if compiled is None else compiled) and width % 8 == 0:
+        rep, qpos, distance = _compiled_pairs(db_words, word_start, word_count, q_codes, db_codes, max_hamming)
+    else:
+        lo = word_start[db_words]
+        hits = word_count[db_words]
+        rep = np.repeat(np.arange(len(db_words)), hits)  # the database feature (global row) of every pair
+        starts = np.cumsum(hits) - hits
+        qpos = lo[rep] + (np.arange(len(rep)) - starts[rep])
+        distance = np.zeros(len(rep), np.int64)
+        if db_codes is not None and len(rep):
+            distance = _hamming_pairs(q_codes, db_codes, qpos, rep)
+            keep = distance <= max_hamming
+            rep, qpos, distance = rep[keep], qpos[keep], distance[keep]
     first_row = np.cumsum(sizes) - sizes
     cand_of_row = np.repeat(np.arange(len(candidates)), sizes)
     cand = cand_of_row[rep]
@@ -174,6 +186,23 @@ def tentative_correspondences(query: QueryWords, candidates: Sequence[WordFeatur
     seen[cand, q_idx] = True
     unique_query = seen.sum(axis=1).astype(np.int64)
     return Correspondences(q_idx, db_idx, distance, src, dst, scale, angle, bounds, unique_query)
+
+
+def _compiled_pairs(db_words: npt.NDArray[np.int64], word_start: npt.NDArray[np.int64],
+                    word_count: npt.NDArray[np.int64], q_codes: npt.NDArray[np.uint8] | None,
+                    db_codes: npt.NDArray[np.uint8] | None, max_hamming: int | None
+                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(rows, qpos, distance) from :func:`glocal.rerank.word_kernels.word_pairs` (codes as 64-bit words)."""
+    from glocal.rerank.word_kernels import word_pairs  # lazy: numba is imported on the first compiled query
+
+    total = int(word_count[db_words].sum()) if len(db_words) else 0
+    if db_codes is None or q_codes is None:
+        q64 = db64 = np.zeros((1, 1), np.uint64)
+    else:
+        q64, db64 = np.ascontiguousarray(q_codes).view(np.uint64), np.ascontiguousarray(db_codes).view(np.uint64)
+    use = db_codes is not None and q_codes is not None and max_hamming is not None
+    return word_pairs(np.ascontiguousarray(db_words, np.int64), word_start.astype(np.int64),
+                      word_count.astype(np.int64), q64, db64, use, int(max_hamming) if use else 0, total)
 
 
 def _no_codes(c: WordFeatures, like: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

@@ -37,6 +37,8 @@ class WordVerifierOptions:
     threshold_px: float = 20.0
     consistency: bool = True
     lo_hypotheses: int = 1
+    #: numba loops (None: where numba is installed; False: the array code); the results are the same
+    compiled: bool | None = None
 
 
 def rerank_words(query: QueryWords, candidates: Sequence[WordFeatures], shortlist_scores: npt.ArrayLike,
@@ -52,10 +54,12 @@ def rerank_words(query: QueryWords, candidates: Sequence[WordFeatures], shortlis
     scores = np.asarray(shortlist_scores, dtype=np.float64).reshape(-1)
     if len(scores) != len(candidates):
         raise ValueError(f"got {len(candidates)} candidates but {len(scores)} shortlist scores")
-    corr = tentative_correspondences(query, candidates, options.assignments, options.max_hamming)
+    corr = tentative_correspondences(query, candidates, options.assignments, options.max_hamming,
+                                     compiled=options.compiled)
     active = corr.unique_query >= max(3, int(min_inliers))
     result = verify_batch(corr, options.threshold_px, options.hypotheses, options.lo_iterations,
-                          options.consistency, active=active, refine=options.lo_hypotheses)
+                          options.consistency, active=active, refine=options.lo_hypotheses,
+                          compiled=options.compiled)
     inliers = result.inliers
     order = final_order(inliers, scores, min_inliers=min_inliers)
     out = []
