@@ -19,7 +19,7 @@ GLOBAL_INDEX_KINDS = ("auto", "exact", "ivfpq")
 AUTO_IVFPQ_BYTES = 800_000_000
 #: rescore=: IVF-PQ candidates re-ranked exactly by default (chosen on a development set, not the reported
 #: one: benchmarks/RESULTS.md, "IVF-PQ at a million images")
-IVFPQ_RESCORE = 256
+IVFPQ_RESCORE = 200
 VERIFIER_MODELS = ("affine", "homography")
 MATCHERS = ("descriptors", "words")
 RERANK_ORDERS = ("inliers", "verified")
