@@ -13,11 +13,14 @@ truth and its own timing in the same run. Recall is reported two ways:
   IVF-PQ top k;
 - ``overlap@k`` ("k-recall@k"): mean fraction of the exact top k found in the IVF-PQ top k.
 
-Memory is :meth:`GlobalIndex.stats` (vectors or codes, ids, trained quantizers) per image.
+Memory is :meth:`GlobalIndex.stats` per image: in RAM (vectors or codes, ids, trained quantizers) and on
+disk (the float16 vectors IVF-PQ keeps, memory-mapped, to re-score its top K: rows "ivfpq + rescore K").
+Build times are wall and CPU seconds of this process (all threads); the IVF-PQ index is saved to a temporary
+folder and opened again before its queries, so the re-scoring reads memory-mapped vectors.
 
-    python benchmarks/ivfpq_recall.py --dim 2048 --sizes 10000 100000
-    python benchmarks/ivfpq_recall.py --dim 256 --sizes 10000 100000 1000000
-    python benchmarks/ivfpq_recall.py --dim 64 --sizes 5000 --queries 20 --nprobe 8   # quick check
+    python benchmarks/ivfpq_recall.py --runs 2048:100000 512:1000000 --rescore 100 200 500 1000
+    python benchmarks/ivfpq_recall.py --runs 512:200000 --data-seed 1 --rescore 100 200 500 1000  # K chosen here
+    python benchmarks/ivfpq_recall.py --runs 64:5000 --queries 20 --nprobe 8   # quick check
 """
 from __future__ import annotations
 
@@ -169,6 +172,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="+", default=["2048:100000", "512:1000000"], metavar="DIM:IMAGES",
                     help="one (dimension, images) setting each, run in turn in this process")
+    ap.add_argument("--dim", type=int, help="with --sizes: the runs DIM:N for each N (the earlier command form)")
+    ap.add_argument("--sizes", type=int, nargs="+")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--exact-queries", type=int, default=50, help="exact queries timed one at a time (the "
                     "ground truth of all queries comes from one batched exact search)")
@@ -184,6 +189,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
     rows = []
+    if args.dim and args.sizes:
+        args.runs = [f"{args.dim}:{n}" for n in args.sizes]
     for run in args.runs:
         dim, n = (int(v) for v in run.split(":"))
         rows += run_size(n, dim, args)
