@@ -14,14 +14,20 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["gather", "rescore"]
+__all__ = ["bounds_of", "gather", "rescore"]
 
 
-def gather(segments: Sequence[npt.NDArray], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+def bounds_of(segments: Sequence[npt.NDArray]) -> npt.NDArray[np.int64]:
+    """(len(segments) + 1,) first row of each segment, then the number of rows."""
+    return np.concatenate([[0], np.cumsum([len(s) for s in segments])]).astype(np.int64)
+
+
+def gather(segments: Sequence[npt.NDArray], rows: npt.NDArray[np.int64],
+           bounds: npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.float32]:
     """(len(rows), D) float32 copies of the stored rows ``rows`` (numbered across ``segments`` in order);
-    each segment is read once, in increasing row order (sequential pages of a memory map)."""
-    sizes = np.array([len(s) for s in segments], np.int64)
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    each segment is read once, in increasing row order (sequential pages of a memory map). ``bounds``:
+    :func:`bounds_of` the segments, when the caller has it."""
+    bounds = bounds_of(segments) if bounds is None else bounds
     rows = np.asarray(rows, np.int64)
     if len(rows) and (rows.min() < 0 or rows.max() >= bounds[-1]):
         raise IndexError(f"rows outside 0..{bounds[-1] - 1}")
@@ -43,11 +49,12 @@ def rescore(queries: npt.NDArray[np.float32], rows: npt.NDArray[np.int64], segme
     q = np.asarray(queries, np.float32)
     out_rows = np.full((len(q), top), -1, np.int64)
     out_scores = np.full((len(q), top), -np.inf, np.float32)
+    bounds = bounds_of(segments)
     for i in range(len(q)):
         cand = rows[i][rows[i] >= 0]
         if not len(cand):
             continue
-        scores = gather(segments, cand) @ q[i]
+        scores = gather(segments, cand, bounds) @ q[i]
         order = np.argsort(-scores, kind="stable")[:top]
         out_rows[i, : len(order)], out_scores[i, : len(order)] = cand[order], scores[order]
     return out_rows, out_scores
