@@ -13,23 +13,28 @@ truth and its own timing in the same run. Recall is reported two ways:
   IVF-PQ top k;
 - ``overlap@k`` ("k-recall@k"): mean fraction of the exact top k found in the IVF-PQ top k.
 
-Memory is :meth:`GlobalIndex.stats` (vectors or codes, ids, trained quantizers) per image.
+Memory is :meth:`GlobalIndex.stats` per image: in RAM (vectors or codes, ids, trained quantizers) and on
+disk (the float16 vectors IVF-PQ keeps, memory-mapped, to re-score its top K: rows "ivfpq + rescore K").
+Build times are wall and CPU seconds of this process (all threads); the IVF-PQ index is saved to a temporary
+folder and opened again before its queries, so the re-scoring reads memory-mapped vectors.
 
-    python benchmarks/ivfpq_recall.py --dim 2048 --sizes 10000 100000
-    python benchmarks/ivfpq_recall.py --dim 256 --sizes 10000 100000 1000000
-    python benchmarks/ivfpq_recall.py --dim 64 --sizes 5000 --queries 20 --nprobe 8   # quick check
+    python benchmarks/ivfpq_recall.py --runs 2048:100000 512:1000000 --rescore 100 200 500 1000
+    python benchmarks/ivfpq_recall.py --runs 512:200000 --data-seed 1 --rescore 100 200 500 1000  # K chosen here
+    python benchmarks/ivfpq_recall.py --runs 64:5000 --queries 20 --nprobe 8   # quick check
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import tempfile
 import time
 
 import numpy as np
 
 from glocal.index.global_index import GlobalIndex
 from glocal.index.global_params import IvfPqParams
+from glocal.methods.stages import IVFPQ_RESCORE
 
 SUBSPACE = 64
 BLOCK = 50_000
@@ -53,14 +58,13 @@ def clustered_vectors(n: int, dim: int, clusters: int, seed: int, data_seed: int
     return out
 
 
-def time_queries(index: GlobalIndex, q: np.ndarray, top: int, nprobe: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def time_queries(index: GlobalIndex, q: np.ndarray, top: int, **kw: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(ids (Q, top), ms per query (Q,)): one query at a time."""
     ids = np.empty((len(q), top), np.int64)
     ms = np.empty(len(q))
     for i in range(len(q)):
         t = time.perf_counter()
-        ids[i] = index.search(q[i : i + 1], top, nprobe=nprobe)[0][0]
+        ids[i] = index.search(q[i : i + 1], top, **kw)[0][0]
         ms[i] = 1e3 * (time.perf_counter() - t)
     return ids, ms
 
@@ -72,83 +76,124 @@ def recall(found: np.ndarray, truth: np.ndarray, k: int) -> tuple[float, float]:
     return r1, ov
 
 
-def run_size(n: int, args: argparse.Namespace) -> list[dict]:
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t: tuple[float, float]) -> tuple[float, float]:
+    """(wall s, CPU s of this process, all threads) since ``t``."""
+    return round(time.perf_counter() - t[0], 1), round(time.process_time() - t[1], 1)
+
+
+def _row(base: dict, index: str, ms: np.ndarray, found: np.ndarray | None, truth: np.ndarray, top: int,
+         **extra: object) -> dict:
+    rec = {}
+    for k in (1, 10, 100):
+        if k <= top:
+            rec[f"R@{k}"], rec[f"overlap@{k}"] = ((1.0, 1.0) if found is None else
+                                                  (round(v, 3) for v in recall(found, truth, k)))
+    row = base | {"index": index} | extra | {"ms_p50": round(float(np.median(ms)), 2),
+                                             "ms_p95": round(float(np.percentile(ms, 95)), 2)} | rec
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def run_size(n: int, dim: int, args: argparse.Namespace) -> list[dict]:
     t = time.perf_counter()
-    x = clustered_vectors(n, args.dim, args.clusters, seed=1)
-    q = clustered_vectors(args.queries, args.dim, args.clusters, seed=2)
-    gen_s = time.perf_counter() - t
-    rows = []
-    t = time.perf_counter()
-    exact = GlobalIndex(args.dim, "exact", threads=1)
+    x = clustered_vectors(n, dim, args.clusters, seed=1, data_seed=args.data_seed)
+    q = clustered_vectors(args.queries, dim, args.clusters, seed=2, data_seed=args.data_seed)
+    base = {"images": n, "dim": dim, "queries": args.queries, "data_seed": args.data_seed,
+            "generate_s": round(time.perf_counter() - t, 1)}
+    t = _clock()
+    exact = GlobalIndex(dim, "exact", threads=1)
     exact.add(x, np.arange(n))
-    exact_build = time.perf_counter() - t
-    time_queries(exact, q[:3], args.top)  # warm-up
-    truth, ms = time_queries(exact, q, args.top)
+    exact_build = _since(t)
+    truth = exact.search(q, args.top)[0]  # all queries at once (batched products): the ground truth
+    timed = q[: args.exact_queries]
+    time_queries(exact, timed[:3], args.top)  # warm-up
+    _, ms = time_queries(exact, timed, args.top)  # (one query's float sums may order near-ties differently)
     st = exact.stats()
-    base = {"images": n, "dim": args.dim, "queries": args.queries, "generate_s": round(gen_s, 1)}
-    rows.append(base | {"index": "exact", "nprobe": None, "code_bytes": st.code_bytes,
-                        "bytes_per_image": round(st.bytes_per_image, 1), "total_bytes": st.total_bytes,
-                        "build_s": round(exact_build, 1), "ms_p50": round(float(np.median(ms)), 2),
-                        "ms_p95": round(float(np.percentile(ms, 95)), 2)}
-                | {f"R@{k}": 1.0 for k in (1, 10, 100)} | {f"overlap@{k}": 1.0 for k in (1, 10, 100)})
-    print(json.dumps(rows[-1]), flush=True)
+    rows = [_row(base, "exact", ms, None, truth, args.top, nprobe=None, code_bytes=st.code_bytes,
+                 ram_bytes_per_image=round(st.bytes_per_image, 1), disk_bytes_per_image=0.0,
+                 build_s=exact_build[0], build_cpu_s=exact_build[1], timed_queries=len(timed))]
     del exact
-    params = IvfPqParams.for_size(n, args.dim)
-    t = time.perf_counter()
-    ivf = GlobalIndex(args.dim, "ivfpq", params=params, threads=1)
+    params = IvfPqParams.for_size(n, dim)
+    storage = "float16"
+    t = _clock()
+    ivf = GlobalIndex(dim, "ivfpq", params=params, threads=1, rescore=max(args.rescore), storage=storage)
     ivf.train(x, expected_size=n)
-    train_s = time.perf_counter() - t
+    train = _since(t)
     for s in range(0, n, BLOCK):
         ivf.add(x[s : s + BLOCK], np.arange(s, min(n, s + BLOCK)))
-    build_s = time.perf_counter() - t
-    st = ivf.stats()
-    for nprobe in sorted(set(args.nprobe + [params.nprobe])):
-        if nprobe > params.nlist:
-            continue
-        time_queries(ivf, q[:3], args.top, nprobe)
-        found, ms = time_queries(ivf, q, args.top, nprobe)
-        rec = {}
-        for k in (1, 10, 100):
-            if k <= args.top:
-                rec[f"R@{k}"], rec[f"overlap@{k}"] = (round(v, 3) for v in recall(found, truth, k))
-        rows.append(base | {"index": "ivfpq", "nlist": params.nlist, "m": params.m, "nprobe": nprobe,
-                            "default_nprobe": nprobe == params.nprobe, "code_bytes": st.code_bytes,
-                            "bytes_per_image": round(st.bytes_per_image, 1), "total_bytes": st.total_bytes,
-                            "train_s": round(train_s, 1), "build_s": round(build_s, 1),
-                            "ms_p50": round(float(np.median(ms)), 2),
-                            "ms_p95": round(float(np.percentile(ms, 95)), 2)} | rec)
-        print(json.dumps(rows[-1]), flush=True)
+    add = _since(t)
+    del x
+    with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
+        ivf.save(folder)  # the full vectors go to disk and are memory-mapped from here on
+        build = _since(t)
+        ivf = GlobalIndex.open(folder, threads=1)
+        st = ivf.stats()
+        info = {"nlist": params.nlist, "m": params.m, "code_bytes": st.code_bytes,
+                "ram_bytes_per_image": round((st.total_bytes - st.mapped_bytes) / st.images, 1),
+                "train_s": train[0], "train_cpu_s": train[1], "add_s": round(add[0] - train[0], 1),
+                "add_cpu_s": round(add[1] - train[1], 1), "build_s": build[0], "build_cpu_s": build[1],
+                "coarse_sample": ivf.training["coarse_sample"], "pq_sample": ivf.training["pq_sample"],
+                "timed_queries": args.queries}
+        for nprobe in sorted(set(args.nprobe + [params.nprobe])):
+            if nprobe > params.nlist:
+                continue
+            for k in [0] + args.rescore:
+                time_queries(ivf, q[:3], args.top, nprobe=nprobe, rescore=k)
+                found, ms = time_queries(ivf, q, args.top, nprobe=nprobe, rescore=k)
+                disk = round(st.mapped_bytes / st.images, 1) if k else 0.0
+                rows.append(_row(base, "ivfpq" + (f" + rescore {k}" if k else ""), ms, found, truth, args.top,
+                                 nprobe=nprobe, default_nprobe=nprobe == params.nprobe, rescore=k,
+                                 disk_bytes_per_image=disk, **info))
+        del ivf
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| images | D | index | nprobe | R@1 | R@10 | R@100 | overlap@10 | overlap@100 | ms p50 | ms p95 "
-            "| bytes / image | build s (train + add) |")
+            "| RAM bytes / image | disk bytes / image (re-scoring) | build s wall / CPU (train + add) |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         probe = "" if r["nprobe"] is None else f"{r['nprobe']}{' (default)' if r.get('default_nprobe') else ''}"
-        build = f"{r['build_s']:,}" + (f" ({r['train_s']:,} + {r['build_s'] - r['train_s']:,.1f})"
-                                       if "train_s" in r else "")
+        build = f"{r['build_s']:,} / {r['build_cpu_s']:,}" + (
+            f" ({r['train_s']:,} + {r['add_s']:,})" if "train_s" in r else "")
         out.append(f"| {r['images']:,} | {r['dim']} | {r['index']}"
                    + (f" (nlist {r['nlist']}, m {r['m']})" if "nlist" in r else "")
                    + f" | {probe} | {r.get('R@1', '')} | {r.get('R@10', '')} | {r.get('R@100', '')} "
                    f"| {r.get('overlap@10', '')} | {r.get('overlap@100', '')} | {r['ms_p50']:,} | {r['ms_p95']:,} "
-                   f"| {r['bytes_per_image']:,} | {build} |")
+                   f"| {r['ram_bytes_per_image']:,} | {r['disk_bytes_per_image']:,} | {build} |")
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--runs", nargs="+", default=["2048:100000", "512:1000000"], metavar="DIM:IMAGES",
+                    help="one (dimension, images) setting each, run in turn in this process")
+    ap.add_argument("--dim", type=int, help="with --sizes: the runs DIM:N for each N (the earlier command form)")
+    ap.add_argument("--sizes", type=int, nargs="+")
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--exact-queries", type=int, default=50, help="exact queries timed one at a time (the "
+                    "ground truth of all queries comes from one batched exact search)")
     ap.add_argument("--top", type=int, default=100)
     ap.add_argument("--clusters", type=int, default=2000)
-    ap.add_argument("--nprobe", type=int, nargs="*", default=[8, 32, 128], help="besides the size's default")
+    ap.add_argument("--data-seed", type=int, default=0, help="seed of the cluster centres and subspace (the "
+                    "reported runs use 0; the rescore default was chosen on 1)")
+    ap.add_argument("--nprobe", type=int, nargs="*", default=[], help="besides the size's default")
+    ap.add_argument("--rescore", type=int, nargs="+", default=[IVFPQ_RESCORE],
+                    help="IVF-PQ candidates re-scored exactly (one row each; the index keeps float16 vectors)")
+    ap.add_argument("--tmp", default=None, help="folder for the saved IVF-PQ index (default: the system's)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
-    rows = [r for n in args.sizes for r in run_size(n, args)]
+    rows = []
+    if args.dim and args.sizes:
+        args.runs = [f"{args.dim}:{n}" for n in args.sizes]
+    for run in args.runs:
+        dim, n = (int(v) for v in run.split(":"))
+        rows += run_size(n, dim, args)
     print(markdown(rows))
     print(f"load average {os.getloadavg()}", flush=True)
     if args.json:

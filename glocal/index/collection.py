@@ -30,6 +30,7 @@ from glocal.index.collection_manifest import (
     read_manifest,
     write_manifest,
 )
+from glocal.index.global_params import IvfPqParams
 from glocal.index.global_stage import GlobalStage, choose_kind, global_vector
 from glocal.index.writer_lock import IndexWriterLock
 from glocal.io.atomic import storage_errors
@@ -46,7 +47,7 @@ INDEX_BATCH = 64
 #: what a user is told is safe when a write fails for lack of space or permission
 _KEPT = ("nothing committed was lost (the images committed before stay in the index; the rest are indexed "
          "when the index is next opened for writing or added again)")
-#: at most this many vectors train an IVF-PQ first stage
+#: vectors drawn (evenly spaced) to train an IVF-PQ first stage, or its parameters' sample_size when larger
 IVFPQ_TRAINING_VECTORS = 100_000
 
 
@@ -195,7 +196,8 @@ class Collection:
         choosing = isinstance(self.stage, GlobalStage) and self.stage.index is None
         dim = len(global_vector(self.features[missing.start])) if choosing else 0
         if choosing and choose_kind(self.options.index.index, len(missing), dim) == "ivfpq":
-            step = max(1, len(missing) // IVFPQ_TRAINING_VECTORS)
+            wanted = max(IVFPQ_TRAINING_VECTORS, IvfPqParams.for_size(len(missing), dim).sample_size)
+            step = max(1, len(missing) // wanted)
             sample = np.stack([global_vector(self.features[i]) for i in missing[::step]])
             self.stage.prepare(sample, expected_size=len(missing))
         advance = (progress or self._progress)("indexing", len(missing))

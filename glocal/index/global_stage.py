@@ -94,7 +94,8 @@ class GlobalStage:
         check_ivfpq_size(len(sample), max(expected_size, 1))
         if self.options.ivfpq_nprobe is not None:
             params = dataclasses.replace(params, nprobe=self.options.ivfpq_nprobe)
-        index = GlobalIndex(sample.shape[1], "ivfpq", params=params)
+        index = GlobalIndex(sample.shape[1], "ivfpq", params=params, rescore=self.options.rescore,
+                            storage=self.options.rescore_storage)
         index.train(sample, expected_size=expected_size)
         self.index = index
 
@@ -164,7 +165,12 @@ class GlobalStage:
             self.index.save(self.root / "global")
 
     def stats(self) -> dict:
-        return self.settings | {"images": len(self)} | (self.index.stats().as_dict() if self.index is not None else {})
+        """Settings, images and :class:`GlobalIndexStats`; for IVF-PQ also its training record (coarse and PQ
+        samples, points per cell, iterations, seconds)."""
+        out = self.settings | {"images": len(self)}
+        if self.index is not None:
+            out |= self.index.stats().as_dict() | ({"training": self.index.training} if self.index.training else {})
+        return out
 
     @property
     def settings(self) -> dict:

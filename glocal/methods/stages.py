@@ -17,6 +17,9 @@ GLOBAL_INDEX_KINDS = ("auto", "exact", "ivfpq")
 #: first build gets IVF-PQ, a smaller one exact search: 97,657 images of 2048-D, 390,625 of 512-D (the rule
 #: and the measurements behind it: benchmarks/RESULTS.md, "IVF-PQ at scale")
 AUTO_IVFPQ_BYTES = 800_000_000
+#: rescore=: IVF-PQ candidates re-ranked exactly by default (chosen on a development set, not the reported
+#: one: benchmarks/RESULTS.md, "IVF-PQ at a million images")
+IVFPQ_RESCORE = 200
 VERIFIER_MODELS = ("affine", "homography")
 MATCHERS = ("descriptors", "words")
 RERANK_ORDERS = ("inliers", "verified")
@@ -70,6 +73,15 @@ class GlobalIndexOptions:
                         "MB (97,657 images of 2048-D), ivfpq from there (the choice is recorded in the manifest and "
                         "kept as the index grows)", choices=GLOBAL_INDEX_KINDS)
     ivfpq_nprobe: int | None = option(None, "IVF-PQ cells scanned per query (None: chosen by collection size)")
+    rescore: int = option(IVFPQ_RESCORE, "IVF-PQ: keep the full vectors on disk (memory-mapped) and re-rank the "
+                          "top K candidates by the exact inner product (K = this, at least the shortlist asked for); "
+                          "0: PQ codes only, approximate scores")
+    rescore_storage: str = option("float16", "IVF-PQ with rescore: precision of the kept vectors",
+                                  choices=("float16", "float32"))
+
+    def __post_init__(self) -> None:
+        if self.rescore < 0:
+            raise ValueError(f"rescore must be >= 0, got {self.rescore}")
 
 
 @dataclass(frozen=True)

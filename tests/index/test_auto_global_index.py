@@ -78,3 +78,29 @@ def test_auto_picks_ivfpq_above_the_threshold_and_keeps_it(tmp_path: Path, monke
         assert 7 in ids.tolist()
     res = CliRunner().invoke(app, ["index", "info", str(tmp_path / "big.glx")], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "ivfpq (auto: 300 images x 32-D at the first build; ivfpq from 38,400 bytes" in res.output
+
+
+def test_ivfpq_collection_shows_rescore_and_training_and_verify_sees_a_damaged_vector_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from glocal.index.verify import verify_index
+
+    monkeypatch.setattr(stages, "AUTO_IVFPQ_BYTES", 300 * 32 * 4)
+    with _collection(tmp_path / "big.glx", 300) as c:
+        query = c.features[11]
+        exact_order = np.argsort(-(np.stack([c.features[i].global_descriptor[0] for i in range(300)])
+                                   @ query.global_descriptor[0]))[:5]
+        ids, _ = c.stage.search(query, top=5, options=stages.SearchOptions())
+        assert ids.tolist() == exact_order.tolist()  # K = 256 of 300 images re-scored: the exact top 5
+    info = json.loads(CliRunner().invoke(app, ["index", "info", str(tmp_path / "big.glx"), "--json"]).output)
+    shortlist = info["shortlist"]
+    assert shortlist["rescore"] == stages.IVFPQ_RESCORE and shortlist["mapped_bytes"] == 300 * 32 * 2
+    # 300 images: 7 cells (at least 39 images each), coarse k-means on the cap of 32 per cell, PQ on all 300
+    assert shortlist["training"]["coarse_sample"] == 7 * 32 and shortlist["training"]["points_per_cell"] == 32
+    assert shortlist["training"]["pq_sample"] == 300
+    assert not verify_index(tmp_path / "big.glx").damage
+    vec = next((tmp_path / "big.glx" / "global").glob("seg-*.vec.npy"))
+    data = bytearray(vec.read_bytes())
+    data[-3] ^= 0x01
+    vec.write_bytes(bytes(data))
+    damage = verify_index(tmp_path / "big.glx").damage
+    assert [d.file for d in damage] == [f"global/{vec.name}"] and "checksum" in damage[0].detail
