@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glocal.index.asmk import aggregate, assign_many
+from glocal.index.asmk import AggregatedImage, aggregate, assign_many
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import KERNELS, IndexSettings, InvertedFile
 from glocal.index.quantizer import agreement, fast_quantizer
@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quantizer-only", action="store_true", help="stop after the quantisation table")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --dir: reuse an index built there by an earlier run (its queries, planted ids and "
+                         "build time are kept next to it in ivf_N.bench.npz); build only the sizes missing")
     ap.add_argument("--kernels", nargs="+", default=["numpy", "compiled"], choices=KERNELS[1:][::-1],
                     help="ASMK* scoring paths timed side by side (the first is the reference for 'same')")
     args = ap.parse_args()
@@ -97,6 +100,11 @@ def main() -> None:
     work = Path(args.dir or tempfile.mkdtemp(prefix="asmk_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} cores; index folders under {work}")
+    if args.reuse and args.dir is None:
+        raise SystemExit("--reuse needs --dir (the folder of an earlier run)")
+    saved = {n: work / f"ivf_{n}.bench.npz" for n in args.sizes}
+    if args.reuse and all(f.exists() and (work / f"ivf_{n}" / "MANIFEST.json").exists() for n, f in saved.items()):
+        return measure(args, work, {n: load_built(f) for n, f in saved.items()})
 
     # -- descriptors, codebook, quantisation ------------------------------------------------------
     per_image, t = timed(rootsift_images, args.seed)
@@ -154,35 +162,66 @@ def main() -> None:
     print(f"\nqueries: {len(queries)} x 1,000 descriptors, 5 assignments -> "
           f"{np.mean([len(a) for a in queries]):.0f} words per query on average")
 
-    table = []
+    built = {}
     for n in args.sizes:
+        f = work / f"ivf_{n}.bench.npz"
+        if args.reuse and f.exists() and (work / f"ivf_{n}" / "MANIFEST.json").exists():
+            built[n] = load_built(f)
+            continue
+        built[n] = build(args, work / f"ivf_{n}", n, rng, codebook, q, queries, word_table)
+        planted, build_s, synth_s = built[n][1:]
+        np.savez(f, planted=planted, build_s=build_s, synth_s=synth_s, sizes=[len(a) for a in queries],
+                 words=np.concatenate([a.words for a in queries]), codes=np.concatenate([a.codes for a in queries]))
+    measure(args, work, built)
+
+
+def load_built(f: Path) -> tuple[list[AggregatedImage], np.ndarray, float, float]:
+    """(queries, planted ids, build s, synthesis s) saved by an earlier run next to its index."""
+    z = np.load(f)
+    off = np.concatenate([[0], np.cumsum(z["sizes"])])
+    queries = [AggregatedImage(z["words"][a:b], z["codes"][a:b]) for a, b in zip(off[:-1], off[1:])]
+    return queries, z["planted"], float(z["build_s"]), float(z["synth_s"])
+
+
+def build(args, root: Path, n: int, rng, codebook, q, queries, word_table) -> tuple:
+    """Synthesise and add ``n`` images at ``root``, each query's near-duplicate planted at a random id."""
+    shutil.rmtree(root, ignore_errors=True)
+    idx = InvertedFile.create(root, codebook, IndexSettings(binary=True, max_segments=64), quantizer=q)
+    synth_s = build_s = 0.0
+    planted = np.sort(rng.choice(n, len(queries), replace=False))
+    done = 0
+    while done < n:
+        m = min(args.batch, n - done)
+        (sizes, words, codes), t = timed(synth_batch, rng, m, word_table, args.words_per_image, args.words)
+        synth_s += t
+        # plant each query's near-duplicate at its id: the query's words and codes, 10 % bits flipped
+        off = np.concatenate([[0], np.cumsum(sizes)])
+        parts_s, parts_w, parts_c, last = [], [], [], 0
+        for j, pid in enumerate(planted):
+            if done <= pid < done + m:
+                i = pid - done
+                flip = np.packbits(rng.random((len(queries[j]), 128)) < 0.1, axis=1)
+                parts_w += [words[off[last]:off[i]], queries[j].words]
+                parts_c += [codes[off[last]:off[i]], queries[j].codes ^ flip]
+                parts_s += [sizes[last:i], [len(queries[j])]]
+                last = i + 1
+        parts_w.append(words[off[last]:])
+        parts_c.append(codes[off[last]:])
+        parts_s.append(sizes[last:])
+        _, t = timed(idx.add_arrays, np.concatenate(parts_s), np.concatenate(parts_w), np.concatenate(parts_c))
+        build_s += t
+        done += m
+    idx.close()
+    print(f"  {n:,} images built in {build_s:.1f} s (+{synth_s:.1f} s synthesis)", flush=True)
+    return queries, planted, build_s, synth_s
+
+
+def measure(args, work: Path, built: dict) -> None:
+    """Time the scoring paths side by side, query by query, on each built index; print the table."""
+    table = []
+    for n, (queries, planted, build_s, synth_s) in built.items():
         root = work / f"ivf_{n}"
-        shutil.rmtree(root, ignore_errors=True)
-        idx = InvertedFile.create(root, codebook, IndexSettings(binary=True, max_segments=64), quantizer=q)
-        synth_s = build_s = 0.0
-        planted = np.sort(rng.choice(n, len(queries), replace=False))
-        done = 0
-        while done < n:
-            m = min(args.batch, n - done)
-            (sizes, words, codes), t = timed(synth_batch, rng, m, word_table, args.words_per_image, args.words)
-            synth_s += t
-            # plant each query's near-duplicate at its id: the query's words and codes, 10 % bits flipped
-            off = np.concatenate([[0], np.cumsum(sizes)])
-            parts_s, parts_w, parts_c, last = [], [], [], 0
-            for j, pid in enumerate(planted):
-                if done <= pid < done + m:
-                    i = pid - done
-                    flip = np.packbits(rng.random((len(queries[j]), 128)) < 0.1, axis=1)
-                    parts_w += [words[off[last]:off[i]], queries[j].words]
-                    parts_c += [codes[off[last]:off[i]], queries[j].codes ^ flip]
-                    parts_s += [sizes[last:i], [len(queries[j])]]
-                    last = i + 1
-            parts_w.append(words[off[last]:])
-            parts_c.append(codes[off[last]:])
-            parts_s.append(sizes[last:])
-            _, t = timed(idx.add_arrays, np.concatenate(parts_s), np.concatenate(parts_w), np.concatenate(parts_c))
-            build_s += t
-            done += m
+        idx = InvertedFile.open(root, verify="size")
         st = index_stats(idx)
         # first compiled query: loads the numba cache (or compiles, the first time on a machine)
         first = timed(idx.search, queries[0], 100, kernel=args.kernels[-1])[1] * 1e3
