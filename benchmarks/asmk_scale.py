@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from glocal.index import manifest
 from glocal.index.asmk import AggregatedImage, aggregate, assign_many
 from glocal.index.codebook import Codebook
-from glocal.index.inverted_file import KERNELS, IndexSettings, InvertedFile
+from glocal.index.inverted_file import IndexSettings, InvertedFile
+from glocal.index.layout import record_views
 from glocal.index.quantizer import agreement, fast_quantizer
+from glocal.index.segment_file import ArrayFile, write_arrays
 from glocal.index.stats import index_stats
 
 
@@ -93,8 +96,13 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="with --dir: reuse an index built there by an earlier run (its queries, planted ids and "
                          "build time are kept next to it in ivf_N.bench.npz); build only the sizes missing")
-    ap.add_argument("--kernels", nargs="+", default=["numpy", "compiled"], choices=KERNELS[1:][::-1],
-                    help="ASMK* scoring paths timed side by side (the first is the reference for 'same')")
+    ap.add_argument("--paths", nargs="+", default=["numpy", "arrays", "records"],
+                    help="ASMK* scoring paths timed side by side, query by query (the first is the reference for "
+                         "'same'): numpy or compiled (that kernel on the index as built), arrays (compiled, "
+                         "version-1 layout: codes and ids in two arrays), records (compiled, version-2 records), "
+                         "budget:F (records, approximate: the query's shortest lists up to a fraction F of its "
+                         "entries). arrays / records use a copy of the index in that layout (hard links, "
+                         "converted once, reused)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     work = Path(args.dir or tempfile.mkdtemp(prefix="asmk_scale_"))
@@ -216,53 +224,118 @@ def build(args, root: Path, n: int, rng, codebook, q, queries, word_table) -> tu
     return queries, planted, build_s, synth_s
 
 
+def layout_copy(root: Path, layout: str) -> Path:
+    """``root`` if all its segments are in ``layout`` (arrays: version 1, records: version 2), else a copy in that
+    layout next to it (``root-layout``: hard links to the files, then the segments rewritten), reused later."""
+    with InvertedFile.open(root, verify="size") as idx:
+        if all((s.postings is not None) == (layout == "records") for s in idx.segments):
+            return root
+    out = root.with_name(f"{root.name}-{layout}")
+    if (out / "MANIFEST.json").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    for f in root.iterdir():
+        if f.name != "LOCK":
+            os.link(f, out / f.name)
+    t0 = time.perf_counter()
+    if layout == "records":
+        with InvertedFile.open(out, writable=True, verify="size") as idx:
+            idx.upgrade()
+    else:  # version 1 as an older glocal wrote it: one segment at a time
+        m = manifest.read_manifest(out)
+        for e in m["segments"]:
+            f = ArrayFile(out / e["file"])
+            arrays = {k: np.array(v) for k, v in f.arrays.items()}
+            meta = dict(f.meta)
+            f.close()
+            items, codes = record_views(arrays.pop("postings"))
+            arrays |= {"items": np.ascontiguousarray(items), "codes": np.ascontiguousarray(codes)}
+            (out / e["file"]).unlink()  # the hard link: the original file stays as it was
+            e["crc32"] = write_arrays(out / e["file"], arrays, meta)
+            e["bytes"] = (out / e["file"]).stat().st_size
+        m["version"] = 1
+        manifest.write_manifest(out, m)
+    print(f"  {out}: {layout} layout written in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def open_paths(root: Path, paths: list[str]) -> dict[str, tuple[InvertedFile, str, float]]:
+    """(index, kernel, budget) of each scoring path (see --paths)."""
+    opened: dict[str, InvertedFile] = {}
+
+    def index(layout: str) -> InvertedFile:
+        if layout not in opened:
+            opened[layout] = InvertedFile.open(layout_copy(root, layout) if layout != "built" else root, verify="size")
+        return opened[layout]
+
+    out = {}
+    for p in paths:
+        if p in ("numpy", "compiled"):
+            out[p] = (index("built"), p, 1.0)
+        elif p in ("arrays", "records"):
+            out[p] = (index(p), "compiled", 1.0)
+        elif p.startswith("budget:"):
+            out[p] = (index("records"), "compiled", float(p.split(":")[1]))
+        else:
+            raise SystemExit(f"unknown path {p!r}")
+    return out
+
+
 def measure(args, work: Path, built: dict) -> None:
     """Time the scoring paths side by side, query by query, on each built index; print the table."""
     table = []
+    paths = args.paths
     for n, (queries, planted, build_s, synth_s) in built.items():
         root = work / f"ivf_{n}"
-        idx = InvertedFile.open(root, verify="size")
-        st = index_stats(idx)
-        # first compiled query: loads the numba cache (or compiles, the first time on a machine)
-        first = timed(idx.search, queries[0], 100, kernel=args.kernels[-1])[1] * 1e3
+        opened = open_paths(root, paths)
+        st = index_stats(opened[paths[-1]][0])
+        first = {}
+        for p, (idx, kernel, budget) in opened.items():  # first query: numba cache load (or JIT), first page touch
+            first[p] = timed(idx.search, queries[0], 100, kernel=kernel, budget=budget)[1] * 1e3
         for agg in queries:  # warm-up: page cache and page tables of every list the queries read
-            idx.search(agg, 100, kernel=args.kernels[-1])
-        lat = {k: [] for k in args.kernels}
-        cpu = {k: [] for k in args.kernels}
-        hits, same, load = {k: 0 for k in args.kernels}, 0, os.getloadavg()
-        for j, agg in enumerate(queries):  # the kernels alternate query by query: same load for both
+            for idx, kernel, budget in opened.values():
+                if kernel != "numpy":
+                    idx.search(agg, 100, kernel=kernel, budget=budget)
+        lat = {p: [] for p in paths}
+        cpu = {p: [] for p in paths}
+        hits, same, load = {p: 0 for p in paths}, {p: 0 for p in paths}, os.getloadavg()
+        recall = {p: [] for p in paths}
+        for j, agg in enumerate(queries):  # the paths alternate query by query: same load for all
             out = {}
-            for k in args.kernels:
+            for p, (idx, kernel, budget) in opened.items():
                 c0 = time.process_time()
-                out[k], t = timed(idx.search, agg, 100, kernel=k)
-                cpu[k].append((time.process_time() - c0) * 1e3)
-                lat[k].append(t * 1e3)
-                hits[k] += int(out[k][0][0] == planted[j])
-            ref_ids, ref_vals = out[args.kernels[0]]
-            same += all(np.array_equal(v, ref_vals) and np.array_equal(i[ref_vals > ref_vals[-1]],
-                                                                        ref_ids[ref_vals > ref_vals[-1]])
-                        for i, v in out.values())
-        idx.close()
-        for k in args.kernels:
-            row = (n, k, build_s, st.words_per_image, st.bytes_per_image, st.index_bytes / 2**30, st.segments,
-                   float(np.median(lat[k])), float(np.percentile(lat[k], 95)), float(np.median(cpu[k])), hits[k],
-                   len(queries), same, load, first)
+                out[p], t = timed(idx.search, agg, 100, kernel=kernel, budget=budget)
+                cpu[p].append((time.process_time() - c0) * 1e3)
+                lat[p].append(t * 1e3)
+                hits[p] += int(out[p][0][0] == planted[j])
+            ref_ids, ref_vals = out[paths[0]]
+            above = ref_vals > ref_vals[-1]
+            for p, (i, v) in out.items():
+                same[p] += int(np.array_equal(v, ref_vals) and np.array_equal(i[above], ref_ids[above]))
+                recall[p].append(len(np.intersect1d(i, ref_ids)) / max(len(ref_ids), 1))
+        for idx, *_ in opened.values():
+            idx.close()
+        for p in paths:
+            row = (n, p, build_s, st.words_per_image, st.bytes_per_image, st.index_bytes / 2**30, st.segments,
+                   float(np.median(lat[p])), float(np.percentile(lat[p], 95)), float(np.median(cpu[p])), hits[p],
+                   len(queries), same[p], load, first[p], float(np.mean(recall[p])))
             table.append(row)
-            print(f"  {n:,} images, {k}: build {build_s:.1f} s (+{synth_s:.1f} s synthesis), "
+            print(f"  {n:,} images, {p}: build {build_s:.1f} s (+{synth_s:.1f} s synthesis), "
                   f"{st.bytes_per_image:.0f} B/image, query median {row[7]:.1f} ms (CPU {row[9]:.1f} ms)", flush=True)
         if n >= 1_000_000 and args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n| images | kernel | build (s) | words/image | bytes/image | index size (GiB) | segments | query p50 (ms) "
-          f"| query p95 (ms) | CPU p50 (ms) | planted duplicate first | top-100 same as {args.kernels[0]} "
+    print(f"\n| images | path | build (s) | words/image | bytes/image | index size (GiB) | segments | query p50 (ms) "
+          f"| query p95 (ms) | CPU p50 (ms) | planted duplicate first | top-100 same as {paths[0]} | recall@100 "
           "| load average (1/5/15 min) | first query (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, k, b, wpi, bpi, gib, segs, med, p95, c, hit, nq, same, load, first in table:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, k, b, wpi, bpi, gib, segs, med, p95, c, hit, nq, same, load, first, rec in table:
         print(f"| {n:,} | {k} | {b:.1f} | {wpi:.0f} | {bpi:.0f} | {gib:.2f} | {segs} | {med:.1f} | {p95:.1f} | {c:.1f} "
-              f"| {hit}/{nq} | {same}/{nq} | {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} | {first:.0f} |")
+              f"| {hit}/{nq} | {same}/{nq} | {rec:.3f} | {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} | {first:.0f} |")
     print("\nbuild = add_arrays (sort by word, write, fsync, commit) of pre-aggregated images, synthesis excluded;"
           " query = search of an aggregated query (top 100) on a warm page cache (one untimed pass over the queries"
-          " first), quantisation excluded; kernels alternate query by query. CPU = process CPU time (all threads)."
+          " first), quantisation excluded; paths alternate query by query. CPU = process CPU time (all threads)."
           " 'same': identical top-100 scores, and identical ids above the 100th score (ties at the boundary may"
           " pick different ids). first query = first compiled search in the process (numba cache load / JIT).")
     if args.dir is None:

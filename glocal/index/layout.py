@@ -1,8 +1,19 @@
-"""Settings and segments of the persistent ASMK inverted file (see :mod:`glocal.index.inverted_file`)."""
+"""Settings and segments of the persistent ASMK inverted file (see :mod:`glocal.index.inverted_file`).
+
+Posting entries of an ASMK* segment are stored as one array of records, ``postings`` (E, B + 4) uint8: the
+B-byte binary code then the little-endian uint32 item id, so scanning a posting list reads one stream
+(index version 2; 20 bytes per entry for 128-bit codes, as before). Version-1 segments, and ASMK segments
+(float32 residuals), hold two arrays, ``codes`` (E, B) and ``items`` (E,). :class:`Segment` gives both as
+``codes`` and ``items`` (strided views into the records where there are records), so code that reads them
+works on both layouts.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 from glocal.index.asmk import ALPHA, TAU
 from glocal.index.regional import POOLINGS
@@ -52,7 +63,13 @@ class Segment:
         if verify:
             self.verify()
         a = self.file.arrays
-        self.words, self.bounds, self.items, self.codes = a["words"], a["bounds"], a["items"], a["codes"]
+        self.words, self.bounds = a["words"], a["bounds"]
+        #: (E, B + 4) uint8 records (code, item id) of a version-2 ASMK* segment, else None
+        self.postings = a.get("postings")
+        if self.postings is not None:
+            self.items, self.codes = record_views(self.postings)
+        else:
+            self.items, self.codes = a["items"], a["codes"]
         self.item_image, self.item_size = a["item_image"], a["item_size"]
         self.item_start = int(entry["item_start"])
         self.n_items = int(entry["items"])
@@ -65,3 +82,19 @@ class Segment:
         self.verified = True
 
 
+
+
+def interleave(items: npt.NDArray, codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """(E, B + 4) records: each entry's B-byte code, then its item id as little-endian uint32."""
+    out = np.empty((len(items), codes.shape[1] + 4), np.uint8)
+    record_views(out)[0][:] = items
+    out[:, :codes.shape[1]] = codes
+    return out
+
+
+def record_views(postings: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8]]:
+    """(items (E,) uint32, codes (E, B) uint8): strided views into (E, B + 4) records, no copy."""
+    width = postings.shape[1] - 4
+    if len(postings) == 0:
+        return np.zeros(0, np.uint32), np.zeros((0, width), np.uint8)
+    return postings[:, width:].view("<u4")[:, 0], postings[:, :width]

@@ -39,6 +39,8 @@ AVAILABLE = importlib.util.find_spec("numba") is not None  # numba is optional: 
 #: 1M index (43 M entries a query), CPU ms: whole range 150, 262,144 items 181, 65,536 items 205: revisiting
 #: 4,300 lists per block costs more than the accumulators' cache misses save, so the default is one block.
 BLOCK = 1 << 62
+#: cache lines at the start of the next posting list prefetched while a list is scanned (records layout)
+AHEAD = 4
 
 
 @lru_cache(maxsize=1)
@@ -76,15 +78,20 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
         starts = np.asarray(s.bounds[w], np.int64)
         lens = np.asarray(s.bounds[w + 1], np.int64) - starts
         wq = weight[qwords[hit]] if weight is not None else np.ones(len(hit), np.float64)
-        jobs.append((s, _words64(s.codes), starts, lens, hit.astype(np.int64), np.ascontiguousarray(wq, np.float64)))
+        data = s.postings.reshape(-1) if s.postings is not None else _words64(s.codes)
+        jobs.append((s, data, starts, lens, hit.astype(np.int64), np.ascontiguousarray(wq, np.float64)))
     cuts = thread_cuts(n_items, [s.item_start for s in segments], threads)
 
     def run(t: int) -> None:
         lo, hi = int(cuts[t]), int(cuts[t + 1])
-        for s, codes, starts, lens, qrows, wq in jobs:
+        k = _kernels()
+        for s, data, starts, lens, qrows, wq in jobs:
             if hi <= s.item_start or lo >= s.item_start + s.n_items:
                 continue
-            _kernels().scan_lists(codes, s.items, starts, lens, q64, qrows, table, wq, lo, hi, block, acc)
+            if s.postings is not None:  # records (code, item id): one stream per list
+                k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc, AHEAD)
+            else:  # version-1 segment: codes and item ids in two arrays
+                k.scan_lists(data, s.items, starts, lens, q64, qrows, table, wq, lo, hi, block, acc)
 
     if threads > 1 and n_items > 1:
         with ThreadPoolExecutor(threads) as pool:
@@ -92,6 +99,26 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
     else:
         run(0)
     return acc
+
+
+def budget_words(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], budget: float) -> npt.NDArray[np.bool_]:
+    """The query words an approximate query scans (opt-in, ``budget`` < 1): its words in order of increasing
+    posting-list length (all segments), while their entries add up to at most ``budget`` x the entries of all
+    its lists. The longest lists are the most frequent words, which weigh least in the ranking (IDF); the
+    cost is measured as recall against exact scoring (``benchmarks/asmk_scale.py``, ``asmk_budget.py``)."""
+    lens = np.zeros(len(qwords), np.int64)
+    for s in segments:
+        if len(s.words) == 0:
+            continue
+        pos = np.minimum(np.searchsorted(s.words, qwords), len(s.words) - 1)
+        hit = s.words[pos] == qwords
+        lens[hit] += np.asarray(s.bounds[pos[hit] + 1], np.int64) - np.asarray(s.bounds[pos[hit]], np.int64)
+    order = np.argsort(lens, kind="stable")
+    cum = np.cumsum(lens[order])
+    keep = np.zeros(len(qwords), bool)
+    if len(cum):
+        keep[order[:int(np.searchsorted(cum, budget * cum[-1], side="right"))]] = True
+    return keep
 
 
 def thread_cuts(n_items: int, segment_starts: Sequence[int], threads: int, slack: float = 0.1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.core import types
+from llvmlite import ir
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 
@@ -18,6 +19,104 @@ def popcount(typingctx, x):  # noqa: ANN001, ANN202 - numba intrinsic signature
         return builder.ctpop(args[0])
 
     return types.uint64(types.uint64), codegen
+
+
+def _byte_pointer(context, builder, aryty, ary, offset):  # noqa: ANN001, ANN202
+    base = context.make_array(aryty)(context, builder, ary)
+    ptr = cgutils.get_item_pointer(context, builder, aryty, base, [offset], wraparound=False)
+    return builder.bitcast(ptr, ir.IntType(8).as_pointer())
+
+
+def _load(width: int, result):  # noqa: ANN001, ANN202
+    """An intrinsic loading a little-endian unsigned ``width``-bit integer at any byte offset of a uint8 array."""
+    @intrinsic
+    def load(typingctx, arr, offset):  # noqa: ANN001, ANN202
+        if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8):
+            return None
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            p = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+            v = builder.load(builder.bitcast(p, ir.IntType(width).as_pointer()), align=1)
+            return builder.zext(v, ir.IntType(64)) if width < 64 else v
+
+        return result(arr, types.intp), codegen
+    return load
+
+
+load_u64 = _load(64, types.uint64)
+load_u32 = _load(32, types.uint64)
+
+
+@intrinsic
+def prefetch(typingctx, arr, offset):  # noqa: ANN001, ANN202
+    """Hint the cache line holding byte ``offset`` of a uint8 array into the caches (``llvm.prefetch``; never
+    faults, so an offset past the end is harmless)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        p = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, types.intp), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_at_least(rec, size, id_at, a, b, value):  # noqa: ANN001, ANN202
+    """First record in [a, b) whose item id (at byte ``id_at`` of a ``size``-byte record) is >= value."""
+    while a < b:
+        mid = (a + b) // 2
+        if load_u32(rec, mid * size + id_at) < value:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, ahead):  # noqa: ANN001, ANN202
+    """:func:`scan_lists` over records (``width`` 64-bit code words, then a uint32 item id) in a flat uint8
+    array: one stream per list. The first ``ahead`` x 64 bytes of the next list are prefetched while a list
+    is scanned (its start would otherwise wait for the hardware prefetcher to notice the new stream)."""
+    size = 8 * width + 4
+    id_at = 8 * width
+    m = len(starts)
+    cur = np.empty(m, np.int64)
+    end = np.empty(m, np.int64)
+    for j in range(m):
+        cur[j] = _first_at_least(rec, size, id_at, starts[j], starts[j] + lens[j], lo)
+        end[j] = _first_at_least(rec, size, id_at, cur[j], starts[j] + lens[j], hi)
+    for b0 in range(lo, hi, block):
+        b1 = min(hi, b0 + block)
+        whole = b1 == hi  # last (or only) block: every remaining entry of [cur, end) is in it
+        for j in range(m):
+            if j + 1 < m:
+                nxt = cur[j + 1] * size
+                for k in range(ahead):
+                    prefetch(rec, nxt + 64 * k)
+            r = qrows[j]
+            w = wq[j]
+            i = cur[j]
+            e = end[j]
+            if not whole:
+                e = _first_at_least(rec, size, id_at, i, e, b1)
+            if width == 2:
+                q0 = qcodes[r, 0]
+                q1 = qcodes[r, 1]
+                for p in range(i * size, e * size, size):
+                    h = popcount(load_u64(rec, p) ^ q0) + popcount(load_u64(rec, p + 8) ^ q1)
+                    acc[load_u32(rec, p + 16)] += table[h] * w
+            else:
+                for p in range(i * size, e * size, size):
+                    h = np.uint64(0)
+                    for k in range(width):
+                        h += popcount(load_u64(rec, p + 8 * k) ^ qcodes[r, k])
+                    acc[load_u32(rec, p + id_at)] += table[h] * w
+            cur[j] = e
 
 @numba.njit(nogil=True, cache=True)
 def scan_lists(codes, items, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc):  # noqa: ANN001, ANN202

@@ -1,15 +1,18 @@
 """The compiled ASMK* scan (glocal.index.scan) against the vectorised numpy path it replaces: same scores,
-same rankings (ties by id), with several segments, IDF, empty words, removed images, regions, threads."""
+same rankings (ties by id), with several segments, IDF, empty words, removed images, regions, threads, and
+both on-disk layouts of the entries (version-2 records, version-1 arrays) and their upgrade."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from glocal.errors import MissingDependencyError
-from glocal.index import scan
+from glocal.index import manifest, scan
 from glocal.index.asmk import AggregatedImage
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import IndexSettings, InvertedFile
+from glocal.index.layout import interleave, record_views
+from glocal.index.segment_file import ArrayFile, write_arrays
 
 needs_numba = pytest.mark.skipif(not scan.AVAILABLE, reason="numba is not installed")
 K = 64
@@ -131,3 +134,60 @@ def test_thread_cuts_snap_to_segment_starts():
     np.testing.assert_array_equal(scan.thread_cuts(1000, [0, 300, 900], 2), [0, 500, 1000])  # too far: halves
     np.testing.assert_array_equal(scan.thread_cuts(1000, [0], 1), [0, 1000])
     np.testing.assert_array_equal(scan.thread_cuts(900, [0, 290, 610], 3), [0, 290, 610, 900])
+
+
+def as_version_1(idx: InvertedFile) -> InvertedFile:
+    """Rewrite every segment of ``idx`` (closed) in the version-1 layout (codes and item ids in two arrays,
+    manifest version 1), as an older glocal wrote it; reopened writable."""
+    root = idx.root
+    idx.close()
+    m = manifest.read_manifest(root)
+    for e in m["segments"]:
+        f = ArrayFile(root / e["file"])
+        arrays = {k: np.array(v) for k, v in f.arrays.items()}
+        meta = dict(f.meta)
+        f.close()
+        items, codes = record_views(arrays.pop("postings"))
+        arrays |= {"items": np.ascontiguousarray(items), "codes": np.ascontiguousarray(codes)}
+        e["crc32"] = write_arrays(root / e["file"], arrays, meta)
+        e["bytes"] = (root / e["file"]).stat().st_size
+    m["version"] = 1
+    manifest.write_manifest(root, m)
+    return InvertedFile.open(root, writable=True)
+
+
+@needs_numba
+def test_version_1_segments_score_the_same_and_upgrade(tmp_path):
+    queries = images(5, 31, 128, words=50)
+    with build(tmp_path, 128, [images(90, 32, 128), images(40, 33, 128)]) as idx:
+        assert all(s.postings is not None and s.postings.shape[1] == 20 for s in idx.segments)
+        new = [idx.scores(q, kernel="compiled") for q in queries]
+    idx = as_version_1(idx)
+    with idx:
+        assert all(s.postings is None and s.codes.flags.c_contiguous for s in idx.segments)
+        for q, ref in zip(queries, new):
+            np.testing.assert_array_equal(idx.scores(q, kernel="compiled"), ref)  # both layouts, same scores
+        assert_same(idx, queries)
+        idx.add(images(30, 34, 128))  # a version-2 segment after two version-1 ones
+        assert [s.postings is not None for s in idx.segments] == [False, False, True]
+        assert manifest.read_manifest(idx.root)["version"] == 2
+        idx.threads = 2
+        assert_same(idx, queries)
+        idx.remove([5, 100])
+        assert idx.upgrade() == 2 and all(s.postings is not None for s in idx.segments)
+        assert idx.upgrade() == 0
+        assert_same(idx, queries)
+        idx.compact()
+        assert len(idx.segments) == 1 and idx.segments[0].postings is not None
+        assert_same(idx, queries)
+
+
+def test_records_hold_code_then_little_endian_id():
+    items = np.array([0, 1, 258, 2**32 - 1], np.uint32)
+    codes = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8)
+    rec = interleave(items, codes)
+    assert rec.shape == (4, 12)
+    np.testing.assert_array_equal(rec[2], [*range(16, 24), 2, 1, 0, 0])
+    back_items, back_codes = record_views(rec)
+    np.testing.assert_array_equal(back_items, items)
+    np.testing.assert_array_equal(back_codes, codes)
