@@ -31,7 +31,7 @@ from glocal.index import manifest
 from glocal.index.asmk import AggregatedImage, aggregate, assign_many
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import IndexSettings, InvertedFile
-from glocal.index.layout import record_views
+from glocal.index.posting_records import record_views
 from glocal.index.quantizer import agreement, fast_quantizer
 from glocal.index.segment_file import ArrayFile, write_arrays
 from glocal.index.stats import index_stats

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from glocal.index.layout import record_views
+from glocal.index.posting_records import record_views
 from glocal.index.segment_file import ArrayWriter, SegmentFileError
 
 if TYPE_CHECKING:

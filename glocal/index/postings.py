@@ -15,7 +15,8 @@ import numpy.typing as npt
 
 from glocal.index.asmk import AggregatedImage
 from glocal.index.kernel import block_similarity, gather, match_blocks, take_rows
-from glocal.index.layout import IndexSettings, Segment, interleave
+from glocal.index.layout import IndexSettings, Segment
+from glocal.index.posting_records import interleave
 
 
 def posting_arrays(sizes: npt.NDArray[np.int64], words: npt.NDArray, codes: npt.NDArray,

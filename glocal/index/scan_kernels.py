@@ -78,18 +78,25 @@ def _first_at_least(rec, size, id_at, a, b, value):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, ahead):  # noqa: ANN001, ANN202
+def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, ahead, dist):  # noqa: ANN001, ANN202
     """:func:`scan_lists` over records (``width`` 64-bit code words, then a uint32 item id) in a flat uint8
     array: one stream per list. The first ``ahead`` x 64 bytes of the next list are prefetched while a list
-    is scanned (its start would otherwise wait for the hardware prefetcher to notice the new stream)."""
+    is scanned (its start would otherwise wait for the hardware prefetcher to notice the new stream), and
+    inside a list the record ``dist`` bytes ahead (0: none; clamped to the list's end)."""
     size = 8 * width + 4
     id_at = 8 * width
     m = len(starts)
     cur = np.empty(m, np.int64)
     end = np.empty(m, np.int64)
     for j in range(m):
-        cur[j] = _first_at_least(rec, size, id_at, starts[j], starts[j] + lens[j], lo)
-        end[j] = _first_at_least(rec, size, id_at, cur[j], starts[j] + lens[j], hi)
+        a = starts[j]
+        b = a + lens[j]
+        if lens[j] == 0 or (load_u32(rec, a * size + id_at) >= lo and load_u32(rec, (b - 1) * size + id_at) < hi):
+            cur[j] = a  # the whole list lies in [lo, hi): no binary search (its probes are cache misses)
+            end[j] = b
+        else:
+            cur[j] = _first_at_least(rec, size, id_at, a, b, lo)
+            end[j] = _first_at_least(rec, size, id_at, cur[j], b, hi)
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
         whole = b1 == hi  # last (or only) block: every remaining entry of [cur, end) is in it
@@ -104,14 +111,19 @@ def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, blo
             e = end[j]
             if not whole:
                 e = _first_at_least(rec, size, id_at, i, e, b1)
+            last = e * size
             if width == 2:
                 q0 = qcodes[r, 0]
                 q1 = qcodes[r, 1]
-                for p in range(i * size, e * size, size):
+                for p in range(i * size, last, size):
+                    if dist > 0:
+                        prefetch(rec, min(p + dist, last))
                     h = popcount(load_u64(rec, p) ^ q0) + popcount(load_u64(rec, p + 8) ^ q1)
                     acc[load_u32(rec, p + 16)] += table[h] * w
             else:
-                for p in range(i * size, e * size, size):
+                for p in range(i * size, last, size):
+                    if dist > 0:
+                        prefetch(rec, min(p + dist, last))
                     h = np.uint64(0)
                     for k in range(width):
                         h += popcount(load_u64(rec, p + 8 * k) ^ qcodes[r, k])

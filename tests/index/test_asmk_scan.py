@@ -11,7 +11,7 @@ from glocal.index import manifest, scan
 from glocal.index.asmk import AggregatedImage
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import IndexSettings, InvertedFile
-from glocal.index.layout import interleave, record_views
+from glocal.index.posting_records import interleave, record_views
 from glocal.index.segment_file import ArrayFile, write_arrays
 
 needs_numba = pytest.mark.skipif(not scan.AVAILABLE, reason="numba is not installed")
