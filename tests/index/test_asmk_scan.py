@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glocal.errors import MissingDependencyError
+from glocal.errors import BadOptionError, MissingDependencyError
 from glocal.index import manifest, scan
 from glocal.index.asmk import AggregatedImage
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import IndexSettings, InvertedFile
 from glocal.index.posting_records import interleave, record_views
 from glocal.index.segment_file import ArrayFile, write_arrays
+from glocal.methods.stages import SearchOptions
 
 needs_numba = pytest.mark.skipif(not scan.AVAILABLE, reason="numba is not installed")
 K = 64
@@ -191,3 +192,36 @@ def test_records_hold_code_then_little_endian_id():
     back_items, back_codes = record_views(rec)
     np.testing.assert_array_equal(back_items, items)
     np.testing.assert_array_equal(back_codes, codes)
+
+
+@needs_numba
+def test_budget_scans_the_shortest_lists_and_is_opt_in(tmp_path):
+    db = images(150, 40, 128, words=40)
+    with build(tmp_path, 128, [db[:90], db[90:]]) as idx:
+        q = images(1, 41, 128, words=60)[0]
+        lens = np.zeros(len(q))
+        for s in idx.segments:
+            for j, w in enumerate(q.words):
+                k = np.searchsorted(s.words, w)
+                if k < len(s.words) and s.words[k] == w:
+                    lens[j] += s.bounds[k + 1] - s.bounds[k]
+        exact = idx.search(q, 20)
+        np.testing.assert_array_equal(idx.search(q, 20, budget=1.0)[1], exact[1])  # 1: exact, the default
+        for b in (0.8, 0.5, 0.2):
+            keep = scan.budget_words(idx.segments, np.asarray(q.words, np.int64), b)
+            assert lens[keep].sum() <= b * lens.sum() < lens[keep].sum() + lens[~keep].min()
+            assert lens[keep].max() <= lens[~keep].min()  # the shortest lists first
+            ids, vals = idx.search(q, 20, budget=b)
+            part = AggregatedImage(q.words[keep], q.codes[keep])
+            ref = idx.scores(part, kernel="numpy").astype(np.float64) * np.sqrt(keep.sum() / len(q))
+            np.testing.assert_allclose(vals, ref[ids], rtol=1e-6)  # the kept words' terms, exact normalisation
+            assert set(ids[vals > 0].tolist()) <= set(np.flatnonzero(ref > 0).tolist())
+        with InvertedFile.open(idx.root, budget=0.5) as approx:
+            np.testing.assert_array_equal(approx.search(q, 20)[0], idx.search(q, 20, budget=0.5)[0])
+        for bad in (0.0, 1.5):
+            with pytest.raises(BadOptionError, match="budget"):
+                idx.search(q, 5, budget=bad)
+        with pytest.raises(BadOptionError, match="compiled"):
+            idx.search(q, 5, kernel="numpy", budget=0.5)
+    with pytest.raises(ValueError, match="asmk_budget"):
+        SearchOptions(asmk_budget=0.0)
