@@ -13,7 +13,12 @@ fast two-level quantizer calibrated on held-out descriptors.
 
     python benchmarks/asmk_scale.py                        # 10k, 100k, 1M (about 8 minutes, 8 GB of disk)
     python benchmarks/asmk_scale.py --sizes 10000 --queries 10   # quick run
-    python benchmarks/asmk_scale.py --sizes 1000000 --queries 30 # the before/after table: numpy vs compiled
+    python benchmarks/asmk_scale.py --sizes 1000000 --queries 30 --dir /tmp/asmk1m-session7 --reuse \
+        --paths numpy arrays records budget:0.75 budget:0.5   # the before/after table (builds once, then reuses)
+
+``--paths``: the scoring paths timed side by side, query by query (numpy reference, compiled on the version-1
+arrays layout, compiled on version-2 records, opt-in approximate budgets); ``--reuse`` reopens the index an
+earlier run left in ``--dir``.
 """
 from __future__ import annotations
 
