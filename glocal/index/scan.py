@@ -39,10 +39,10 @@ AVAILABLE = importlib.util.find_spec("numba") is not None  # numba is optional: 
 #: 1M index (43 M entries a query), CPU ms: whole range 150, 262,144 items 181, 65,536 items 205: revisiting
 #: 4,300 lists per block costs more than the accumulators' cache misses save, so the default is one block.
 BLOCK = 1 << 62
-#: records layout, software prefetch: cache lines at the start of the next posting list fetched while a list
-#: is scanned, and bytes ahead inside a list. Single-thread CPU ms per 1M query (34 M entries, load 10-13):
-#: none 99, next list 16 lines 99, + 2 KB inside 86, 4 KB 87, 8 KB 92.
-AHEAD = 16
+#: records layout: bytes ahead of the scanned record that are prefetched, running on into the next list past
+#: a list's end. Single-thread CPU ms per 1M query (34 M entries, load 10-13; two runs of 8 and 14 queries):
+#: no software prefetch 99-121; next list's first 16 lines + 2 KB ahead inside a list 86-110; running on
+#: into the next list, 1 KB 94-97, 2 KB 90-103, 4 KB 92-100.
 DIST = 2048
 
 
@@ -92,8 +92,7 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
             if hi <= s.item_start or lo >= s.item_start + s.n_items:
                 continue
             if s.postings is not None:  # records (code, item id): one stream per list
-                k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc, AHEAD,
-                                DIST)
+                k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc, DIST)
             else:  # version-1 segment: codes and item ids in two arrays
                 k.scan_lists(data, s.items, starts, lens, q64, qrows, table, wq, lo, hi, block, acc)
 

@@ -78,11 +78,11 @@ def _first_at_least(rec, size, id_at, a, b, value):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, ahead, dist):  # noqa: ANN001, ANN202
+def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, dist):  # noqa: ANN001, ANN202
     """:func:`scan_lists` over records (``width`` 64-bit code words, then a uint32 item id) in a flat uint8
-    array: one stream per list. The first ``ahead`` x 64 bytes of the next list are prefetched while a list
-    is scanned (its start would otherwise wait for the hardware prefetcher to notice the new stream), and
-    inside a list the record ``dist`` bytes ahead (0: none; clamped to the list's end)."""
+    array: one stream per list. While the record at byte p is scored, the byte ``dist`` ahead is prefetched,
+    and past a list's end the prefetch runs on into the start of the next list, so a new list does not wait
+    for the hardware prefetcher to notice a new stream (``dist`` = 0: no software prefetch)."""
     size = 8 * width + 4
     id_at = 8 * width
     m = len(starts)
@@ -100,11 +100,10 @@ def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, blo
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
         whole = b1 == hi  # last (or only) block: every remaining entry of [cur, end) is in it
+        if dist > 0 and m > 0:
+            for k in range(0, dist, 64):
+                prefetch(rec, min(cur[0] * size + k, end[0] * size))
         for j in range(m):
-            if j + 1 < m:
-                nxt = cur[j + 1] * size
-                for k in range(ahead):
-                    prefetch(rec, nxt + 64 * k)
             r = qrows[j]
             w = wq[j]
             i = cur[j]
@@ -112,23 +111,28 @@ def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, blo
             if not whole:
                 e = _first_at_least(rec, size, id_at, i, e, b1)
             last = e * size
+            nxt = cur[j + 1] * size if j + 1 < m else last
+            nlast = end[j + 1] * size if j + 1 < m else last
             if width == 2:
                 q0 = qcodes[r, 0]
                 q1 = qcodes[r, 1]
                 for p in range(i * size, last, size):
                     if dist > 0:
-                        prefetch(rec, min(p + dist, last))
+                        ahead = p + dist
+                        prefetch(rec, ahead if ahead < last else min(nxt + ahead - last, nlast))
                     h = popcount(load_u64(rec, p) ^ q0) + popcount(load_u64(rec, p + 8) ^ q1)
                     acc[load_u32(rec, p + 16)] += table[h] * w
             else:
                 for p in range(i * size, last, size):
                     if dist > 0:
-                        prefetch(rec, min(p + dist, last))
+                        ahead = p + dist
+                        prefetch(rec, ahead if ahead < last else min(nxt + ahead - last, nlast))
                     h = np.uint64(0)
                     for k in range(width):
                         h += popcount(load_u64(rec, p + 8 * k) ^ qcodes[r, k])
                     acc[load_u32(rec, p + id_at)] += table[h] * w
             cur[j] = e
+
 
 @numba.njit(nogil=True, cache=True)
 def scan_lists(codes, items, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc):  # noqa: ANN001, ANN202
