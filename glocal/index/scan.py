@@ -92,7 +92,9 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
             if hi <= s.item_start or lo >= s.item_start + s.n_items:
                 continue
             if s.postings is not None:  # records (code, item id): one stream per list
-                k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc, DIST)
+                inside = lo <= s.item_start and s.item_start + s.n_items <= hi
+                k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc, DIST,
+                               inside)
             else:  # version-1 segment: codes and item ids in two arrays
                 k.scan_lists(data, s.items, starts, lens, q64, qrows, table, wq, lo, hi, block, acc)
 

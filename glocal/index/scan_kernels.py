@@ -78,11 +78,12 @@ def _first_at_least(rec, size, id_at, a, b, value):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, dist):  # noqa: ANN001, ANN202
+def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, dist, inside):  # noqa: ANN001, ANN202
     """:func:`scan_lists` over records (``width`` 64-bit code words, then a uint32 item id) in a flat uint8
     array: one stream per list. While the record at byte p is scored, the byte ``dist`` ahead is prefetched,
     and past a list's end the prefetch runs on into the start of the next list, so a new list does not wait
-    for the hardware prefetcher to notice a new stream (``dist`` = 0: no software prefetch)."""
+    for the hardware prefetcher to notice a new stream (``dist`` = 0: no software prefetch). ``inside``: the
+    segment's items all lie in [lo, hi), so every list is scanned whole (no look at its ends)."""
     size = 8 * width + 4
     id_at = 8 * width
     m = len(starts)
@@ -91,7 +92,7 @@ def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, blo
     for j in range(m):
         a = starts[j]
         b = a + lens[j]
-        if lens[j] == 0 or (load_u32(rec, a * size + id_at) >= lo and load_u32(rec, (b - 1) * size + id_at) < hi):
+        if inside or lens[j] == 0 or (load_u32(rec, a * size + id_at) >= lo and load_u32(rec, (b - 1) * size + id_at) < hi):
             cur[j] = a  # the whole list lies in [lo, hi): no binary search (its probes are cache misses)
             end[j] = b
         else:
