@@ -84,6 +84,7 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
         data = s.postings.reshape(-1) if s.postings is not None else _words64(s.codes)
         jobs.append((s, data, starts, lens, hit.astype(np.int64), np.ascontiguousarray(wq, np.float64)))
     cuts = thread_cuts(n_items, [s.item_start for s in segments], threads)
+    pairs = q64.shape[1] == 2 and block >= n_items and order_free(table, weight, len(qwords))
 
     def run(t: int) -> None:
         lo, hi = int(cuts[t]), int(cuts[t + 1])
@@ -93,8 +94,11 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
                 continue
             if s.postings is not None:  # records (code, item id): one stream per list
                 inside = lo <= s.item_start and s.item_start + s.n_items <= hi
-                k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc, DIST,
-                               inside)
+                if pairs:
+                    k.scan_record_pairs(data, starts, lens, q64, qrows, table, lo, hi, acc, DIST, inside)
+                else:
+                    k.scan_records(data, q64.shape[1], starts, lens, q64, qrows, table, wq, lo, hi, block, acc,
+                                   DIST, inside)
             else:  # version-1 segment: codes and item ids in two arrays
                 k.scan_lists(data, s.items, starts, lens, q64, qrows, table, wq, lo, hi, block, acc)
 
@@ -104,6 +108,20 @@ def accumulate(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], qcode
     else:
         run(0)
     return acc
+
+
+def order_free(table: npt.NDArray[np.float64], weight: npt.NDArray[np.float64] | None, n_words: int) -> bool:
+    """Whether every order of adding an item's terms gives the same float64 sum: unit word weights (no IDF)
+    and a selectivity table of multiples of one power of two 2^-k (alpha = 3: ((d - 2h) / d)^3 = multiples of
+    2^-18 for d = 128) whose sums over ``n_words`` words stay below 2^53 units: then every partial sum is
+    exact. The scan may then interleave lists (:func:`scan_record_pairs`) and stay bit-identical."""
+    if weight is not None or len(table) == 0 or not np.all(np.isfinite(table)) or table.min() < 0:
+        return False
+    for k in range(0, 40):
+        units = table * 2.0**k
+        if np.all(units == np.round(units)):
+            return float(units.max()) * max(int(n_words), 1) < 2.0**53
+    return False
 
 
 def budget_words(segments: Sequence[Segment], qwords: npt.NDArray[np.int64], budget: float) -> npt.NDArray[np.bool_]:

@@ -78,14 +78,9 @@ def _first_at_least(rec, size, id_at, a, b, value):  # noqa: ANN001, ANN202
 
 
 @numba.njit(nogil=True, cache=True)
-def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, dist, inside):  # noqa: ANN001, ANN202
-    """:func:`scan_lists` over records (``width`` 64-bit code words, then a uint32 item id) in a flat uint8
-    array: one stream per list. While the record at byte p is scored, the byte ``dist`` ahead is prefetched,
-    and past a list's end the prefetch runs on into the start of the next list, so a new list does not wait
-    for the hardware prefetcher to notice a new stream (``dist`` = 0: no software prefetch). ``inside``: the
-    segment's items all lie in [lo, hi), so every list is scanned whole (no look at its ends)."""
-    size = 8 * width + 4
-    id_at = 8 * width
+def _record_ranges(rec, size, starts, lens, lo, hi, inside):  # noqa: ANN001, ANN202
+    """[cur, end) of each list's records whose item id lies in [lo, hi)."""
+    id_at = size - 4
     m = len(starts)
     cur = np.empty(m, np.int64)
     end = np.empty(m, np.int64)
@@ -98,6 +93,60 @@ def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, blo
         else:
             cur[j] = _first_at_least(rec, size, id_at, a, b, lo)
             end[j] = _first_at_least(rec, size, id_at, cur[j], b, hi)
+    return cur, end
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_record_pairs(rec, starts, lens, qcodes, qrows, table, lo, hi, acc, dist, inside):  # noqa: ANN001, ANN202
+    """:func:`scan_records` for 128-bit codes and unit word weights, two lists at a time (list j with list
+    j + m / 2, records alternating: twice the memory streams in flight). An item's terms are then added in
+    another order, so this is used only where every order gives the same float64 sums
+    (:func:`glocal.index.scan.order_free`)."""
+    cur, end = _record_ranges(rec, 20, starts, lens, lo, hi, inside)
+    m = len(starts)
+    half = (m + 1) // 2
+    for j in range(half):
+        ra = qrows[j]
+        a0 = qcodes[ra, 0]
+        a1 = qcodes[ra, 1]
+        pa = cur[j] * 20
+        ea = end[j] * 20
+        na = cur[j + 1] * 20 if j + 1 < half else ea
+        nea = end[j + 1] * 20 if j + 1 < half else ea
+        jb = j + half
+        b0 = b1 = np.uint64(0)
+        pb = eb = nb = neb = 0
+        if jb < m:
+            b0 = qcodes[qrows[jb], 0]
+            b1 = qcodes[qrows[jb], 1]
+            pb = cur[jb] * 20
+            eb = end[jb] * 20
+            nb = cur[jb + 1] * 20 if jb + 1 < m else eb
+            neb = end[jb + 1] * 20 if jb + 1 < m else eb
+        while pa < ea or pb < eb:
+            if pa < ea:
+                x = pa + dist
+                prefetch(rec, x if x < ea else min(na + x - ea, nea))
+                acc[load_u32(rec, pa + 16)] += table[popcount(load_u64(rec, pa) ^ a0) + popcount(load_u64(rec, pa + 8) ^ a1)]
+                pa += 20
+            if pb < eb:
+                y = pb + dist
+                prefetch(rec, y if y < eb else min(nb + y - eb, neb))
+                acc[load_u32(rec, pb + 16)] += table[popcount(load_u64(rec, pb) ^ b0) + popcount(load_u64(rec, pb + 8) ^ b1)]
+                pb += 20
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_records(rec, width, starts, lens, qcodes, qrows, table, wq, lo, hi, block, acc, dist, inside):  # noqa: ANN001, ANN202
+    """:func:`scan_lists` over records (``width`` 64-bit code words, then a uint32 item id) in a flat uint8
+    array: one stream per list. While the record at byte p is scored, the byte ``dist`` ahead is prefetched,
+    and past a list's end the prefetch runs on into the start of the next list, so a new list does not wait
+    for the hardware prefetcher to notice a new stream (``dist`` = 0: no software prefetch). ``inside``: the
+    segment's items all lie in [lo, hi), so every list is scanned whole (no look at its ends)."""
+    size = 8 * width + 4
+    id_at = 8 * width
+    m = len(starts)
+    cur, end = _record_ranges(rec, size, starts, lens, lo, hi, inside)
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
         whole = b1 == hi  # last (or only) block: every remaining entry of [cur, end) is in it

@@ -225,3 +225,17 @@ def test_budget_scans_the_shortest_lists_and_is_opt_in(tmp_path):
             idx.search(q, 5, kernel="numpy", budget=0.5)
     with pytest.raises(ValueError, match="asmk_budget"):
         SearchOptions(asmk_budget=0.0)
+
+
+@needs_numba
+@pytest.mark.parametrize("alpha", [3.0, 2.5])
+def test_lists_scanned_in_pairs_only_where_the_order_cannot_matter(tmp_path, alpha):
+    from glocal.index.kernel import selectivity_table
+
+    assert scan.order_free(selectivity_table(128, 3.0, 0.0), None, 10_000)  # multiples of 2^-18
+    assert not scan.order_free(selectivity_table(128, 2.5, 0.0), None, 10_000)
+    assert not scan.order_free(selectivity_table(128, 3.0, 0.0), np.ones(64), 10_000)  # IDF weights
+    with build(tmp_path, 128, [images(80, 50, 128), images(60, 51, 128)], alpha=alpha) as idx:
+        idx.threads = 2
+        assert scan.order_free(idx._table, None, 60) == (alpha == 3.0)
+        assert_same(idx, images(5, 52, 128, words=50))
