@@ -18,6 +18,12 @@ item range is split between threads (posting lists hold items in ascending order
 part of each list by binary search and threads never write the same cell), and normalisation, removal and
 the top-k are one fused pass.
 
+Version-2 segments store each entry as one record (code, item id; :mod:`glocal.index.posting_records`), so
+a list is one memory stream; the scan prefetches ``DIST`` bytes ahead, running on into the next list, and
+where the order of an item's additions cannot change its float64 sum (:func:`order_free`, the default
+alpha = 3 without IDF) scans two lists at a time. Version-1 segments (two arrays) keep the older loop.
+At 1M images a query reads ~680 MB (34 M entries x 20 bytes); see benchmarks/RESULTS.md for the profile.
+
 numba compiles the loops of :mod:`glocal.index.scan_kernels`, imported on first use (``cache=True``:
 compiled once per machine, then loaded from ``__pycache__``).
 Without numba, :data:`AVAILABLE` is False and callers use the vectorised path.
