@@ -54,6 +54,23 @@ def test_shortlist_alone_is_already_useful(demo_benchmark, demo_index) -> None:
     assert len(set(h.index for h in hits[:5]) & (set(g["easy"]) | set(g["hard"]))) >= 3
 
 
+def test_asmk_budget_option_reaches_the_inverted_file(demo_benchmark, demo_index, monkeypatch) -> None:
+    from glocal.index.inverted_file import InvertedFile
+
+    seen = []
+    real = InvertedFile.search
+    monkeypatch.setattr(InvertedFile, "search", lambda self, *a, **kw: seen.append(kw.get("budget")) or real(self, *a, **kw))
+    g = demo_benchmark.gnd[0]
+    root = demo_index.collection.root
+    with Searcher.open(root, settings={"asmk_budget": 0.5}) as approx:
+        hits = approx.search(demo_benchmark.query_paths[0], box=tuple(g["bbx"]), rerank_top=0, top=10)
+    exact = demo_index.search(demo_benchmark.query_paths[0], box=tuple(g["bbx"]), rerank_top=0, top=10)
+    assert seen == [0.5, 1.0] and len(hits) == 10
+    assert len({h.index for h in hits} & {h.index for h in exact}) >= 5  # half of the entries: most hits stay
+    with pytest.raises((BadOptionError, ValueError), match="asmk_budget"):
+        Searcher.open(root, settings={"asmk_budget": 2.0})
+
+
 def test_reopen_gives_identical_results(demo_benchmark, demo_index) -> None:
     q = demo_benchmark.query_paths[1]
     first = [(h.index, h.inliers) for h in demo_index.search(q, top=20)]

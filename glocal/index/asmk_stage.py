@@ -119,7 +119,7 @@ class AsmkStage:
             nearest = self.query_words(query)
         agg = aggregate(query.descriptors, ivf.codebook, ivf.settings.query_assignments, ivf.settings.binary,
                         nearest=nearest)
-        return ivf.search(agg, top=top)
+        return ivf.search(agg, top=top, budget=options.asmk_budget)
 
     @property
     def query_assignments(self) -> int:

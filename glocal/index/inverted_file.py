@@ -10,7 +10,9 @@ Folder layout::
       LOCK                 flock'ed by the one writer
 
 A segment holds ``words`` (W,) int32 (its non-empty words, sorted), ``bounds`` (W + 1,) int64, and per
-entry ``items`` (E,) uint32 and ``codes`` (E, d / 8) uint8 (ASMK*) or (E, d) float32 (ASMK): 16 + 4 = 20
+entry a code and an item id: ASMK* records ``postings`` (E, d / 8 + 4) uint8 (code, then uint32 id; index
+version 2, :mod:`glocal.index.layout`; version 1: two arrays, still read, :meth:`InvertedFile.upgrade`
+rewrites them), ASMK ``items`` (E,) uint32 and ``codes`` (E, d) float32: 16 + 4 = 20
 bytes per (image, non-empty word) for 128-D ASMK*, the word id being implied by the list. It also holds its
 items' owning image and size |C(item)|. Items are images, or regions in regional search (D2R eq. 3-4).
 Search maps segments read-only: only the posting lists of the query's words are touched.
@@ -51,7 +53,7 @@ class InvertedFile(PostingSearch):
     """Persistent ASMK inverted file. Use :meth:`create` or :meth:`open`, not the constructor."""
 
     def __init__(self, root: Path, writable: bool = False, verify: str = "full", threads: int = 2,
-                 kernel: str = "auto") -> None:
+                 kernel: str = "auto", budget: float = 1.0) -> None:
         if verify not in VERIFY:
             raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
         if kernel not in KERNELS:
@@ -59,6 +61,7 @@ class InvertedFile(PostingSearch):
         if kernel == "compiled" and not scan.AVAILABLE:
             raise MissingDependencyError("the compiled ASMK* kernel needs numba: pip install numba")
         self.kernel = kernel
+        self.budget = budget  # < 1: approximate ASMK* search (opt-in), see PostingSearch.item_scores
         self.root = Path(root)
         self.writable = writable
         self.threads = threads
@@ -110,11 +113,12 @@ class InvertedFile(PostingSearch):
 
     @classmethod
     def open(cls, root: str | Path, writable: bool = False, verify: str = "full", threads: int = 2,
-             kernel: str = "auto") -> InvertedFile:
+             kernel: str = "auto", budget: float = 1.0) -> InvertedFile:
         """Open an existing index. ``verify``: ``full`` checks every file's CRC32 now, ``lazy`` checks every
         segment before the first query, ``size`` only checks sizes and headers (fast open of huge indexes).
-        ``threads`` score in parallel; ``kernel``: one of :data:`KERNELS`."""
-        return cls(Path(root), writable=writable, verify=verify, threads=threads, kernel=kernel)
+        ``threads`` score in parallel; ``kernel``: one of :data:`KERNELS`; ``budget``: 1 scores exactly, less
+        is the opt-in approximate search (a fraction of the query's posting entries, shortest lists first)."""
+        return cls(Path(root), writable=writable, verify=verify, threads=threads, kernel=kernel, budget=budget)
 
     def _load_codebook(self) -> None:
         e = self._manifest["codebook"]
@@ -175,6 +179,7 @@ class InvertedFile(PostingSearch):
 
     def _commit(self, manifest: dict, drop: Sequence[str] = ()) -> None:
         """Swap in ``manifest`` (files it names are already durable), reopen, delete files no longer named."""
+        manifest["version"] = mf.VERSION  # new segments are in this version's layout (older glocal: refused)
         mf.write_manifest(self.root, manifest)
         old = self._segments
         self._manifest = manifest
@@ -276,6 +281,25 @@ class InvertedFile(PostingSearch):
         entry["file"] = name
         m["segments"] = list(m["segments"][:first]) + [entry]
         self._commit(m, drop=[s.entry["file"] for s in run])
+
+    def upgrade(self) -> int:
+        """Rewrite every ASMK* segment of the version-1 layout (codes and item ids in two arrays) as records
+        (:mod:`glocal.index.layout`), one segment at a time, each committed atomically; scores are unchanged.
+        Entries of removed images are dropped on the way. Returns the number of segments rewritten."""
+        self._require_writable()
+        done = 0
+        for i, s in enumerate(list(self._segments)):
+            s = self._segments[i]
+            if s.postings is not None or not self.settings.binary:
+                continue
+            m = {**self._manifest}
+            name = self._new_file(m, "seg")
+            entry = merge_segments([s], self._removed[self._item_image], self.root / name)
+            entry["file"] = name
+            m["segments"] = [*m["segments"][:i], entry, *m["segments"][i + 1:]]
+            self._commit(m, drop=[s.entry["file"]])
+            done += 1
+        return done
 
     # -- reading -----------------------------------------------------------------------------------
     def __len__(self) -> int:

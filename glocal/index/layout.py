@@ -1,10 +1,19 @@
-"""Settings and segments of the persistent ASMK inverted file (see :mod:`glocal.index.inverted_file`)."""
+"""Settings and segments of the persistent ASMK inverted file (see :mod:`glocal.index.inverted_file`).
+
+Posting entries of an ASMK* segment are stored as one array of records, ``postings`` (E, B + 4) uint8: the
+B-byte binary code then the little-endian uint32 item id, so scanning a posting list reads one stream
+(index version 2; 20 bytes per entry for 128-bit codes, as before). Version-1 segments, and ASMK segments
+(float32 residuals), hold two arrays, ``codes`` (E, B) and ``items`` (E,). :class:`Segment` gives both as
+``codes`` and ``items`` (strided views into the records where there are records), so code that reads them
+works on both layouts.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from glocal.index.asmk import ALPHA, TAU
+from glocal.index.posting_records import record_views
 from glocal.index.regional import POOLINGS
 from glocal.index.segment_file import ArrayFile, SegmentFileError, file_crc32
 
@@ -52,7 +61,13 @@ class Segment:
         if verify:
             self.verify()
         a = self.file.arrays
-        self.words, self.bounds, self.items, self.codes = a["words"], a["bounds"], a["items"], a["codes"]
+        self.words, self.bounds = a["words"], a["bounds"]
+        #: (E, B + 4) uint8 records (code, item id) of a version-2 ASMK* segment, else None
+        self.postings = a.get("postings")
+        if self.postings is not None:
+            self.items, self.codes = record_views(self.postings)
+        else:
+            self.items, self.codes = a["items"], a["codes"]
         self.item_image, self.item_size = a["item_image"], a["item_size"]
         self.item_start = int(entry["item_start"])
         self.n_items = int(entry["items"])
@@ -63,5 +78,6 @@ class Segment:
             raise SegmentFileError(f"{self.file.path}: checksum mismatch (manifest {self.entry['crc32']:#010x}, "
                                    f"file {crc:#010x}): the file is damaged")
         self.verified = True
+
 
 

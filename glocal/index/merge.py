@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from glocal.index.posting_records import record_views
 from glocal.index.segment_file import ArrayWriter, SegmentFileError
 
 if TYPE_CHECKING:
@@ -76,16 +77,20 @@ def merge_segments(run: Sequence[Segment], dead_items: npt.NDArray[np.bool_], ou
     code_shape = run[0].codes.shape[1:]
     item_image = np.concatenate([np.asarray(s.item_image) for s in run])
     item_size = np.concatenate([np.asarray(s.item_size) for s in run])
+    records = run[0].codes.dtype == np.uint8  # binary codes: written as records (code, item id), any input layout
+    entries = {"postings": (np.dtype(np.uint8), (n_entries, code_shape[0] + 4))} if records else {
+        "items": (np.dtype(np.uint32), (n_entries,)), "codes": (run[0].codes.dtype, (n_entries, *code_shape))}
     specs = {
-        "words": (np.dtype(np.int32), words_out.shape), "bounds": (np.dtype(np.int64), bounds_out.shape),
-        "items": (np.dtype(np.uint32), (n_entries,)), "codes": (run[0].codes.dtype, (n_entries, *code_shape)),
+        "words": (np.dtype(np.int32), words_out.shape), "bounds": (np.dtype(np.int64), bounds_out.shape), **entries,
         "item_image": (np.dtype(np.uint32), item_image.shape), "item_size": (np.dtype(np.uint32), item_size.shape),
     }
     item_start = run[0].item_start
     image_start = int(run[0].entry["image_start"])
     writer = ArrayWriter(out, specs, {"item_start": item_start, "image_start": image_start})
     try:
-        v = writer.views
+        v = dict(writer.views)
+        if records:
+            v["items"], v["codes"] = record_views(v["postings"])
         v["words"][:] = words_out
         v["bounds"][:] = bounds_out
         v["item_image"][:] = item_image

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from glocal.errors import MissingDependencyError
+from glocal.errors import BadOptionError, MissingDependencyError
 from glocal.index import scan
 from glocal.index.asmk import AggregatedImage, aggregate
 from glocal.index.postings import idf_weights, item_scores, top_images
@@ -60,47 +60,65 @@ class PostingSearch:
                     s.verify()
         return self._idf() if self.settings.idf else (None, self._item_size)
 
-    def _accumulate(self, query: AggregatedImage) -> tuple[np.ndarray, np.ndarray, float]:
-        """Compiled scan: (unnormalised sums per item, gamma per item, query norm) (see :func:`item_scores`)."""
+    def _budget(self, budget: float | None, compiled: bool) -> float:
+        budget = float(self.budget if budget is None else budget)
+        if not 0 < budget <= 1:
+            raise BadOptionError(f"{self.root}: budget must lie in (0, 1] (1: exact scoring), got {budget}")
+        if budget < 1 and not compiled:
+            raise BadOptionError(f"{self.root}: approximate search (budget {budget} < 1) needs the compiled kernel "
+                                 "(numba, binary codes)")
+        return budget
+
+    def _accumulate(self, query: AggregatedImage, budget: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+        """Compiled scan: (unnormalised sums per item, gamma per item, query norm) (see :func:`item_scores`);
+        ``budget`` < 1: only the words :func:`scan.budget_words` keeps are scanned (approximate)."""
         weight, item_norm = self._prepare(query)
         qwords = np.asarray(query.words, np.int64)
-        acc = scan.accumulate(self._segments, qwords, query.codes, self.n_items, self._table, weight, self.threads)
+        keep = scan.budget_words(self._segments, qwords, budget) if budget < 1 else slice(None)
+        acc = scan.accumulate(self._segments, qwords[keep], query.codes[keep], self.n_items, self._table, weight,
+                              self.threads)
         if self._gamma_cache is None:
             self._gamma_cache = np.divide(1.0, np.sqrt(item_norm), out=np.zeros_like(item_norm), where=item_norm > 0)
         q_norm = float(weight[qwords].sum()) if weight is not None else float(len(query))
         return acc, self._gamma_cache, q_norm
 
-    def item_scores(self, query: AggregatedImage, kernel: str | None = None) -> npt.NDArray[np.float64]:
-        """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1)."""
+    def item_scores(self, query: AggregatedImage, kernel: str | None = None, budget: float | None = None
+                    ) -> npt.NDArray[np.float64]:
+        """K(X, Y) for every stored item Y (image or region), normalisation included (D2R eq. 1); ``budget``
+        (default: the index's, 1 = exact) < 1 scans part of the query's lists (:func:`scan.budget_words`)."""
+        budget = self._budget(budget, self._compiled(kernel))
         if len(query) == 0 or self.n_items == 0:
             self._check_query(query)
             return np.zeros(self.n_items, np.float64)
         if self._compiled(kernel):
-            acc, gamma, q_norm = self._accumulate(query)
+            acc, gamma, q_norm = self._accumulate(query, budget)
             return acc * gamma / np.sqrt(q_norm) if q_norm > 0 else acc * 0.0
         weight, item_norm = self._prepare(query)
         return item_scores(self._segments, query, self.n_items, self.codebook.dim, self.settings, self._table,
                            weight, item_norm, self.threads)
 
-    def scores(self, query: AggregatedImage, pooling: str | None = None, kernel: str | None = None
-               ) -> npt.NDArray[np.float32]:
+    def scores(self, query: AggregatedImage, pooling: str | None = None, kernel: str | None = None,
+               budget: float | None = None) -> npt.NDArray[np.float32]:
         """Similarity of the query to every image id (removed images: -inf); regions pooled by ``pooling``."""
-        s = self.item_scores(query, kernel)
+        s = self.item_scores(query, kernel, budget)
         if self.n_items != self.n_images:
             s = pool(s, self._first_item, pooling or self.settings.pooling)
         out = s.astype(np.float32)
         out[self._removed] = -np.inf
         return out
 
-    def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None, kernel: str | None = None
-               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def search(self, query: AggregatedImage, top: int = 100, pooling: str | None = None, kernel: str | None = None,
+               budget: float | None = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """(image ids, scores) of the ``top`` best images, best first, ties by id (compiled, one item per image:
-        one fused pass, :func:`glocal.index.scan.finish_top`; else full scores and ``argpartition``)."""
-        if len(query) and self.n_items and self.n_items == self.n_images and self._compiled(kernel):
-            acc, gamma, q_norm = self._accumulate(query)
+        one fused pass, :func:`glocal.index.scan.finish_top`; else full scores and ``argpartition``).
+        ``budget`` < 1: approximate, see :meth:`item_scores`."""
+        compiled = self._compiled(kernel)
+        budget = self._budget(budget, compiled)
+        if len(query) and self.n_items and self.n_items == self.n_images and compiled:
+            acc, gamma, q_norm = self._accumulate(query, budget)
             _, ids, vals = scan.finish_top(acc, gamma, q_norm, self._removed, min(int(top), len(self)))
             return ids, vals
-        return top_images(self.scores(query, pooling, kernel), top, len(self))
+        return top_images(self.scores(query, pooling, kernel, budget), top, len(self))
 
     # -- aggregation with this index's codebook and settings ---------------------------------------
     def aggregate_query(self, descriptors: npt.NDArray, exact: bool = False) -> AggregatedImage:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from glocal.index.asmk import AggregatedImage
 from glocal.index.kernel import block_similarity, gather, match_blocks, take_rows
 from glocal.index.layout import IndexSettings, Segment
+from glocal.index.posting_records import interleave
 
 
 def posting_arrays(sizes: npt.NDArray[np.int64], words: npt.NDArray, codes: npt.NDArray,
@@ -24,7 +25,8 @@ def posting_arrays(sizes: npt.NDArray[np.int64], words: npt.NDArray, codes: npt.
     """The arrays of a segment holding items ``item0, item0 + 1, ...`` of images ``image0, ...``: item i owns
     the next ``sizes[i]`` (word, code) rows, image j the next ``per_image[j]`` items; ``vocabulary`` words.
 
-    Raises ValueError if an item lists the same word twice.
+    Binary codes (uint8) are stored as records ``postings`` (code, item id), other codes as ``items`` and
+    ``codes`` (see :mod:`glocal.index.layout`). Raises ValueError if an item lists the same word twice.
     """
     entry_item = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     key = words.astype(np.uint16 if vocabulary <= 1 << 16 else np.int64)
@@ -35,9 +37,10 @@ def posting_arrays(sizes: npt.NDArray[np.int64], words: npt.NDArray, codes: npt.
         if dup.any():
             raise ValueError("an item lists the same visual word twice")
     starts = np.flatnonzero(np.concatenate([[True], w_sorted[1:] != w_sorted[:-1]])) if len(w_sorted) else np.zeros(0, np.int64)
+    items, codes = (entry_item[order] + item0).astype(np.uint32), take_rows(codes, order)
+    entries = {"postings": interleave(items, codes)} if codes.dtype == np.uint8 else {"items": items, "codes": codes}
     return {
-        "words": w_sorted[starts], "bounds": np.append(starts, len(w_sorted)).astype(np.int64),
-        "items": (entry_item[order] + item0).astype(np.uint32), "codes": take_rows(codes, order),
+        "words": w_sorted[starts], "bounds": np.append(starts, len(w_sorted)).astype(np.int64), **entries,
         "item_image": (np.repeat(np.arange(len(per_image)), per_image) + image0).astype(np.uint32),
         "item_size": sizes.astype(np.uint32),
     }

@@ -35,7 +35,7 @@ _REBUILD = "rebuild the index with 'glocal index build'"
 #: every format glocal writes, by name
 FORMATS: dict[str, FileFormat] = {f.name: f for f in (
     FileFormat("glocal-index", 3, 2, "index manifest", _REBUILD),
-    FileFormat("glocal-asmk-index", 1, 1, "inverted-file manifest", _REBUILD),
+    FileFormat("glocal-asmk-index", 2, 1, "inverted-file manifest", _REBUILD),  # 2: ASMK* entries as records
     FileFormat("glocal-global-index", 1, 1, "global-index manifest", _REBUILD),
     FileFormat("glocal-segment", 1, 1, "inverted-file segment", _REBUILD),
     FileFormat("glocal-feature-file", 1, 1, "feature file", _REBUILD),

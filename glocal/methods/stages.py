@@ -95,10 +95,15 @@ class SearchOptions:
     dba_alpha: float = option(3.0, "alpha of alpha-DBA")
     query_max_side: int | None = option(None, "query images loaded with their longest side at most this many "
                                         "pixels (None: the index's max_side); smaller extracts faster")
+    asmk_budget: float = option(1.0, "ASMK* indexes: 1 scores exactly; less is the opt-in approximate search that "
+                                     "scans the query's shortest posting lists up to this fraction of its entries "
+                                     "(faster, lower recall: benchmarks/RESULTS.md, approximate ASMK* search)")
 
     def __post_init__(self) -> None:
         if self.qe < 1 or self.dba < 1:
             raise ValueError("qe and dba count vectors, the query itself included: >= 1")
+        if not 0 < self.asmk_budget <= 1:
+            raise ValueError(f"asmk_budget must lie in (0, 1] (1: exact), got {self.asmk_budget}")
         if self.query_max_side is not None and self.query_max_side < 16:
             raise ValueError(f"query_max_side must be >= 16 pixels, got {self.query_max_side}")
 

@@ -36,7 +36,7 @@ def test_merge_refuses_a_damaged_segment(demo_benchmark, tmp_path: Path) -> None
         assert len(ivf.segments) == ivf.settings.max_segments  # no merge so far
         victim = ivf.root / ivf.segments[-1].entry["file"]  # the newest segment is in every merge run
         f = ArrayFile(victim)
-        offset = f._table["codes"]["offset"]
+        offset = f._table["postings" if "postings" in f._table else "codes"]["offset"]
         f.close()
         data = bytearray(victim.read_bytes())
         data[offset] ^= 0x01

@@ -1,15 +1,19 @@
 """The compiled ASMK* scan (glocal.index.scan) against the vectorised numpy path it replaces: same scores,
-same rankings (ties by id), with several segments, IDF, empty words, removed images, regions, threads."""
+same rankings (ties by id), with several segments, IDF, empty words, removed images, regions, threads, and
+both on-disk layouts of the entries (version-2 records, version-1 arrays) and their upgrade."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from glocal.errors import MissingDependencyError
-from glocal.index import scan
+from glocal.errors import BadOptionError, MissingDependencyError
+from glocal.index import manifest, scan
 from glocal.index.asmk import AggregatedImage
 from glocal.index.codebook import Codebook
 from glocal.index.inverted_file import IndexSettings, InvertedFile
+from glocal.index.posting_records import interleave, record_views
+from glocal.index.segment_file import ArrayFile, write_arrays
+from glocal.methods.stages import SearchOptions
 
 needs_numba = pytest.mark.skipif(not scan.AVAILABLE, reason="numba is not installed")
 K = 64
@@ -131,3 +135,107 @@ def test_thread_cuts_snap_to_segment_starts():
     np.testing.assert_array_equal(scan.thread_cuts(1000, [0, 300, 900], 2), [0, 500, 1000])  # too far: halves
     np.testing.assert_array_equal(scan.thread_cuts(1000, [0], 1), [0, 1000])
     np.testing.assert_array_equal(scan.thread_cuts(900, [0, 290, 610], 3), [0, 290, 610, 900])
+
+
+def as_version_1(idx: InvertedFile) -> InvertedFile:
+    """Rewrite every segment of ``idx`` (closed) in the version-1 layout (codes and item ids in two arrays,
+    manifest version 1), as an older glocal wrote it; reopened writable."""
+    root = idx.root
+    idx.close()
+    m = manifest.read_manifest(root)
+    for e in m["segments"]:
+        f = ArrayFile(root / e["file"])
+        arrays = {k: np.array(v) for k, v in f.arrays.items()}
+        meta = dict(f.meta)
+        f.close()
+        items, codes = record_views(arrays.pop("postings"))
+        arrays |= {"items": np.ascontiguousarray(items), "codes": np.ascontiguousarray(codes)}
+        e["crc32"] = write_arrays(root / e["file"], arrays, meta)
+        e["bytes"] = (root / e["file"]).stat().st_size
+    m["version"] = 1
+    manifest.write_manifest(root, m)
+    return InvertedFile.open(root, writable=True)
+
+
+@needs_numba
+def test_version_1_segments_score_the_same_and_upgrade(tmp_path):
+    queries = images(5, 31, 128, words=50)
+    with build(tmp_path, 128, [images(90, 32, 128), images(40, 33, 128)]) as idx:
+        assert all(s.postings is not None and s.postings.shape[1] == 20 for s in idx.segments)
+        new = [idx.scores(q, kernel="compiled") for q in queries]
+    idx = as_version_1(idx)
+    with idx:
+        assert all(s.postings is None and s.codes.flags.c_contiguous for s in idx.segments)
+        for q, ref in zip(queries, new):
+            np.testing.assert_array_equal(idx.scores(q, kernel="compiled"), ref)  # both layouts, same scores
+        assert_same(idx, queries)
+        idx.add(images(30, 34, 128))  # a version-2 segment after two version-1 ones
+        assert [s.postings is not None for s in idx.segments] == [False, False, True]
+        assert manifest.read_manifest(idx.root)["version"] == 2
+        idx.threads = 2
+        assert_same(idx, queries)
+        idx.remove([5, 100])
+        assert idx.upgrade() == 2 and all(s.postings is not None for s in idx.segments)
+        assert idx.upgrade() == 0
+        assert_same(idx, queries)
+        idx.compact()
+        assert len(idx.segments) == 1 and idx.segments[0].postings is not None
+        assert_same(idx, queries)
+
+
+def test_records_hold_code_then_little_endian_id():
+    items = np.array([0, 1, 258, 2**32 - 1], np.uint32)
+    codes = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8)
+    rec = interleave(items, codes)
+    assert rec.shape == (4, 12)
+    np.testing.assert_array_equal(rec[2], [*range(16, 24), 2, 1, 0, 0])
+    back_items, back_codes = record_views(rec)
+    np.testing.assert_array_equal(back_items, items)
+    np.testing.assert_array_equal(back_codes, codes)
+
+
+@needs_numba
+def test_budget_scans_the_shortest_lists_and_is_opt_in(tmp_path):
+    db = images(150, 40, 128, words=40)
+    with build(tmp_path, 128, [db[:90], db[90:]]) as idx:
+        q = images(1, 41, 128, words=60)[0]
+        lens = np.zeros(len(q))
+        for s in idx.segments:
+            for j, w in enumerate(q.words):
+                k = np.searchsorted(s.words, w)
+                if k < len(s.words) and s.words[k] == w:
+                    lens[j] += s.bounds[k + 1] - s.bounds[k]
+        exact = idx.search(q, 20)
+        np.testing.assert_array_equal(idx.search(q, 20, budget=1.0)[1], exact[1])  # 1: exact, the default
+        for b in (0.8, 0.5, 0.2):
+            keep = scan.budget_words(idx.segments, np.asarray(q.words, np.int64), b)
+            assert lens[keep].sum() <= b * lens.sum() < lens[keep].sum() + lens[~keep].min()
+            assert lens[keep].max() <= lens[~keep].min()  # the shortest lists first
+            ids, vals = idx.search(q, 20, budget=b)
+            part = AggregatedImage(q.words[keep], q.codes[keep])
+            ref = idx.scores(part, kernel="numpy").astype(np.float64) * np.sqrt(keep.sum() / len(q))
+            np.testing.assert_allclose(vals, ref[ids], rtol=1e-6)  # the kept words' terms, exact normalisation
+            assert set(ids[vals > 0].tolist()) <= set(np.flatnonzero(ref > 0).tolist())
+        with InvertedFile.open(idx.root, budget=0.5) as approx:
+            np.testing.assert_array_equal(approx.search(q, 20)[0], idx.search(q, 20, budget=0.5)[0])
+        for bad in (0.0, 1.5):
+            with pytest.raises(BadOptionError, match="budget"):
+                idx.search(q, 5, budget=bad)
+        with pytest.raises(BadOptionError, match="compiled"):
+            idx.search(q, 5, kernel="numpy", budget=0.5)
+    with pytest.raises(ValueError, match="asmk_budget"):
+        SearchOptions(asmk_budget=0.0)
+
+
+@needs_numba
+@pytest.mark.parametrize("alpha", [3.0, 2.5])
+def test_lists_scanned_in_pairs_only_where_the_order_cannot_matter(tmp_path, alpha):
+    from glocal.index.kernel import selectivity_table
+
+    assert scan.order_free(selectivity_table(128, 3.0, 0.0), None, 10_000)  # multiples of 2^-18
+    assert not scan.order_free(selectivity_table(128, 2.5, 0.0), None, 10_000)
+    assert not scan.order_free(selectivity_table(128, 3.0, 0.0), np.ones(64), 10_000)  # IDF weights
+    with build(tmp_path, 128, [images(80, 50, 128), images(60, 51, 128)], alpha=alpha) as idx:
+        idx.threads = 2
+        assert scan.order_free(idx._table, None, 60) == (alpha == 3.0)
+        assert_same(idx, images(5, 52, 128, words=50))

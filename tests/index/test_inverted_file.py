@@ -136,7 +136,7 @@ def test_checksum_mismatch_is_detected(tmp_path, codebook, verify):
     with InvertedFile.create(tmp_path / "ivf", codebook) as idx:
         idx.add(random_images(10, 8))
         seg = idx.segments[0]
-        offset = seg.file._table["codes"]["offset"] + 5
+        offset = seg.file._table["postings"]["offset"] + 5
         name = seg.entry["file"]
     path = tmp_path / "ivf" / name
     raw = bytearray(path.read_bytes())
