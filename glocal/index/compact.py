@@ -36,12 +36,14 @@ _BATCH = 64
 
 @dataclass(frozen=True)
 class CompactionReport:
-    """What :func:`compact_index` did: images kept and dropped, folder bytes before and after."""
+    """What :func:`compact_index` did: images kept and dropped, folder bytes before and after, and the ASMK*
+    segments of the version-1 layout rewritten as records (index format 2) when nothing was removed."""
 
     kept: int
     dropped: int
     bytes_before: int
     bytes_after: int
+    upgraded: int = 0
 
 
 def folder_bytes(path: Path) -> int:
@@ -75,8 +77,10 @@ def _compact(path: Path, progress: bool | Progress) -> CompactionReport:
             old = path.with_name(path.name + OLD_SUFFIX)
             if old.exists():  # the previous compaction's old copy (its swap is done: the index opened at <name>)
                 shutil.rmtree(old)
-            if dropped == 0:
-                return CompactionReport(len(live), 0, before, before)
+            if dropped == 0:  # nothing to drop; an index of an older glocal gets its segments' new layout
+                upgrade = getattr(getattr(collection.stage, "index", None), "upgrade", None)
+                upgraded = upgrade() if callable(upgrade) else 0
+                return CompactionReport(len(live), 0, before, folder_bytes(path) if upgraded else before, upgraded)
             fresh = path.with_name(path.name + COMPACTING_SUFFIX)
             if fresh.exists():  # left by a compaction that crashed before its swap
                 shutil.rmtree(fresh)
