@@ -100,6 +100,8 @@ def configurations(spec: Any, scales: Sequence[int]) -> list[tuple[str, dict[str
                         extra | {"scales": pyramid, "global_scales": pyramid if n <= 3 else SCALE_SETS[3]}))
         else:
             kind = "global" if spec.first_stage == "global" else "local"
+            if kind == "global" and spec.rerank.rerank_top > 0:  # local features for verification, no pyramid
+                kind = "global+local"
             out.append((f"{n} scale{'s' * (n > 1)}, {kind}", extra | {"scales": pyramid}))
     return out
 

@@ -45,6 +45,24 @@ def test_configurations_follow_the_extractor_options() -> None:
     assert "torch-nchw" in runtimes_of(one, ["torch", "torch-nchw"])
 
 
+def test_a_global_method_that_verifies_with_local_features_is_labelled_global_plus_local() -> None:
+    """A single-pyramid global method with re-ranking (its local features come from another extractor, e.g.
+    gem-aliked) is timed as global+local, one without re-ranking as global, whatever the registry holds."""
+    import dataclasses
+
+    def has(spec, name: str) -> bool:
+        return any(f.name == name for f in dataclasses.fields(spec.extractor))
+
+    seen = set()
+    for spec in methods.all_specs():
+        if not has(spec, "scales") or has(spec, "global_scales") or spec.first_stage != "global":
+            continue
+        label = configurations(spec, (1,))[0][0]
+        assert label == ("1 scale, global+local" if spec.rerank.rerank_top > 0 else "1 scale, global"), spec.name
+        seen.add(spec.rerank.rerank_top > 0)
+    assert seen == {True, False}  # the registry has both kinds (gem-aliked, gem)
+
+
 def test_bench_extract_json_has_a_row_per_configuration() -> None:
     pytest.importorskip("torch")
     two, none = _spec("two"), _spec("none")
