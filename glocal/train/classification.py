@@ -109,14 +109,8 @@ class ClassifyConfig:
     cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
-        if self.amp not in runtime.AMP_CHOICES:
-            raise BadOptionError(f"--amp must be one of {', '.join(runtime.AMP_CHOICES)}, got {self.amp!r}")
-        for name in ("steps", "batch", "accumulate", "image_size"):
-            if getattr(self, name) < 1:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "eval_every", "workers", "cache_images"):
-            if getattr(self, name) < 0:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"),
+                             ("checkpoint_every", "eval_every", "workers", "cache_images"))
         if self.loss not in MARGIN_LOSSES:
             raise BadOptionError(f"--loss must be one of {', '.join(MARGIN_LOSSES)}, got {self.loss!r}")
         if self.optimizer not in ("sgd", "adam"):

@@ -73,16 +73,9 @@ class DetectorTrainConfig:
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        if self.amp not in runtime.AMP_CHOICES:
-            raise BadOptionError(f"--amp must be one of {', '.join(runtime.AMP_CHOICES)}, got {self.amp!r}")
-        for name in ("steps", "batch", "accumulate"):
-            if getattr(self, name) < 1:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        runtime.check_counts(self, ("steps", "batch", "accumulate"), ("checkpoint_every", "eval_every"))
         if self.image_size < 64:
             raise BadOptionError(f"--image-size must be >= 64 for the detector, got {self.image_size}")
-        for name in ("checkpoint_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZERS:
             raise BadOptionError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} for the detector, "
                                  f"got {self.optimizer!r}")

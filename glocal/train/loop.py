@@ -79,15 +79,9 @@ class TrainConfig:
     cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
-        if self.amp not in runtime.AMP_CHOICES:
-            raise BadOptionError(f"--amp must be one of {', '.join(runtime.AMP_CHOICES)}, got {self.amp!r}")
-        for name in ("steps", "batch", "accumulate", "image_size"):
-            if getattr(self, name) < 1:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every", "workers",
-                     "cache_images"):
-            if getattr(self, name) < 0:
-                raise BadOptionError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"),
+                             ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every",
+                              "workers", "cache_images"))
         if not 0.0 <= self.frozen_fraction < 1.0:
             raise BadOptionError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction}")
         if not self.lr > 0 or not self.margin > 0 or not self.lr_gamma > 0:

@@ -176,6 +176,17 @@ class Precision:
         return torch.autocast(device.type, dtype=self.autocast)
 
 
+def check_counts(config: Any, at_least_one: Sequence[str], non_negative: Sequence[str]) -> None:
+    """The settings checks every regime's config shares: ``amp`` among :data:`AMP_CHOICES`, the named counts
+    >= 1 and >= 0; a failure is one :class:`BadOptionError` line naming the option as the CLI spells it."""
+    if config.amp not in AMP_CHOICES:
+        raise BadOptionError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {config.amp!r}")
+    for names, low in ((at_least_one, 1), (non_negative, 0)):
+        for name in names:
+            if getattr(config, name) < low:
+                raise BadOptionError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(config, name)}")
+
+
 def resolve_precision(amp: str, channels_last: bool, device: torch.device) -> Precision:
     """``--amp none|bf16|fp16`` and ``--channels-last``: applied on CUDA; on any other device accepted and
     ignored, with a note saying so."""
