@@ -81,7 +81,12 @@ class IndexWriterLock:
                         continue  # renamed meanwhile: look again
                 read_manifest(path)  # raises: no such folder, or an interrupted compaction
             elif not (path / "manifest.json").exists():
-                read_manifest(path)  # raises: not an index (and no lock file is left in that folder)
+                try:
+                    read_manifest(path)  # raises: not an index (and no lock file is left in that folder)
+                except DamagedIndexError:
+                    if path.is_dir():
+                        raise
+                    continue  # a compaction's first rename moved the folder while we looked: look again
             try:
                 held = FileLock(path / LOCK_FILE)
             except BlockingIOError:

@@ -119,3 +119,30 @@ def test_compaction_never_loses_a_concurrent_add_or_remove(template: Path, tmp_p
         assert not index.with_name(index.name + ".old").exists()
         shutil.rmtree(index)
     assert ok > 0 and busy > 0  # the race did happen: writers both got in and were turned away
+
+
+def test_a_writer_that_sees_the_folder_vanish_between_two_looks_is_told_busy(template: Path, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """The window the race test hit once: the folder is there at the first look and renamed away (a compaction's
+    first rename, its result still locked) before the look for its manifest. The writer must answer busy (or
+    open the swapped-in index), never "a compaction was interrupted"."""
+    import glocal.index.writer_lock as wl
+    from glocal.index.writer_lock import IndexWriterLock
+
+    index = tmp_path / "x.glx"
+    shutil.copytree(template, index)
+    fresh = index.with_name(index.name + ".compacting")
+    real_exists = Path.exists
+    swapped = []
+
+    def exists(self: Path) -> bool:
+        if self == index / "manifest.json" and not swapped:  # swap just before this look
+            shutil.copytree(index, fresh)
+            index.rename(index.with_name(index.name + ".old"))
+            swapped.append(wl.IndexWriterLock.take_new(fresh))  # the compaction holds its result
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    with pytest.raises(BusyIndexError):
+        IndexWriterLock.take(index)
+    swapped[0].release()
