@@ -106,12 +106,12 @@ class _Runner:
     """The network on its device with the preprocessing: descriptors (``objective.describe``) and a tuple's
     outputs for the loss."""
 
-    def __init__(self, network: nn.Module, preprocessing: str, device: torch.device,
-                 precision: runtime.Precision | None = None, objective: TupleObjective | None = None) -> None:
+    def __init__(self, network: nn.Module, preprocessing: str, device: torch.device, precision: runtime.Precision,
+                 objective: TupleObjective) -> None:
         self.network, self.device = network, device
-        self.objective = objective or global_objective(TrainConfig.margin)
+        self.objective = objective  # train_tuples resolves the default (the global loss with the run's margin)
         self.prep = preprocessing_by_name(preprocessing)
-        self.precision = precision or runtime.Precision(None, False)
+        self.precision = precision
 
     def tensor(self, pixels: np.ndarray) -> Tensor:
         x = image_to_tensor(pixels, self.prep, self.device)
