@@ -78,8 +78,7 @@ def _compact(path: Path, progress: bool | Progress) -> CompactionReport:
             if old.exists():  # the previous compaction's old copy (its swap is done: the index opened at <name>)
                 shutil.rmtree(old)
             if dropped == 0:  # nothing to drop; an index of an older glocal gets its segments' new layout
-                upgrade = getattr(getattr(collection.stage, "index", None), "upgrade", None)
-                upgraded = upgrade() if callable(upgrade) else 0
+                upgraded = collection.stage.index.upgrade() if isinstance(collection.stage, AsmkStage) else 0
                 return CompactionReport(len(live), 0, before, folder_bytes(path) if upgraded else before, upgraded)
             fresh = path.with_name(path.name + COMPACTING_SUFFIX)
             if fresh.exists():  # left by a compaction that crashed before its swap
