@@ -29,6 +29,7 @@ from glocal.progress import Progress
 from glocal.records import ImageFeatures, SearchHit
 from glocal.rerank.hybrid import add_descriptor_checks, descriptor_positions
 from glocal.rerank.matching import MatcherOptions
+from glocal.rerank.ordering import reorder
 from glocal.rerank.shortlist import rerank
 from glocal.rerank.verification import VerifierOptions
 from glocal.rerank.word_matching import QueryWords, WordFeatures
@@ -196,6 +197,8 @@ class Searcher:
                     matcher=matcher_options(ro), verifier=verifier_options(ro), workers=self.workers,
                     min_inliers=order_min_inliers(ro), verify_min_inliers=ro.verify_min_inliers,
                 )
+            verified = reorder(verified, cell_px=ro.inlier_cell_px, shortlist_weight=ro.shortlist_weight,
+                               min_inliers=order_min_inliers(ro))
             head = [SearchHit(head[r.position].index, head[r.position].name, r.score,
                               head[r.position].shortlist_score, r.inliers, r.matches, r.is_match) for r in verified]
             hits = head + tail

@@ -224,3 +224,30 @@ def test_hybrid_and_extra_query_words_reach_the_verifiers(small_index: Path, dem
     res = runner.invoke(app, ["search", str(small_index), str(q), "--set", "descriptor_pick=unverified",
                               "--set", "descriptor_top=2", "--set", "verify_min_inliers=0"])
     assert res.exit_code != 0 and "verify_min_inliers" in res.output
+
+
+def test_order_options_reach_the_final_order_and_hits_show_their_key(small_index: Path, demo_benchmark,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+    real = search_module.reorder
+
+    def spy(results, **kw):
+        seen.update(kw)
+        return real(results, **kw)
+
+    monkeypatch.setattr(search_module, "reorder", spy)
+    q = demo_benchmark.query_paths[0]
+    with Searcher.open(small_index) as s:
+        plain = s.search(q, top=8, rerank_top=8)
+    with Searcher.open(small_index, settings={"inlier_cell_px": 16.0, "shortlist_weight": 2.0}) as s:
+        hits = s.search(q, top=8, rerank_top=8)
+    assert seen == {"cell_px": 16.0, "shortlist_weight": 2.0, "min_inliers": 0}
+    assert {h.index for h in hits} == {h.index for h in plain}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    best = max(h.shortlist_score for h in hits)
+    top = hits[0]
+    assert top.inliers > 0 and top.score <= top.inliers + 2.0 * top.shortlist_score / best + 1e-9
+    # the yes/no decision does not move with the order
+    assert {h.index: (h.inliers, h.verified) for h in hits} == {h.index: (h.inliers, h.verified) for h in plain}
+    res = runner.invoke(app, ["search", str(small_index), str(q), "--set", "inlier_cell_px=-1"])
+    assert res.exit_code != 0 and "inlier_cell_px" in res.output and "Traceback" not in res.output

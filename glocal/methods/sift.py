@@ -1,5 +1,6 @@
 """``sift``, the weight-free default: RootSIFT (Arandjelovic & Zisserman, CVPR 2012) -> ASMK* (Tolias et
-al., ICCV 2013) -> spatial verification of the top 100, ordered by (inliers, ASMK score).
+al., ICCV 2013) -> spatial verification of the top 100, ordered by spatially distinct inliers plus a share of
+the ASMK score.
 
 Verification is fast spatial matching (Philbin et al., CVPR 2007; ``matcher=words``): same-word pairs from
 each query feature's 10 nearest words (5 of them also serve the ASMK* first stage), kept when their residual
@@ -16,6 +17,11 @@ query words recover them (``benchmarks/RESULTS.md``, "Selection, session 6").
 seed 0). ``verify_min_inliers`` = 8 is the smallest inlier count with at most 1 % false positives on one
 city's negative pairs, the larger of the two cities' (8 fitted on Oxford: 0.41 % held out on Paris; 7 fitted on
 Paris would let 1.15 % of Oxford's through) (``benchmarks/calibrate_verified.py``).
+
+The order (session 8, ``benchmarks/sift_order_candidates.json``, leave-one-set-out, 3 of 4 folds): inliers are
+counted once per 16 px cell (``inlier_cell_px``) and 8 x ASMK score / best ASMK score is added
+(``shortlist_weight``), :mod:`glocal.rerank.ordering`. Plain inlier counts let bursts of inliers on repeated
+structures of other buildings rank above true matches with few inliers; the decision still counts inliers.
 
 The codebook is smaller than the deep methods' (4,096 words): user collections are often small and the size
 is clipped to the training sample anyway (the build says so).
@@ -38,7 +44,8 @@ SPECS = (
         build_extractor=_build,
         index=AsmkIndexOptions(codebook_size=4096),
         rerank=RerankOptions(rerank_top=100, ratio=0.9, mutual=True, estimator="usac_fast", matcher="words",
-                             word_assignments=10, max_hamming=40, verify_min_inliers=8),
+                             word_assignments=10, max_hamming=40, verify_min_inliers=8,
+                             inlier_cell_px=16.0, shortlist_weight=8.0),
         training="none",
         needs_weights=False,
         default=True,

@@ -119,6 +119,8 @@ class RerankOptions:
     filtered by residual codes (``word_assignments``, ``max_hamming``), single-correspondence similarity
     hypotheses (``hypotheses``) and least-squares affine local optimisation (``lo_iterations``), no descriptor
     read. Both count inliers within ``threshold_px``; ``verify_min_inliers`` makes the yes/no decision.
+    The order can count spatially distinct inliers (``inlier_cell_px``) and add a share of the first-stage
+    score (``shortlist_weight``): :mod:`glocal.rerank.ordering`.
     Hybrid (``matcher=words`` with ``descriptor_top`` > 0): after the words verifier, ``descriptor_top`` images
     (picked by ``descriptor_pick``) are verified again with descriptor matching and keep the larger inlier
     count: descriptor nearest neighbours are not limited to the query's few nearest words."""
@@ -140,6 +142,11 @@ class RerankOptions:
     descriptor_pick: str = option("shortlist", "words + descriptor_top: which images: shortlist (the best by "
                                   "first-stage score) or unverified (the best by first-stage score among those "
                                   "the words left below verify_min_inliers)", choices=DESCRIPTOR_PICKS)
+    inlier_cell_px: float = option(0.0, "order verified images by spatially distinct inliers: each cell of this "
+                                   "many original pixels counts once, in the query and in the image, the smaller "
+                                   "count kept (0: every inlier counts); the yes/no decision stays on inliers")
+    shortlist_weight: float = option(0.0, "order verified images by (distinct) inliers + this weight x shortlist "
+                                     "score / the best shortlist score (0: the shortlist score only breaks ties)")
     hypotheses: int = option(32, "words: similarity hypotheses per image (its best same-word pairs)")
     lo_iterations: int = option(3, "words: least-squares affine refits of the best hypothesis (local optimisation)")
     lo_hypotheses: int = option(1, "words: best hypotheses per image refined by local optimisation (best kept)")
@@ -161,7 +168,7 @@ class RerankOptions:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        for name in ("verify_min_inliers", "lo_iterations", "descriptor_top"):
+        for name in ("verify_min_inliers", "lo_iterations", "descriptor_top", "inlier_cell_px", "shortlist_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("word_assignments", "hypotheses", "lo_hypotheses"):

@@ -39,6 +39,8 @@ class Reranked:
     :param verified: True when ``inliers >= min_inliers`` (ordered by inliers), else shortlist order.
     :param putative: number of putative matches before verification.
     :param is_match: the yes/no decision: ``inliers >= verify_min_inliers`` (and that threshold is >= 1).
+    :param order_score: the key it was ordered by when that is not the inlier count
+        (:func:`glocal.rerank.ordering.reorder`), else None.
     """
 
     position: int
@@ -48,15 +50,20 @@ class Reranked:
     verified: bool = False
     putative: int = 0
     is_match: bool = False
+    order_score: float | None = None
 
     @property
     def score(self) -> float:
-        """Score in the sense of ``SearchHit.score``: the inliers if verified, else the shortlist score."""
-        return float(self.inliers) if self.verified else self.shortlist_score
+        """Score in the sense of ``SearchHit.score``: if verified, the key it was ordered by (the inliers unless
+        :func:`glocal.rerank.ordering.reorder` set another), else the shortlist score."""
+        if not self.verified:
+            return self.shortlist_score
+        return float(self.inliers) if self.order_score is None else self.order_score
 
 
 def final_order(
-    inliers: npt.ArrayLike, shortlist_scores: npt.ArrayLike, *, min_inliers: int = 0
+    inliers: npt.ArrayLike, shortlist_scores: npt.ArrayLike, *, min_inliers: int = 0,
+    keys: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
     """DELG final ordering: positions sorted by (inliers, shortlist score) descending.
 
@@ -66,14 +73,20 @@ def final_order(
     :param inliers: (K,) inlier counts.
     :param shortlist_scores: (K,) first-stage scores.
     :param min_inliers: minimum count for a candidate to be ordered by its inliers.
+    :param keys: (K,) what the verified candidates are ordered by instead of their inlier counts (still
+        ``>= 0``; ties broken by the shortlist score); which candidates are verified is still decided on
+        ``inliers``.
     :return: (K,) positions in final order.
     """
     inl = np.asarray(inliers, dtype=np.int64)
     scores = np.asarray(shortlist_scores, dtype=np.float64)
     if inl.shape != scores.shape or inl.ndim != 1:
         raise ValueError(f"inliers and shortlist_scores must be (K,) of one length, got {inl.shape}, {scores.shape}")
+    key = inl.astype(np.float64) if keys is None else np.asarray(keys, dtype=np.float64)
+    if key.shape != inl.shape:
+        raise ValueError(f"keys must be (K,) like inliers, got {key.shape}")
     verified = inl >= min_inliers
-    key_inliers = np.where(verified, inl, -1)  # unverified: one group below every verified count
+    key_inliers = np.where(verified, key, -1.0)  # unverified: one group below every verified key
     # np.lexsort sorts by the last key first, ascending and stable: negate for descending order
     return np.lexsort((-scores, -key_inliers, ~verified))
 
