@@ -29,17 +29,30 @@ import numpy.typing as npt
 
 from glocal.rerank.shortlist import Reranked, final_order
 
-__all__ = ["distinct_inliers", "reorder"]
+__all__ = ["distinct_counts", "distinct_inliers", "reorder"]
 
 
 def distinct_inliers(matches: npt.ArrayLike, cell_px: float) -> int:
     """``d`` of the module docstring for one candidate's (K, 4) inlier matches x_q, y_q, x_db, y_db."""
-    m = np.asarray(matches, np.float64).reshape(-1, 4)
-    if cell_px <= 0 or len(m) == 0:
-        return len(m)
-    cells_q = np.unique(np.floor(m[:, :2] / cell_px), axis=0)
-    cells_db = np.unique(np.floor(m[:, 2:] / cell_px), axis=0)
-    return int(min(len(cells_q), len(cells_db)))
+    return int(distinct_counts([np.asarray(matches, np.float64).reshape(-1, 4)], cell_px)[0])
+
+
+def distinct_counts(matches: Sequence[npt.NDArray], cell_px: float) -> npt.NDArray[np.int64]:
+    """``d`` of every candidate at once (one ``np.unique`` over all the shortlist's inliers)."""
+    sizes = np.array([len(m) for m in matches], np.int64)
+    if cell_px <= 0 or sizes.sum() == 0:
+        return sizes
+    rows = np.concatenate([np.asarray(m, np.float64).reshape(-1, 4) for m in matches])
+    owner = np.repeat(np.arange(len(matches), dtype=np.int64), sizes)
+
+    def occupied(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        cells = np.floor(xy / cell_px).astype(np.int64)
+        cells -= cells.min(axis=0)
+        width = cells.max(axis=0) + 1
+        key = (owner * width[0] + cells[:, 0]) * width[1] + cells[:, 1]
+        return np.bincount(np.unique(key) // (width[0] * width[1]), minlength=len(matches)).astype(np.int64)
+
+    return np.minimum(occupied(rows[:, :2]), occupied(rows[:, 2:]))
 
 
 def reorder(results: Sequence[Reranked], *, cell_px: float = 0.0, shortlist_weight: float = 0.0,
@@ -58,8 +71,10 @@ def reorder(results: Sequence[Reranked], *, cell_px: float = 0.0, shortlist_weig
     scores = np.array([r.shortlist_score for r in items], np.float64)
     best = float(scores.max())
     share = scores / best if best > 0 else np.zeros_like(scores)
-    distinct = np.array([distinct_inliers(r.matches, cell_px) if cell_px > 0 else r.inliers for r in items],
-                        np.float64)
+    if cell_px > 0:
+        distinct = distinct_counts([r.matches for r in items], cell_px).astype(np.float64)
+    else:
+        distinct = np.array([r.inliers for r in items], np.float64)
     keys = distinct + shortlist_weight * share
     inliers = np.array([r.inliers for r in items], np.int64)
     order = final_order(inliers, scores, min_inliers=min_inliers, keys=keys)

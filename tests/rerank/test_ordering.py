@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glocal.rerank.ordering import distinct_inliers, reorder
+from glocal.rerank.ordering import distinct_counts, distinct_inliers, reorder
 from glocal.rerank.shortlist import Reranked
 
 
@@ -74,3 +74,16 @@ def test_candidates_below_min_inliers_keep_shortlist_order_after_the_others() ->
 def test_negative_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="cell_px"):
         reorder([], cell_px=-1.0)
+
+
+def test_all_candidates_at_once_count_as_one_at_a_time() -> None:
+    rng = np.random.default_rng(3)
+    sets = [rng.uniform(0, 300, size=(n, 4)).astype(np.float32) for n in (0, 1, 7, 40, 3)]
+    sets.append(_matches(_burst(9), _spread(9)))
+    for cell in (0.0, 5.0, 16.0, 64.0):
+        one_by_one = []
+        for m in sets:
+            q = {tuple(c) for c in np.floor(m[:, :2] / cell).astype(int)} if cell else set(range(len(m)))
+            d = {tuple(c) for c in np.floor(m[:, 2:] / cell).astype(int)} if cell else set(range(len(m)))
+            one_by_one.append(min(len(q), len(d)))
+        assert distinct_counts(sets, cell).tolist() == one_by_one
