@@ -77,6 +77,9 @@ def train_command(
         "--workers", help="Threads decoding the training images ahead of each batch (2; 0: none).")] = None,
     cache_images: Annotated[int | None, typer.Option(
         "--cache-images", help="Decoded training images kept in memory (512; 0: none).")] = None,
+    flip_prob: Annotated[float | None, typer.Option(
+        "--flip-prob", help="Tuples and detector: mirror each training image left-right with this probability "
+        "(FIRe 0.5, the detector 0.5; others 0).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:i.")] = "cpu",
     settings_kv: Annotated[list[str] | None, typer.Option(
@@ -114,7 +117,7 @@ def train_command(
                  # differ from their defaults
                  "queries_per_epoch": queries_per_epoch or None, "pool_size": pool_size or None,
                  "amp": None if amp == "none" else amp, "channels_last": channels_last or None,
-                 "workers": workers, "cache_images": cache_images}
+                 "workers": workers, "cache_images": cache_images, "flip_prob": flip_prob}
         # settings not given take the regime's defaults
         train = {"steps": steps if steps is not None else 100, **{k: v for k, v in given.items() if v is not None},
                  "checkpoint_every": checkpoint_every, "eval_every": eval_every, "seed": seed, "device": device}

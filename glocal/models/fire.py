@@ -110,9 +110,11 @@ class FireExtractor(PyramidExtractor):
     #: ``glocal train fire`` defaults (FIRe sec. 4, implementation details; naver/fire train_fire.yml): Adam, lr
     #: 3e-5, weight decay 1e-4, Super-feature margin mu' 1.1 (weights 0.02 L_super, 0.1 L_attn), images at 1,024 px,
     #: batches of 5 tuples of 1 query, 1 positive and 5 hard negatives, 400 batches (2,000 queries) per epoch, pool
-    #: of 20,000 images, the learning rate x0.99 per epoch (0.99 ** (1 / 400) per step)
+    #: of 20,000 images, the learning rate x0.99 per epoch (0.99 ** (1 / 400) per step), random flipping (each
+    #: training image mirrored with probability 0.5)
     training_defaults = {"lr": 3e-5, "weight_decay": 1e-4, "margin": 1.1, "image_size": 1024, "batch": 5,
-                         "negatives": 5, "queries_per_epoch": 2000, "pool_size": 20000, "lr_gamma": 0.99 ** (1 / 400)}
+                         "negatives": 5, "queries_per_epoch": 2000, "pool_size": 20000, "lr_gamma": 0.99 ** (1 / 400),
+                         "flip_prob": 0.5}
 
     def __init__(self, config: FireConfig | None = None, trunk: nn.Module | None = None, feature_dim: int = 1024) -> None:
         """:param trunk: replaces the config's trunk (tests, experiments); it must output ``feature_dim`` channels

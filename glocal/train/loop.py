@@ -77,8 +77,12 @@ class TrainConfig:
     channels_last: bool = False
     workers: int = DEFAULT_WORKERS
     cache_images: int = DEFAULT_CACHE_IMAGES
+    #: each training image of a tuple is mirrored left-right with this probability (FIRe sec. 4: random flipping)
+    flip_prob: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise BadOptionError(f"--flip-prob must be in [0, 1], got {self.flip_prob}")
         runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"),
                              ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every",
                               "workers", "cache_images"))
@@ -148,6 +152,17 @@ def _tuple_pixels(loader: ImageLoader, row: np.ndarray) -> tuple[list[np.ndarray
     if pixels[0] is None or pixels[1] is None:
         return None, 0.0
     return [p for p in pixels if p is not None], 1.0
+
+
+def flip_tuple(pixels: list[np.ndarray], prob: float, seed: int, epoch: int, rank: int, row: int
+               ) -> list[np.ndarray]:
+    """Each image mirrored left-right with probability ``prob``, drawn from ``default_rng([seed, epoch, rank,
+    row])`` (``row``: the tuple's place in this rank's share of the epoch), so a resumed run draws the same
+    flips; the mined descriptors are computed on unflipped images."""
+    if prob <= 0.0:
+        return pixels
+    draws = np.random.default_rng([seed, epoch, rank, row]).random(len(pixels))
+    return [np.ascontiguousarray(p[:, ::-1]) if d < prob else p for p, d in zip(pixels, draws)]
 
 
 def _blank_tuple(size: int) -> list[np.ndarray]:
@@ -284,10 +299,13 @@ def train_tuples(network: nn.Module, preprocessing: str, train: TrainingSet, hel
         total, images = 0.0, 0
         for micro in range(config.accumulate):
             rows = next_tuples()
+            first_row = position - len(rows)
             for k, row in enumerate(rows):
                 pixels, weight = _tuple_pixels(loader, row)
                 if pixels is None and not ranks.distributed:
                     continue  # its query or positive is unreadable (reported by the loader)
+                if pixels is not None:
+                    pixels = flip_tuple(pixels, config.flip_prob, config.seed, epoch, ranks.rank, first_row + k)
                 with runtime.no_sync(module, micro == config.accumulate - 1 and k == len(rows) - 1):
                     loss = weight * runner.tuple_loss(module, pixels or _blank_tuple(config.image_size)) / (
                         len(rows) * config.accumulate)

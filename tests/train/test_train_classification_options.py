@@ -58,6 +58,14 @@ def test_cli_passes_precision_options_to_the_classification_regime(shapes: Path,
     assert "--amp bf16 --channels-last" in (run / "MODEL_CARD.md").read_text()
 
 
+def test_flip_prob_is_a_tuples_and_detector_option_the_classification_regime_refuses(shapes: Path,
+                                                                                      tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "dolg", "--data", str(shapes), "--out", str(tmp_path / "run"),
+                                   "--steps", "1", "--set", "backbone=mobilenetv2", "--flip-prob", "0.5"])
+    assert res.exit_code == 2 and "--flip-prob: not a setting of the" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "run" / "model.pt").exists()
+
+
 def test_vitgal_local_losses_stop_the_gradient_at_the_tokens() -> None:
     model = _network("vitgal")
     feats = model.features(torch.randn(2, 3, 64, 64))

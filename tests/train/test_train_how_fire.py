@@ -45,6 +45,7 @@ def test_train_export_index_search_and_exact_resume(method: str, small_shapes: P
     assert "fitted the whitening" in res.stderr
     stored = json.loads((whole / "run.json").read_text())["train"]
     assert stored["margin"] == PAPER_MARGIN[method] and stored["weight_decay"] == 1e-4  # the paper's defaults
+    assert stored["flip_prob"] == {"how": 0.0, "fire": 0.5}[method]  # FIRe sec. 4: random flipping
     blob = _state(exported)
     assert blob["format"].startswith(f"glocal/{method}/")
     assert json.loads(blob["card"])["regime"] == get(method).training

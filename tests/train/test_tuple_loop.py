@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -77,3 +78,41 @@ def test_unreadable_images_are_counted_not_fatal(shapes: Path, tmp_path: Path) -
     cfg = TrainConfig(**{**CONFIG.__dict__, "steps": 1})
     result = train_tuples(Tiny(), "imagenet", ts, None, cfg, tmp_path / "run")
     assert [Path(p).name for p, _ in result.problems] == ["broken.png"]
+
+
+def test_flip_tuple_mirrors_with_its_probability_and_repeats_its_draws() -> None:
+    from glocal.train.loop import flip_tuple
+
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    tup = [img, img + 1, img + 2]
+    assert flip_tuple(tup, 0.0, 0, 1, 0, 5) is tup
+    every = flip_tuple(tup, 1.0, 0, 1, 0, 5)
+    assert all(np.array_equal(f, t[:, ::-1]) for f, t in zip(every, tup))
+    flips = [[not np.array_equal(f, t) for f, t in zip(flip_tuple(tup, 0.5, 0, 1, 0, row), tup)] for row in range(200)]
+    rate = np.mean(flips)
+    assert 0.4 < rate < 0.6  # 600 draws of p = 0.5
+    again = [[not np.array_equal(f, t) for f, t in zip(flip_tuple(tup, 0.5, 0, 1, 0, row), tup)] for row in range(200)]
+    assert again == flips  # the same (seed, epoch, rank, row): the same flips (exact resume)
+    other_epoch = [[not np.array_equal(f, t) for f, t in zip(flip_tuple(tup, 0.5, 0, 2, 0, row), tup)] for row in range(200)]
+    assert other_epoch != flips
+
+
+def test_flipping_changes_training_and_resumes_bit_identical(shapes: Path, tmp_path: Path) -> None:
+    ts = read_training_set(shapes)
+    base = {**CONFIG.__dict__, "steps": 5, "checkpoint_every": 2, "batch": 3}
+    plain = train_tuples(Tiny(), "imagenet", ts, None, TrainConfig(**base), tmp_path / "plain").network
+    cfg = TrainConfig(**{**base, "flip_prob": 0.5})
+    whole = train_tuples(Tiny(), "imagenet", ts, None, cfg, tmp_path / "whole").network
+    assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), whole.state_dict().values()))
+
+    def crash(row: dict) -> None:
+        if row["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_tuples(Tiny(), "imagenet", ts, None, cfg, tmp_path / "cut", on_log=crash)
+    resumed = train_tuples(Tiny(), "imagenet", ts, None, cfg, tmp_path / "cut", resume=True)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.network.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(Exception, match="flip-prob"):
+        TrainConfig(flip_prob=1.5)
