@@ -41,9 +41,11 @@ def search(
     if as_json:
         print(json.dumps({"query": str(query), "bbox": box, "results": [h.to_dict(with_matches=True) for h in hits]}))
         return
-    columns = ("rank", "image", "verified", "inliers", "shortlist score")
-    rows = [(str(r), h.name, "yes" if h.verified else "no", str(h.inliers), f"{h.shortlist_score:.4f}")
-            for r, h in enumerate(hits, 1)]
+    # score: what the results are ordered by (verified: distinct inliers + a share of the shortlist score, see
+    # glocal.rerank.ordering; the others: the shortlist score)
+    columns = ("rank", "image", "verified", "inliers", "score", "shortlist score")
+    rows = [(str(r), h.name, "yes" if h.verified else "no", str(h.inliers), f"{h.score:.4g}",
+             f"{h.shortlist_score:.4f}") for r, h in enumerate(hits, 1)]
     print_results(f"{query} in {index}", columns, rows)
 
 

@@ -104,10 +104,10 @@ def test_search_piped_prints_whole_names(indexed) -> None:
                           "--top", "3"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0].split("\t") == ["rank", "image", "verified", "inliers", "shortlist score"]
+    assert lines[0].split("\t") == ["rank", "image", "verified", "inliers", "score", "shortlist score"]
     first = lines[1].split("\t")
     assert first[:3] == ["1", f"{LONG}.jpg", "yes"] and int(first[3]) > 0 and len(lines) == 4
-    assert all(len(ln.split("\t")) == 5 for ln in lines)
+    assert all(len(ln.split("\t")) == 6 for ln in lines)
     as_json = subprocess.run([sys.executable, "-m", "glocal", "search", str(index), str(photos / f"{LONG}.jpg"),
                               "--top", "3", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(as_json.stdout)["results"][0]["name"] == f"{LONG}.jpg"
@@ -121,8 +121,8 @@ def test_search_on_a_terminal_is_a_table_that_keeps_whole_names(indexed, monkeyp
     monkeypatch.setattr(search_cmd.out, "_width", 60)
     res = runner.invoke(app, ["search", str(index), str(photos / f"{LONG}.jpg"), "--top", "2"])
     assert res.exit_code == 0, res.output
-    rows = [ln.split("│") for ln in res.output.splitlines() if ln.count("│") == 6]
-    assert rows, res.output  # a table: rank, image, verified, inliers, shortlist score
+    rows = [ln.split("│") for ln in res.output.splitlines() if ln.count("│") == 7]
+    assert rows, res.output  # a table: rank, image, verified, inliers, score, shortlist score
     assert "…" not in res.output  # folded over lines, never cut
     assert f"{LONG}.jpg" in "".join(r[2].strip() for r in rows)
 
