@@ -1,5 +1,6 @@
-"""Training images loaded lazily, per batch, for both regimes of ``glocal train``: a set of millions of images
-(Google Landmarks v2) never sits in memory.
+"""Training images loaded lazily, per batch, for every regime of ``glocal train`` (tuples, classification, and the
+detector's, :mod:`glocal.train.detector_images`): a set of millions of images (Google Landmarks v2) never sits in
+memory.
 
 * The readability pass before training (:func:`readable`) reads every file's *header* only (PIL's
   ``Image.open`` and the size, without ``load``, on ``workers`` threads):
@@ -9,7 +10,8 @@
   through ``say``), records it in :attr:`ImageLoader.skipped` (saved in checkpoints; the model card's
   ``skipped_files`` lists it) and returns ``None`` for it from then on; the regimes drop such an image from its
   batch (a tuple whose query or positive it is is dropped, as a negative it is left out of its tuple; in
-  mining and evaluation its descriptor is a zero row).
+  mining and evaluation its descriptor is a zero row; the detector leaves it out of its batch and of the
+  evaluation).
 * Decoding runs on ``workers`` threads (0: in the calling thread): PIL decodes and resizes with the GIL
   released, the decoded pixels stay in this process and the skip bookkeeping in one place, so threads are
   used rather than worker processes. The regime asks for the next batch ahead (:meth:`ImageLoader.prefetch`)
