@@ -1,5 +1,6 @@
-"""Training images loaded lazily, per batch, for both regimes of ``glocal train``: a set of millions of images
-(Google Landmarks v2) never sits in memory.
+"""Training images loaded lazily, per batch, for every regime of ``glocal train`` (tuples, classification, and the
+detector's, :mod:`glocal.train.detector_images`): a set of millions of images (Google Landmarks v2) never sits in
+memory.
 
 * The readability pass before training (:func:`readable`) reads every file's *header* only (PIL's
   ``Image.open`` and the size, without ``load``, on ``workers`` threads):
@@ -9,7 +10,8 @@
   through ``say``), records it in :attr:`ImageLoader.skipped` (saved in checkpoints; the model card's
   ``skipped_files`` lists it) and returns ``None`` for it from then on; the regimes drop such an image from its
   batch (a tuple whose query or positive it is is dropped, as a negative it is left out of its tuple; in
-  mining and evaluation its descriptor is a zero row).
+  mining and evaluation its descriptor is a zero row; the detector leaves it out of its batch and of the
+  evaluation).
 * Decoding runs on ``workers`` threads (0: in the calling thread): PIL decodes and resizes with the GIL
   released, the decoded pixels stay in this process and the skip bookkeeping in one place, so threads are
   used rather than worker processes. The regime asks for the next batch ahead (:meth:`ImageLoader.prefetch`)
@@ -70,8 +72,9 @@ class Lru(Generic[K, V]):
         return len(self._items)
 
 
-def _header_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a training image, from its header alone (None: it looks fine)."""
+def image_header(path: str | Path) -> tuple[int, int] | str:
+    """(height, width) of ``path`` as stored (before any EXIF rotation), from its header alone, or why it
+    cannot be a training image."""
     try:
         with Image.open(path) as img:  # parses the header; no pixel (nor PNG's trailing EXIF) is read
             w, h = img.size
@@ -79,17 +82,21 @@ def _header_problem(path: Path) -> str | None:
         return f"cannot read image header ({exc.__class__.__name__}: {exc})"
     if h * w > MAX_PIXELS:
         return f"image is {w}x{h} = {h * w} pixels, over the limit of {MAX_PIXELS}"
-    return None
+    return h, w
+
+
+def image_headers(files: Sequence[str | Path], workers: int = DEFAULT_WORKERS) -> list[tuple[int, int] | str]:
+    """:func:`image_header` of every file, on ``workers`` threads; nothing is decoded."""
+    if workers > 0 and len(files) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(image_header, files, chunksize=64))
+    return [image_header(f) for f in files]
 
 
 def readable(data: TrainingSet, workers: int = DEFAULT_WORKERS) -> TrainingSet:
     """``data`` without the images whose header cannot be read (added to its problems); nothing is decoded."""
     files = list(data.files)
-    if workers > 0 and len(files) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            reasons = list(pool.map(_header_problem, files, chunksize=64))
-    else:
-        reasons = [_header_problem(f) for f in files]
+    reasons = [r if isinstance(r, str) else None for r in image_headers(files, workers)]
     bad = [(str(f), r) for f, r in zip(files, reasons) if r is not None]
     if not bad:
         return data
@@ -116,9 +123,13 @@ class ImageLoader:
         self._pending: dict[int, Future] = {}
         self.skipped = skipped if skipped is not None else {}
 
+    def _read(self, i: int) -> np.ndarray:
+        """The pixels of image ``i`` (a subclass may note more of the :class:`~glocal.io.images.LoadedImage`)."""
+        return load_image(self.files[i], max_side=self.max_side).pixels
+
     def _decode(self, i: int) -> np.ndarray | str:
         try:
-            return load_image(self.files[i], max_side=self.max_side).pixels
+            return self._read(i)
         except ImageReadError as exc:
             return exc.reason
         except (OSError, ValueError, MemoryError) as exc:  # anything PIL lets out is a bad file, not a crash

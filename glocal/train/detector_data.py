@@ -247,7 +247,8 @@ class DetectorBoxDataset(torch.utils.data.Dataset):
     of :class:`glocal.models.detector.LandmarkDetector` (boxes in the image's pixels).
 
     Augmentation is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same seed and epoch
-    (:meth:`set_epoch`) give the same samples.
+    (:meth:`set_epoch`) give the same samples. ``dataset[i]`` is None for an image :meth:`sample` cannot read
+    (:class:`glocal.train.detector_images.StreamedBoxDataset`; the loop leaves it out of its batch).
     """
 
     def __init__(self, annotations: Sequence[BoxAnnotation], load_image: Callable[[str], npt.NDArray[np.uint8]],
@@ -266,13 +267,20 @@ class DetectorBoxDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def sample(self, index: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]] | None:
+        """(pixels, boxes in those pixels) of image ``index`` before augmentation (None: it cannot be read)."""
         ann = self.annotations[index]
         pixels = np.asarray(self.load_image(ann.image_id), dtype=np.uint8)
         if pixels.ndim != 3 or pixels.shape[2] != 3:
             raise ValueError(f"detector_data.py: image {ann.image_id!r} must be (H, W, 3) RGB, got {pixels.shape}")
         h, w = pixels.shape[:2]
-        boxes = ann.pixel_boxes(w, h)
+        return pixels, ann.pixel_boxes(w, h)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        got = self.sample(index)
+        if got is None:
+            return None
+        pixels, boxes = got
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             side = int(rng.integers(self.augment.min_side, self.augment.max_side + 1))

@@ -38,6 +38,7 @@ from glocal.errors import BadInputError, BadOptionError
 from glocal.models.detection.decode import box_iou
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
+from glocal.train.batches import DEFAULT_CACHE_IMAGES, DEFAULT_WORKERS
 from glocal.train.checkpointing import latest_state, optimisation_state, restore_optimisation, save_state
 
 STATE_FORMAT = "glocal/train-detector-state/1"
@@ -53,7 +54,9 @@ class DivergedError(BadOptionError, FloatingPointError):
 @dataclass(frozen=True)
 class DetectorTrainConfig:
     """Settings of :func:`fit_detector` (module docstring). ``image_size``: the largest longer side of the
-    augmented images (drawn from ``[image_size // 2, image_size]``, :mod:`glocal.train.detector_run`)."""
+    augmented images (drawn from ``[image_size // 2, image_size]``, :mod:`glocal.train.detector_run`);
+    ``workers``, ``cache_images``: the decoding threads and decoded images kept (:mod:`glocal.train.batches`;
+    used by :mod:`glocal.train.detector_run`, which builds the dataset)."""
 
     steps: int = 100
     batch: int = 4
@@ -71,9 +74,12 @@ class DetectorTrainConfig:
     device: str = "cpu"
     amp: str = "none"
     channels_last: bool = False
+    workers: int = DEFAULT_WORKERS
+    cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
-        runtime.check_counts(self, ("steps", "batch", "accumulate"), ("checkpoint_every", "eval_every"))
+        runtime.check_counts(self, ("steps", "batch", "accumulate"),
+                             ("checkpoint_every", "eval_every", "workers", "cache_images"))
         if self.image_size < 64:
             raise BadOptionError(f"--image-size must be >= 64 for the detector, got {self.image_size}")
         if self.optimizer not in OPTIMIZERS:
@@ -152,17 +158,22 @@ def _optimizer(params: list[nn.Parameter], config: DetectorTrainConfig) -> torch
 
 
 def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: DetectorTrainConfig,
-                 run: str | Path | None = None, held_out: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+                 run: str | Path | None = None, held_out: Sequence[tuple[np.ndarray, np.ndarray] | None] = (),
                  resume: bool = False, progress: Progress = no_progress,
                  on_log: Callable[[dict[str, float]], None] | None = None,
                  say: Callable[[str], None] | None = None) -> DetectorResult:
     """Train ``model`` (a :class:`~glocal.models.detector.LandmarkDetector`, or any module whose training-mode
     ``forward(images, targets)`` returns a dict of loss terms) in place on ``dataset`` (module docstring).
 
-    :param dataset: ``dataset[i]`` -> (image (3, H, W) in [0, 1], {"boxes": (K, 4)}), with ``set_epoch``.
+    :param dataset: ``dataset[i]`` -> (image (3, H, W) in [0, 1], {"boxes": (K, 4)}), or None for an image
+        found unreadable (left out of its batch), with ``set_epoch``; optionally ``prefetch(rows)`` (called with
+        the rows of the current and the next batch) and ``skipped`` (path -> reason of the files found
+        unreadable, saved in checkpoints and restored on resume:
+        :class:`~glocal.train.detector_images.StreamedBoxDataset`).
     :param run: the run folder (checkpoints, log); None: neither (and no resume).
     :param held_out: (pixels (H, W, 3) uint8, true boxes (K, 4) in those pixels) for the evaluation hook
-        (``model.detect_pixels`` needed).
+        (``model.detect_pixels`` needed), iterated once per evaluation (a lazy sequence decodes as it goes:
+        :class:`~glocal.train.detector_images.BoxImages`); a None item (unreadable) is left out.
     :param on_log: called with every log row (rank 0 only).
     :param say: where one-line notes go (ignored options, no tensorboard); default stderr.
     """
@@ -192,6 +203,8 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
     step, epoch, position = 0, 0, 0
     order = np.zeros(0, dtype=np.int64)
     history: list[dict[str, float]] = []
+    skipped: dict[str, str] | None = getattr(dataset, "skipped", None)
+    prefetch: Callable[[list[int]], None] | None = getattr(dataset, "prefetch", None)
     if resume:
         if run is None:
             raise BadOptionError("resume needs a run folder")
@@ -200,6 +213,8 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
         step, epoch, position = restore_optimisation(state, optimizer, scheduler, scaler, generator, device)
         order = state["order"].numpy().copy()
         history = [dict(r) for r in state["history"]]
+        if skipped is not None:
+            skipped.update(state.get("skipped", {}))
     module = model
     if ranks.distributed:  # after any resume: DDP copies rank 0's weights to every rank
         from torch.nn.parallel import DistributedDataParallel
@@ -210,14 +225,18 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
     def evaluate() -> tuple[float, float]:
         if not held_out or not main:
             return math.nan, math.nan
-        found = [tuple(model.detect_pixels(px)) for px, _ in held_out]  # type: ignore[operator]
-        return box_metrics(found, [t for _, t in held_out])  # type: ignore[arg-type]
+        found, truths = [], []
+        for item in held_out:  # one image at a time (an unreadable one left out)
+            if item is not None:
+                found.append(tuple(model.detect_pixels(item[0])))  # type: ignore[operator]
+                truths.append(item[1])
+        return box_metrics(found, truths)  # type: ignore[arg-type]
 
     def snapshot() -> dict:
         return {"format": STATE_FORMAT, "step": step, "epoch": epoch, "position": position,
                 "order": torch.from_numpy(order), "model": model.state_dict(),
                 **optimisation_state(optimizer, scheduler, scaler, generator, device), "history": history,
-                "config": dataclasses.asdict(config)}
+                "skipped": dict(skipped or {}), "config": dataclasses.asdict(config)}
 
     def record(row: dict[str, float]) -> None:
         history.append(row)
@@ -245,7 +264,11 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
             position = 0
         rows = order[position:position + per_step]
         position += per_step
-        return [int(i) for i in rows[ranks.rank::ranks.world]]
+        mine = [int(i) for i in rows[ranks.rank::ranks.world]]
+        if prefetch is not None:  # this batch's images, then the next one's while this one trains
+            upcoming = order[position:position + per_step] if position + per_step <= len(order) else order[:0]
+            prefetch(mine + [int(i) for i in upcoming[ranks.rank::ranks.world]])
+        return mine
 
     model.train()
     advance = progress("training", config.steps - step)
@@ -258,12 +281,18 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
             for micro in range(config.accumulate):
                 ids = next_rows()
                 dataset.set_epoch(epoch - 1)  # type: ignore[attr-defined]  # augmentation epochs count from 0
-                batch = [dataset[i] for i in ids]
+                batch = [b for b in (dataset[i] for i in ids) if b is not None]  # an unreadable image left out
+                empty = not batch
+                if empty and not ranks.distributed:
+                    continue
+                if empty:  # every rank must run its backward: a zero-weighted blank image
+                    batch = [(torch.zeros(3, 64, 64), {"boxes": torch.zeros(0, 4),
+                                                        "labels": torch.zeros(0, dtype=torch.int64)})]
                 xs = [b[0].to(device) for b in batch]
                 targets = [{k: v.to(device) for k, v in b[1].items()} for b in batch]
                 with runtime.no_sync(module, micro == config.accumulate - 1), precision.context(device):
                     terms = module(xs, targets)
-                    loss = sum(terms.values())
+                    loss = sum(terms.values()) * 0.0 if empty else sum(terms.values())
                 if not torch.isfinite(loss):
                     raise DivergedError(f"the detector's loss became {float(loss.detach())} at step {step + 1} (try a lower "
                                         "--lr)")
@@ -271,13 +300,14 @@ def fit_detector(model: nn.Module, dataset: torch.utils.data.Dataset, config: De
                     scaler.scale(loss / config.accumulate).backward()
                 sums["loss"] += float(loss.detach()) / config.accumulate
                 for k in ("classification", "box", "centerness"):
-                    sums[k] += float(terms[k].detach()) / config.accumulate if k in terms else math.nan
-                images += len(ids) * ranks.world
-            if config.clip_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], config.clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
+                    sums[k] += (float(terms[k].detach()) * (not empty)) / config.accumulate if k in terms else math.nan
+                images += (0 if empty else len(batch)) * ranks.world
+            if images or ranks.distributed:  # (not when every image of the step was unreadable)
+                if config.clip_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], config.clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1

@@ -5,10 +5,13 @@ card inside).
 
 ``--data``: a box file (:mod:`glocal.train.detector_data`: pixel or Google Landmark Boxes CSV, or JSON); image
 ``ID`` is ``IMAGES/ID`` (with or without ``.jpg`` / ``.jpeg`` / ``.png``) or ``IMAGES/I/D/x/ID...`` (the GLD
-tree), ``IMAGES`` being ``--images``, else the box file's folder. Images are loaded once (EXIF orientation
-applied, longer side at most ``--image-size``) and kept; boxes are in the pixels of the image as glocal loads
-it (EXIF-rotated). Missing or unreadable images are listed and skipped; a bad row is one line naming the file
-and line (:class:`~glocal.errors.BadInputError`).
+tree), ``IMAGES`` being ``--images``, else the box file's folder. Only the images' headers are read up front;
+each image is decoded when a batch or the evaluation hook needs it (EXIF orientation applied, longer side at
+most ``--image-size``; ``--workers`` threads, at most ``--cache-images`` kept: :mod:`glocal.train.detector_images`);
+boxes are in the pixels of the image as glocal loads it (EXIF-rotated). Missing or unreadable images are listed
+and skipped, one found unreadable during the run is reported once and left out of its batch (and recorded in
+checkpoints and the model card); a bad row is one line naming the file and line
+(:class:`~glocal.errors.BadInputError`).
 
 ``--set KEY=VALUE``: settings of the detector (:class:`~glocal.models.detector.DetectorConfig`: ``backbone``,
 ``head_width``, ``head_depth``, ``score_threshold``, ``min_box_size``, ``max_boxes``, ``nms_iou``,
@@ -26,68 +29,24 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from glocal.errors import BadInputError, BadOptionError, GlocalError
-from glocal.io.images import ImageReadError, load_image
+from glocal.errors import BadOptionError, GlocalError
 from glocal.models.detector import DetectorConfig, LandmarkDetector, save_detector
 from glocal.progress import Progress, no_progress
-from glocal.train.detector_data import AugmentConfig, BoxAnnotation, DetectorBoxDataset, find_image, read_boxes
+from glocal.train.batches import with_skipped
+from glocal.train.detector_data import AugmentConfig
+from glocal.train.detector_images import BoxData, BoxImages, StreamedBoxDataset, read_box_data
 from glocal.train.detector_loop import DetectorTrainConfig, fit_detector
 from glocal.train.export import export_model
 from glocal.train.runtime import ranks_from_environment
 
 #: DetectorConfig fields ``--set`` may give (the rest: the checkpoint is ``--init``, the device ``--device``)
 DETECTOR_SETTINGS = tuple(f.name for f in dataclasses.fields(DetectorConfig) if f.name not in ("checkpoint", "device"))
-
-
-@dataclass
-class BoxData:
-    """The readable images of a box file: pixels and boxes in those pixels, and the files left out."""
-
-    source: str
-    ids: list[str] = field(default_factory=list)
-    pixels: list[np.ndarray] = field(default_factory=list)
-    boxes: list[np.ndarray] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)
-    singletons: list[str] = field(default_factory=list)  # no classes here; the CLI's report reads it
-
-    def summary(self) -> dict[str, Any]:
-        return {"source": self.source, "images": len(self.ids), "boxes": int(sum(len(b) for b in self.boxes)),
-                "skipped": len(self.problems)}
-
-
-def read_box_data(data: str | Path, images: str | Path | None, max_side: int) -> BoxData:
-    """Every image of the box file ``data`` loaded at longer side ``max_side``, its boxes in those pixels."""
-    annotations = read_boxes(data)
-    root = Path(images) if images is not None else Path(data).parent
-    out = BoxData(str(data))
-    for ann in annotations:
-        path = find_image(root, ann.image_id)
-        if path is None:
-            out.problems.append((str(root / ann.image_id), "missing (no such file, with or without .jpg / .jpeg / "
-                                                           ".png, nor in the a/b/c/ tree)"))
-            continue
-        try:
-            image = load_image(path, max_side=max_side)
-        except ImageReadError as exc:
-            out.problems.append((str(path), exc.reason))
-            continue
-        h0, w0 = image.original_size
-        h, w = image.pixels.shape[:2]
-        boxes = ann.pixel_boxes(w0, h0) * np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
-        out.ids.append(ann.image_id)
-        out.pixels.append(image.pixels)
-        out.boxes.append(boxes.astype(np.float32))
-    if not out.ids:
-        raise BadInputError(f"{data}: none of its {len(annotations)} images could be read (under {root}; "
-                            "--images names the folder)")
-    return out
 
 
 def split_images(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -159,21 +118,25 @@ def run_detector(spec: Any, run_settings: Any, run: str | Path, resume: bool = F
     config = detector_train_config(train_dict)
     main = ranks_from_environment().main
     detector, init = build_detector(run_settings.settings, config, say)
-    data = read_box_data(run_settings.data, run_settings.images, config.image_size)
+    data: BoxData = read_box_data(run_settings.data, run_settings.images, config.workers)
     if on_data is not None and main:
         on_data(data)
     train, held = split_images(len(data.ids), run_settings.eval_fraction, config.seed)
     if not resume and main:
         run_settings.train = dataclasses.asdict(config)
         run_settings.save(run)
-    pixels = {data.ids[i]: data.pixels[i] for i in train}
-    annotations = [BoxAnnotation(data.ids[i], data.boxes[i], normalized=False) for i in train]
-    dataset = DetectorBoxDataset(annotations, pixels.__getitem__,
-                                 AugmentConfig(config.image_size // 2, config.image_size, config.flip_prob), config.seed)
-    held_out = [(data.pixels[i], data.boxes[i]) for i in held]
-    result = fit_detector(detector, dataset, config, run, held_out, resume=resume,
-                          progress=progress if main else no_progress, on_log=on_log, say=say)
-    result.problems = list(data.problems)
+    skipped: dict[str, str] = {}  # files found unreadable during the run, shared by both loaders
+    loaders = [BoxImages(data, rows, config.image_size, config.cache_images, config.workers,
+                         say=say if main else None, skipped=skipped) for rows in (train, held)]
+    dataset = StreamedBoxDataset(loaders[0], AugmentConfig(config.image_size // 2, config.image_size, config.flip_prob),
+                                 config.seed)
+    try:
+        result = fit_detector(detector, dataset, config, run, loaders[1], resume=resume,
+                              progress=progress if main else no_progress, on_log=on_log, say=say)
+    finally:
+        for loader in loaders:
+            loader.close()
+    result.problems = with_skipped(data.problems, skipped)
     if on_result is not None:
         on_result(result)
     if not main:
@@ -184,7 +147,7 @@ def run_detector(spec: Any, run_settings: Any, run: str | Path, resume: bool = F
     card = {"method": spec.name, "regime": spec.training, "init": init, "options": {"detector": detector_config},
             "settings": {str(k): v for k, v in run_settings.settings.items()}, "data": data.summary(),
             "train_split": {"images": len(train)}, "held_out": {"images": len(held)},
-            "skipped_files": [list(p) for p in data.problems], "steps": result.step,
+            "skipped_files": [list(p) for p in result.problems], "steps": result.step,
             "train": dataclasses.asdict(config), "metrics": ["mean IoU", "AP@0.5"],
             "evaluations": result.evaluations(), "final_loss": history[-1]["loss"] if history else None,
             "load_with": f"glocal index build PHOTOS --method {spec.name} --regions detector --detector FILE",

@@ -240,6 +240,7 @@ def test_two_processes_gloo_train_the_same_weights_and_rank_0_alone_writes(tmp_p
 
 def test_gld_boxes_in_the_gld_tree_are_scaled_to_the_loaded_pixels(tmp_path: Path) -> None:
     from glocal.train.detector_data import find_image
+    from glocal.train.detector_images import BoxImages
     from glocal.train.detector_run import read_box_data, split_images
 
     image_id = "abc0123456789def"
@@ -250,10 +251,13 @@ def test_gld_boxes_in_the_gld_tree_are_scaled_to_the_loaded_pixels(tmp_path: Pat
     data.write_text(json.dumps({"layout": "gld", "boxes": [{"id": image_id, "box": [0.25, 0.5, 0.75, 1.0]},
                                                            {"id": "f00", "box": [0, 0, 1, 1]}]}))
     assert find_image(tmp_path / "train", image_id) == path
-    read = read_box_data(data, tmp_path / "train", max_side=100)  # loaded at 100 x 50
-    assert read.ids == [image_id] and read.pixels[0].shape == (50, 100, 3)
+    read = read_box_data(data, tmp_path / "train")  # headers only: the size, no pixels
+    assert read.ids == [image_id] and read.paths == [str(path)] and read.sizes == [(200, 400)]
+    with BoxImages(read, [0], max_side=100, cache_images=0, workers=0) as loaded:  # loaded at 100 x 50
+        pixels, boxes = loaded.sample(0)
+    assert pixels.shape == (50, 100, 3)
     # ymin xmin ymax xmax = 0.25 0.5 0.75 1.0 -> x1 y1 x2 y2 = 50 12.5 100 37.5 in the loaded pixels
-    np.testing.assert_allclose(read.boxes[0], [[50, 12.5, 100, 37.5]])
+    np.testing.assert_allclose(boxes, [[50, 12.5, 100, 37.5]])
     assert read.problems == [(str(tmp_path / "train" / "f00"), read.problems[0][1])] and "missing" in read.problems[0][1]
     assert read.summary() == {"source": str(data), "images": 1, "boxes": 1, "skipped": 1}
     assert split_images(5, 0.2, 0) == split_images(5, 0.2, 0) and len(split_images(5, 0.2, 0)[1]) == 1
