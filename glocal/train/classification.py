@@ -57,8 +57,6 @@ from glocal.models.vitgal import Vitgal
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
 from glocal.train.batches import (
-    DEFAULT_CACHE_IMAGES,
-    DEFAULT_WORKERS,
     ImageLoader,
     SquareBatches,
     readable,
@@ -79,7 +77,7 @@ COSFACE_MARGIN = 0.35
 
 
 @dataclass(frozen=True)
-class ClassifyConfig:
+class ClassifyConfig(runtime.RunOptions):
     """Settings of :func:`train_classification` (module docstring). ``margin`` / ``scale`` None: the model's."""
 
     steps: int = 100
@@ -99,18 +97,10 @@ class ClassifyConfig:
     attention_weight: float = ATTENTION_WEIGHT
     reconstruction_weight: float = RECONSTRUCTION_WEIGHT
     image_size: int = 512
-    checkpoint_every: int = 0
-    eval_every: int = 0
-    seed: int = 0
-    device: str = "cpu"
-    amp: str = "none"
-    channels_last: bool = False
-    workers: int = DEFAULT_WORKERS
-    cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
-        runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"),
-                             ("checkpoint_every", "eval_every", "workers", "cache_images"))
+        super().__post_init__()
+        runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"), ())
         if self.loss not in MARGIN_LOSSES:
             raise BadOptionError(f"--loss must be one of {', '.join(MARGIN_LOSSES)}, got {self.loss!r}")
         if self.optimizer not in ("sgd", "adam"):

@@ -38,7 +38,6 @@ from glocal.errors import BadInputError, BadOptionError
 from glocal.models.detection.decode import box_iou
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
-from glocal.train.batches import DEFAULT_CACHE_IMAGES, DEFAULT_WORKERS
 from glocal.train.checkpointing import latest_state, optimisation_state, restore_optimisation, save_state
 
 STATE_FORMAT = "glocal/train-detector-state/1"
@@ -52,7 +51,7 @@ class DivergedError(BadOptionError, FloatingPointError):
 
 
 @dataclass(frozen=True)
-class DetectorTrainConfig:
+class DetectorTrainConfig(runtime.RunOptions):
     """Settings of :func:`fit_detector` (module docstring). ``image_size``: the largest longer side of the
     augmented images (drawn from ``[image_size // 2, image_size]``, :mod:`glocal.train.detector_run`);
     ``workers``, ``cache_images``: the decoding threads and decoded images kept (:mod:`glocal.train.batches`;
@@ -68,18 +67,10 @@ class DetectorTrainConfig:
     clip_norm: float = 10.0
     image_size: int = 640
     flip_prob: float = 0.5
-    checkpoint_every: int = 0
-    eval_every: int = 0
-    seed: int = 0
-    device: str = "cpu"
-    amp: str = "none"
-    channels_last: bool = False
-    workers: int = DEFAULT_WORKERS
-    cache_images: int = DEFAULT_CACHE_IMAGES
 
     def __post_init__(self) -> None:
-        runtime.check_counts(self, ("steps", "batch", "accumulate"),
-                             ("checkpoint_every", "eval_every", "workers", "cache_images"))
+        super().__post_init__()
+        runtime.check_counts(self, ("steps", "batch", "accumulate"), ())
         if self.image_size < 64:
             raise BadOptionError(f"--image-size must be >= 64 for the detector, got {self.image_size}")
         if self.optimizer not in OPTIMIZERS:

@@ -38,7 +38,7 @@ from glocal.errors import BadInputError, BadOptionError
 from glocal.models.geometry.pyramid import image_to_tensor, preprocessing_by_name
 from glocal.progress import Progress, no_progress
 from glocal.train import runtime
-from glocal.train.batches import DEFAULT_CACHE_IMAGES, DEFAULT_WORKERS, ImageLoader, readable, with_skipped
+from glocal.train.batches import ImageLoader, readable, with_skipped
 from glocal.train.checkpointing import (
     latest_state,
     optimisation_state,
@@ -54,7 +54,7 @@ LOG_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "eval_map")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(runtime.RunOptions):
     """Settings of :func:`train_tuples` (defaults: cirtorch's GeM fine-tuning where it has one)."""
 
     steps: int = 100
@@ -69,23 +69,15 @@ class TrainConfig:
     pool_size: int = 0
     image_size: int = 512
     frozen_fraction: float = 0.0
-    checkpoint_every: int = 0
-    eval_every: int = 0
-    seed: int = 0
-    device: str = "cpu"
-    amp: str = "none"
-    channels_last: bool = False
-    workers: int = DEFAULT_WORKERS
-    cache_images: int = DEFAULT_CACHE_IMAGES
     #: each training image of a tuple is mirrored left-right with this probability (FIRe sec. 4: random flipping)
     flip_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flip_prob <= 1.0:
             raise BadOptionError(f"--flip-prob must be in [0, 1], got {self.flip_prob}")
+        super().__post_init__()
         runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"),
-                             ("negatives", "queries_per_epoch", "pool_size", "checkpoint_every", "eval_every",
-                              "workers", "cache_images"))
+                             ("negatives", "queries_per_epoch", "pool_size"))
         if not 0.0 <= self.frozen_fraction < 1.0:
             raise BadOptionError(f"frozen_fraction must be in [0, 1), got {self.frozen_fraction}")
         if not self.lr > 0 or not self.margin > 0 or not self.lr_gamma > 0:

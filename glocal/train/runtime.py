@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from glocal.errors import BadOptionError
+from glocal.train.batches import DEFAULT_CACHE_IMAGES, DEFAULT_WORKERS
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 
@@ -174,6 +175,25 @@ class Precision:
         if self.autocast is None:
             return nullcontext()
         return torch.autocast(device.type, dtype=self.autocast)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The settings every regime's config shares (each regime's config extends it): checkpoints and
+    evaluation every N steps (0: never), the seed, the device, the precision (:func:`resolve_precision`) and
+    image loading (:class:`glocal.train.batches.ImageLoader`: decoding threads, decoded images kept)."""
+
+    checkpoint_every: int = 0
+    eval_every: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
+    workers: int = DEFAULT_WORKERS
+    cache_images: int = DEFAULT_CACHE_IMAGES
+
+    def __post_init__(self) -> None:
+        check_counts(self, (), ("checkpoint_every", "eval_every", "workers", "cache_images"))
 
 
 def check_counts(config: Any, at_least_one: Sequence[str], non_negative: Sequence[str]) -> None:
