@@ -49,6 +49,9 @@ def distinct_counts(matches: Sequence[npt.NDArray], cell_px: float) -> npt.NDArr
         cells = np.floor(xy / cell_px).astype(np.int64)
         cells -= cells.min(axis=0)
         width = cells.max(axis=0) + 1
+        if float(len(matches)) * float(width[0]) * float(width[1]) >= 2.0 ** 62:  # tiny cells: no int64 key
+            distinct = np.unique(np.column_stack([owner, cells]), axis=0)
+            return np.bincount(distinct[:, 0], minlength=len(matches)).astype(np.int64)
         key = (owner * width[0] + cells[:, 0]) * width[1] + cells[:, 1]
         return np.bincount(np.unique(key) // (width[0] * width[1]), minlength=len(matches)).astype(np.int64)
 
