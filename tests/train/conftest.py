@@ -1,6 +1,12 @@
-"""Synthetic training images: one coloured shape per class on a noisy background, drawn in the test."""
+"""Synthetic training images: one coloured shape per class on a noisy background, drawn in the test; and the
+launch of a worker script as two torchrun ranks."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +57,32 @@ def shapes(tmp_path: Path) -> Path:
 def small_shapes(tmp_path: Path) -> Path:
     """A folder per class: 3 classes of 3 images (the fastest set a tuples run can mine)."""
     return write_folder_per_class(tmp_path / "small_shapes", classes=3, per_class=3)
+
+
+@pytest.fixture
+def two_ranks() -> Callable[..., tuple[Path, list[dict]]]:
+    """Runs ``worker`` (a script path) as two gloo ranks under ``torch.distributed.run`` with the arguments
+    ``data``, ``run``, OUT and ``extra``: this checkout first on the path, one thread each, no rank variables
+    inherited, a free port; killed after 300 s (a rank left waiting in an all-reduce hangs). Asserts that it
+    ended well and returns OUT (``run``'s sibling ``<run>-ranks``) and the two ranks' saved ``rank-R.pt``."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def launch(worker: Path, data: Path, run: Path, *extra: object) -> tuple[Path, list[dict]]:
+        import torch
+
+        out = run.with_name(run.name + "-ranks")
+        out.mkdir()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+               "OMP_NUM_THREADS": "1"}
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(worker), str(data), str(run), str(out), *(str(a) for a in extra)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return out, [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+
+    return launch

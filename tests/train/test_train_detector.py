@@ -200,28 +200,9 @@ def test_readme_worked_example_runs_as_printed(tmp_path: Path, monkeypatch: pyte
                 assert line in output, (line, output)
 
 
-def test_two_processes_gloo_train_the_same_weights_and_rank_0_alone_writes(tmp_path: Path) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-
+def test_two_processes_gloo_train_the_same_weights_and_rank_0_alone_writes(tmp_path: Path, two_ranks) -> None:
     boxes = write_boxes(tmp_path / "photos", n=5)
-    out = tmp_path / "out"
-    out.mkdir()
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(here / "ddp_detector_worker.py"), str(boxes), str(tmp_path / "run"), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    out, ranks = two_ranks(Path(__file__).resolve().parent / "ddp_detector_worker.py", boxes, tmp_path / "run")
     # every weight is the same on both ranks; batch-norm statistics of this random trunk (its batch norms train)
     # follow each rank's last batch: DDP sends rank 0's before every forward, and rank 0's are exported
     differ = [k for k, a in ranks[0].items() if not torch.equal(a, ranks[1][k])]
@@ -238,15 +219,11 @@ def test_two_processes_gloo_train_the_same_weights_and_rank_0_alone_writes(tmp_p
     assert any(not torch.equal(start[k], v) for k, v in ranks[0].items())  # step 2 moved the weights
 
 
-def test_two_processes_stay_in_step_when_a_rank_meets_only_unreadable_images(tmp_path: Path) -> None:
+def test_two_processes_stay_in_step_when_a_rank_meets_only_unreadable_images(tmp_path: Path, two_ranks) -> None:
     """Three of the four training images are cut short (their headers read, their bodies do not): every step
     some rank has no readable image and runs a zero-weighted blank one, so the all-reduces stay in step; the
     run ends (no hang), the ranks hold the same weights and rank 0's card lists the files it met."""
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
 
     from glocal.train.detector_run import split_images
 
@@ -255,21 +232,7 @@ def test_two_processes_stay_in_step_when_a_rank_meets_only_unreadable_images(tmp
     broken = [tmp_path / "photos" / f"im{r}.png" for r in train_rows[1:]]
     for path in broken:
         path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    out = tmp_path / "out"
-    out.mkdir()
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(here / "ddp_detector_worker.py"), str(boxes), str(tmp_path / "run"), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    out, ranks = two_ranks(Path(__file__).resolve().parent / "ddp_detector_worker.py", boxes, tmp_path / "run")
     differ = [k for k, a in ranks[0].items() if not torch.equal(a, ranks[1][k])]
     assert all(k.endswith(("running_mean", "running_var")) for k in differ), differ
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())

