@@ -82,6 +82,19 @@ def _consistent(k, s, th, scale, angle, r_lo, r_hi, consistency, has_angle):  # 
 
 
 @numba.njit(nogil=True, cache=True)
+def _hypothesis(p, src, dst, scale, angle, cos_a, sin_a, has_angle):  # noqa: ANN001, ANN202
+    """The similarity of pair ``p`` alone (module :mod:`glocal.rerank.similarity_ransac`): x' = [a -b; b a] x +
+    (tx, ty) with a = s cos(theta), b = s sin(theta); returns (s, a, b, tx, ty, theta)."""
+    s = scale[p]
+    a = s * cos_a[p]
+    b = s * sin_a[p]
+    tx = dst[p, 0] - (a * src[p, 0] - b * src[p, 1])
+    ty = dst[p, 1] - (b * src[p, 0] + a * src[p, 1])
+    th = angle[p] if has_angle else 0.0
+    return s, a, b, tx, ty, th
+
+
+@numba.njit(nogil=True, cache=True)
 def _one_to_one(mask, query, db, lo, n, qseen, dbseen, stamp, out):  # noqa: ANN001, ANN202
     """``out[:n]``: the masked pairs (``lo + i``), first of each query feature, then of each database feature;
     returns the count. ``qseen`` / ``dbseen`` hold ``stamp`` for features taken (no clearing needed)."""
@@ -156,13 +169,7 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
         per_h = min(cnt, scoring_pairs)
         score = np.zeros(n_hyp, np.int64)
         for j in range(n_hyp):
-            p = lo + order[j]
-            s = scale[p]
-            a = s * cos_a[p]
-            b = s * sin_a[p]
-            tx = dst[p, 0] - (a * src[p, 0] - b * src[p, 1])
-            ty = dst[p, 1] - (b * src[p, 0] + a * src[p, 1])
-            th = angle[p] if has_angle else 0.0
+            s, a, b, tx, ty, th = _hypothesis(lo + order[j], src, dst, scale, angle, cos_a, sin_a, has_angle)
             sc = 0
             for i in range(per_h):
                 k = lo + order[i]
@@ -180,13 +187,8 @@ def verify_candidates(bounds, active, distance, src, dst, scale, angle, cos_a, s
         ranked = _stable_order(score)
         best = -1
         for v in range(min(max(1, refine), n_hyp)):
-            p = lo + order[ranked[v]]
-            s = scale[p]
-            a = s * cos_a[p]
-            b = s * sin_a[p]
-            tx = dst[p, 0] - (a * src[p, 0] - b * src[p, 1])
-            ty = dst[p, 1] - (b * src[p, 0] + a * src[p, 1])
-            th = angle[p] if has_angle else 0.0
+            s, a, b, tx, ty, th = _hypothesis(lo + order[ranked[v]], src, dst, scale, angle, cos_a, sin_a,
+                                              has_angle)
             for i in range(cnt):
                 k = lo + i
                 ex = a * src[k, 0] - b * src[k, 1] + tx - dst[k, 0]
