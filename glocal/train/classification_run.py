@@ -12,23 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from glocal.errors import BadOptionError
 from glocal.models.configs import resolved_preprocessing
 from glocal.progress import Progress, no_progress
 from glocal.train.classification import ClassifyConfig, train_classification
 from glocal.train.data import read_training_set, split_classes
 from glocal.train.export import export_model
-
-
-def classify_config(train: dict[str, Any]) -> ClassifyConfig:
-    """The regime's settings from ``train`` (CLI names with underscores); one that is not a setting of the
-    regime (e.g. the tuples regime's ``negatives``) is a :class:`BadOptionError`."""
-    known = {f.name for f in dataclasses.fields(ClassifyConfig)}
-    unknown = sorted(set(train) - known)
-    if unknown:
-        raise BadOptionError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)}: not a setting of the "
-                             "classification regime")
-    return ClassifyConfig(**train)
 
 
 def run_classification(spec: Any, run_settings: Any, run: str | Path, model_card: Callable[..., dict[str, Any]],
@@ -43,7 +31,7 @@ def run_classification(spec: Any, run_settings: Any, run: str | Path, model_card
     train_dict = dict(run_settings.train)
     if steps is not None:
         train_dict["steps"] = steps
-    config = classify_config(train_dict)
+    config = ClassifyConfig.from_settings(train_dict, "classification")
     options = spec.configure(dict(run_settings.settings), where="--set")
     extractor = spec.create_extractor(options.extractor)
     data = read_training_set(run_settings.data, run_settings.images)

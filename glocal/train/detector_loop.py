@@ -78,8 +78,7 @@ class DetectorTrainConfig(runtime.RunOptions):
                                  f"got {self.optimizer!r}")
         if not self.lr > 0 or not self.lr_gamma > 0 or self.weight_decay < 0 or self.clip_norm < 0:
             raise BadOptionError("--lr and lr_gamma must be > 0, weight_decay and clip_norm >= 0")
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise BadOptionError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        runtime.check_probability(self, "flip_prob")
 
 
 @dataclass

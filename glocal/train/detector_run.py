@@ -59,16 +59,6 @@ def split_images(n: int, fraction: float, seed: int) -> tuple[list[int], list[in
     return sorted(int(i) for i in order[k:]), sorted(int(i) for i in order[:k])
 
 
-def detector_train_config(train: dict[str, Any]) -> DetectorTrainConfig:
-    """The regime's settings from ``train`` (CLI names with underscores); others are a :class:`BadOptionError`."""
-    known = {f.name for f in dataclasses.fields(DetectorTrainConfig)}
-    unknown = sorted(set(train) - known)
-    if unknown:
-        raise BadOptionError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)}: not a setting of the "
-                             "detector regime")
-    return DetectorTrainConfig(**train)
-
-
 def build_detector(settings: dict[str, Any], config: DetectorTrainConfig,
                    say: Callable[[str], None]) -> tuple[LandmarkDetector, str | None]:
     """The detector to train from ``--set`` settings (``checkpoint``: ``--init``, a file or a run folder) and
@@ -115,7 +105,7 @@ def run_detector(spec: Any, run_settings: Any, run: str | Path, resume: bool = F
     train_dict = dict(run_settings.train)
     if steps is not None:
         train_dict["steps"] = steps
-    config = detector_train_config(train_dict)
+    config = DetectorTrainConfig.from_settings(train_dict, "detector")
     main = ranks_from_environment().main
     detector, init = build_detector(run_settings.settings, config, say)
     data: BoxData = read_box_data(run_settings.data, run_settings.images, config.workers)

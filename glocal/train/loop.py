@@ -73,8 +73,7 @@ class TrainConfig(runtime.RunOptions):
     flip_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.flip_prob <= 1.0:
-            raise BadOptionError(f"--flip-prob must be in [0, 1], got {self.flip_prob}")
+        runtime.check_probability(self, "flip_prob")
         super().__post_init__()
         runtime.check_counts(self, ("steps", "batch", "accumulate", "image_size"),
                              ("negatives", "queries_per_epoch", "pool_size"))

@@ -16,9 +16,9 @@ import csv
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,23 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         check_counts(self, (), ("checkpoint_every", "eval_every", "workers", "cache_images"))
+
+    @classmethod
+    def from_settings(cls, train: Mapping[str, Any], regime: str) -> Any:
+        """The config of ``regime`` from ``train`` (CLI names with underscores); a name that is not one of its
+        settings (e.g. the tuples regime's ``negatives`` given to another regime) is a :class:`BadOptionError`."""
+        unknown = sorted(set(train) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BadOptionError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)}: not a setting of the "
+                                 f"{regime} regime")
+        return cls(**train)
+
+
+def check_probability(config: Any, name: str) -> None:
+    """``config.<name>`` in [0, 1], else one :class:`BadOptionError` line naming the option as the CLI spells it."""
+    value = getattr(config, name)
+    if not 0.0 <= value <= 1.0:
+        raise BadOptionError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
 
 
 def check_counts(config: Any, at_least_one: Sequence[str], non_negative: Sequence[str]) -> None:

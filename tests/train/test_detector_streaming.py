@@ -27,8 +27,8 @@ from glocal.train.detector_data import (  # noqa: E402
     synthetic_box_images,
 )
 from glocal.train.detector_images import BoxData, BoxImages, read_box_data  # noqa: E402
-from glocal.train.detector_loop import fit_detector  # noqa: E402
-from glocal.train.detector_run import build_detector, detector_train_config, split_images  # noqa: E402
+from glocal.train.detector_loop import DetectorTrainConfig, fit_detector  # noqa: E402
+from glocal.train.detector_run import build_detector, split_images  # noqa: E402
 from glocal.train.session import RunSettings, train_method  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -65,7 +65,7 @@ def in_memory_weights(boxes: Path, steps: int) -> dict:
     """The loop over a dataset whose images are all decoded first (what ``glocal train d2r`` did before it
     streamed): each image at longer side ``image_size``, its boxes scaled to those pixels."""
     run_settings = settings(boxes, steps)
-    config = detector_train_config(run_settings.train)
+    config = DetectorTrainConfig.from_settings(run_settings.train, "detector")
     detector, _ = build_detector(run_settings.settings, config, lambda line: None)
     anns = {a.image_id: a for a in read_boxes(boxes)}
     ids = list(anns)
